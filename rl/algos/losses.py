@@ -1,0 +1,223 @@
+"""Token-level losses: the PPO-style clipped policy loss and the SFT loss, with one set of
+aggregation modes (per-token loss ``(B, L)`` -> scalar).
+
+Aggregation modes (registry ``AGGREGATIONS``), with ``m`` the 0/1 loss mask, ``x`` the per-token
+loss, ``T = sum(m)`` the number of loss tokens, ``S`` the number of sequences with at least one
+loss token, and ``M`` a constant token budget:
+
+* ``token-mean``               ``sum(x*m) / T``  (DAPO's token-level loss)
+* ``seq-mean-token-sum``       ``sum_i sum_t x*m / S``
+* ``seq-mean-token-mean``      ``sum_i (sum_t x*m / T_i) / S``  (the original GRPO loss)
+* ``seq-mean-token-sum-norm``  ``sum(x*m) / (S * M)``  (Dr. GRPO: a constant normaliser, e.g.
+  the generation budget, instead of each sequence's length)
+
+Sequences whose mask is all zero contribute nothing and are not counted in ``S`` (so padding
+rows added to balance shards change nothing); an all-zero mask gives a loss of 0, never NaN.
+
+Sharding (data parallel ranks, gradient-accumulation micro-batches). Every mode is a sum over
+sequences divided by a normaliser, so if the batch is split *by rows* into shards and every
+shard is aggregated with the normalisers of the *full* batch (:class:`LossNorm`), the shard
+losses add up to the full-batch loss exactly, and so do their gradients. With local normalisers
+they do not (e.g. token-mean over shards of 10 and 1000 tokens). To get the global ``LossNorm``:
+``LossNorm.from_mask(full_mask, max_tokens=...)`` on one process, or on each DP rank build it
+from the local mask and all-reduce (SUM) ``num_tokens`` and ``num_seqs`` (the counts are
+additive). Then *sum* (do not average) gradients over micro-batches and ranks; DDP averages over
+ranks, so multiply each rank's loss by the world size there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from rl.algos.kl import k3
+from rl.algos.metrics import masked_fill_zero, masked_max, masked_mean, safe_divide
+from rl.algos.registry import Registry
+
+MAX_LOG_RATIO = 20.0
+"""``logp - old_logp`` is clamped into ``[-20, 20]`` before ``exp`` (ratio in [2e-9, 4.9e8]),
+so a stale or garbage token cannot overflow the ratio to inf (and the gradient to NaN)."""
+
+
+@dataclass(frozen=True)
+class LossNorm:
+    """Normalisers for the aggregation modes. ``None`` means "compute it from this batch's mask";
+    pass the full batch's values when aggregating a shard of it (see the module docstring).
+    """
+
+    num_tokens: float | None = None
+    """Number of loss tokens in the full batch (``token-mean``)."""
+
+    num_seqs: float | None = None
+    """Number of sequences with at least one loss token in the full batch (every ``seq-*``
+    mode)."""
+
+    max_tokens: float | None = None
+    """Constant per-sequence token budget (``seq-mean-token-sum-norm``, required there), e.g. the
+    maximum number of generated tokens. Not the batch's longest sequence: that varies between
+    batches and shards, which is the length bias Dr. GRPO removes."""
+
+    @classmethod
+    def from_mask(cls, mask: Tensor, max_tokens: float | None = None) -> LossNorm:
+        """Global normalisers of a full batch with loss mask ``mask`` ``(B, L)``."""
+        per_seq = (mask != 0).sum(-1)
+        return cls(
+            num_tokens=float(per_seq.sum()),
+            num_seqs=float((per_seq > 0).sum()),
+            max_tokens=max_tokens,
+        )
+
+
+# (per-token loss already zeroed off-mask (B, L), mask weights (B, L), normalisers) -> ()
+AggregationFn = Callable[[Tensor, Tensor, LossNorm], Tensor]
+AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation")
+
+
+def _num_seqs(weights: Tensor, norm: LossNorm) -> Tensor | float:
+    if norm.num_seqs is not None:
+        return norm.num_seqs
+    return (weights.sum(-1) > 0).sum().to(weights.dtype)
+
+
+@AGGREGATIONS.register("token-mean")
+def _token_mean(values: Tensor, weights: Tensor, norm: LossNorm) -> Tensor:
+    num_tokens = weights.sum() if norm.num_tokens is None else norm.num_tokens
+    return safe_divide((values * weights).sum(), num_tokens)
+
+
+@AGGREGATIONS.register("seq-mean-token-sum")
+def _seq_mean_token_sum(values: Tensor, weights: Tensor, norm: LossNorm) -> Tensor:
+    return safe_divide((values * weights).sum(), _num_seqs(weights, norm))
+
+
+@AGGREGATIONS.register("seq-mean-token-mean")
+def _seq_mean_token_mean(values: Tensor, weights: Tensor, norm: LossNorm) -> Tensor:
+    # per-row means stay local to a row, so row-sharding needs only the global sequence count
+    seq_means = safe_divide((values * weights).sum(-1), weights.sum(-1))
+    return safe_divide(seq_means.sum(), _num_seqs(weights, norm))
+
+
+@AGGREGATIONS.register("seq-mean-token-sum-norm")
+def _seq_mean_token_sum_norm(values: Tensor, weights: Tensor, norm: LossNorm) -> Tensor:
+    if norm.max_tokens is None:
+        raise ValueError(
+            "aggregation 'seq-mean-token-sum-norm' needs a constant token budget: "
+            "pass norm=LossNorm(max_tokens=...)"
+        )
+    return safe_divide((values * weights).sum(), _num_seqs(weights, norm) * norm.max_tokens)
+
+
+def aggregate(
+    values: Tensor, mask: Tensor, agg: str = "token-mean", norm: LossNorm | None = None
+) -> Tensor:
+    """Reduce a per-token loss ``values (B, L)`` under ``mask (B, L)`` (0/1) to a scalar with
+    aggregation mode ``agg`` (see the module docstring). Off-mask values (even NaN/inf) are
+    ignored.
+    """
+    if values.shape != mask.shape:
+        raise ValueError(f"values {tuple(values.shape)} and mask {tuple(mask.shape)} differ")
+    fn = AGGREGATIONS.get(agg)
+    weights = mask.to(values.dtype)
+    return fn(masked_fill_zero(values, mask), weights, norm or LossNorm())
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    agg: str = "token-mean",
+    norm: LossNorm | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped surrogate loss (Schulman et al. 2017, eq. 7), to minimise.
+
+    Per token, with ``ratio = exp(logp - old_logp)`` and advantage ``A``::
+
+        loss = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high))
+
+    i.e. minus PPO's ``min(r A, clip(r) A)``. Separate low / high bounds are DAPO's
+    "clip-higher" (Yu et al. 2025). With ``dual_clip = c > 1`` (dual-clip PPO, Ye et al. 2020,
+    "Mastering Complex Control in MOBA Games with Deep RL") tokens with ``A < 0`` are further
+    bounded, ``loss = min(loss, -c * A)``, so a huge ratio on a bad token cannot blow up the
+    update.
+
+    logprobs: ``(B, L)`` current policy log-probs of the sampled tokens (carries the gradient).
+    old_logprobs: ``(B, L)`` log-probs under the policy that sampled them (no gradient).
+    advantages: ``(B, L)``, or ``(B,)`` broadcast over every token of its row.
+    mask: ``(B, L)`` 1 on tokens that carry loss (model tokens), 0 elsewhere.
+    agg, norm: aggregation mode and normalisers (module docstring; global ``norm`` for shards).
+
+    Returns ``(loss (), metrics)``; metrics are detached means over this batch's masked tokens
+    (not globally normalised): ``clip_frac_low`` / ``clip_frac_high`` (tokens where the lower /
+    upper clip is active, i.e. their gradient is zero), ``dual_clip_frac``, ``approx_kl`` (k3
+    estimate of KL(pi_old || pi)), ``ratio_mean``, ``ratio_max``.
+    """
+    if not 0.0 <= clip_low < 1.0 or clip_high < 0.0:
+        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+    if not logprobs.shape == old_logprobs.shape == mask.shape or logprobs.dim() != 2:
+        raise ValueError(
+            f"logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)} and "
+            f"mask {tuple(mask.shape)} must all be the same (B, L)"
+        )
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)  # (B,) -> (B, 1), broadcast over tokens
+    if advantages.shape not in (logprobs.shape, (logprobs.shape[0], 1)):
+        raise ValueError(f"advantages {tuple(advantages.shape)} must be (B, L) or (B,)")
+    adv = advantages.to(logprobs.dtype).expand_as(logprobs)
+
+    # off-mask positions (padding, tool tokens) may hold anything, even -inf: zero their
+    # log-ratio before exp so neither the value nor the gradient can become NaN
+    log_ratio = masked_fill_zero(logprobs - old_logprobs, mask).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    ratio = torch.exp(log_ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    per_token = torch.maximum(unclipped, clipped)  # pessimistic bound: -min(rA, clip(r)A)
+    clip_active = clipped > unclipped
+    dual_active = torch.zeros_like(clip_active)
+    if dual_clip is not None:
+        bound = -adv * dual_clip
+        dual_active = (adv < 0) & (bound < per_token)
+        per_token = torch.where(dual_active, bound, per_token)
+
+    loss = aggregate(per_token, mask, agg, norm)
+
+    with torch.no_grad():
+        metrics = {
+            "clip_frac_low": masked_mean((clip_active & (adv < 0)).to(ratio.dtype), mask),
+            "clip_frac_high": masked_mean((clip_active & (adv > 0)).to(ratio.dtype), mask),
+            "dual_clip_frac": masked_mean(dual_active.to(ratio.dtype), mask),
+            # k3 with samples from pi_old: (pi/pi_old - 1) - log(pi/pi_old)
+            "approx_kl": masked_mean(k3(-log_ratio), mask),
+            "ratio_mean": masked_mean(ratio, mask),
+            "ratio_max": masked_max(ratio, mask),
+        }
+    return loss, {k: v.detach() for k, v in metrics.items()}
+
+
+def sft_loss(
+    logprobs: Tensor,
+    mask: Tensor,
+    *,
+    agg: str = "token-mean",
+    norm: LossNorm | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Negative log-likelihood of the target tokens, aggregated like :func:`policy_loss`.
+
+    logprobs: ``(B, L)`` model log-probs of the target tokens.
+    mask: ``(B, L)`` 1 on tokens to learn (assistant tokens), 0 elsewhere.
+    Returns ``(loss (), {"nll": token-mean NLL over this batch})``.
+    """
+    if logprobs.shape != mask.shape or logprobs.dim() != 2:
+        raise ValueError(f"logprobs {tuple(logprobs.shape)} and mask {tuple(mask.shape)} differ")
+    nll = -logprobs
+    loss = aggregate(nll, mask, agg, norm)
+    return loss, {"nll": masked_mean(nll.detach(), mask)}

@@ -1,0 +1,169 @@
+"""Builds the parts a run needs from a config, and the stage helpers (SFT data, evaluation).
+
+Kept out of trainer.py so the loop stays on one screen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from envs.base import Env, make_env
+from rl.config import Config
+from rl.models import load_model, load_tokenizer
+from rl.rollout.agent_loop import AgentLoop, RolloutConfig, trajectory_stats
+from rl.rollout.engines.base import Engine
+from rl.types import Task, Trajectory
+
+
+class TaskStream:
+    """Deterministic batches of tasks: step ``s`` takes the next ``n`` tasks, cycling."""
+
+    def __init__(self, tasks: Sequence[Task]) -> None:
+        if not tasks:
+            raise ValueError("empty task list")
+        self.tasks = list(tasks)
+
+    def batch(self, step: int, n: int) -> list[Task]:
+        return [self.tasks[(step * n + i) % len(self.tasks)] for i in range(n)]
+
+
+@dataclass
+class Parts:
+    tokenizer: Any
+    model: torch.nn.Module
+    env_factory: Callable[[], Env]
+    native_tools: bool
+    train_tasks: TaskStream
+    eval_tasks: list[Task]
+    make_engine: Callable[[torch.nn.Module], Engine]
+
+
+def build_env_factory(cfg: Config) -> tuple[Callable[[], Env], bool]:
+    from rl.rollout.parsers import get_format
+
+    native = get_format(cfg.env.format).native_tools
+    kwargs = dict(cfg.env.kwargs)
+
+    def factory() -> Env:
+        return make_env(cfg.env.name, format=cfg.env.format, **kwargs)
+
+    return factory, native
+
+
+def build_tasks(cfg: Config, split: str, n: int) -> list[Task]:
+    from envs.tasks.math import make_tasks
+
+    t = cfg.tasks
+    return make_tasks(t.source, split, n, t.seed, **dict(t.kwargs))
+
+
+def build_parts(cfg: Config, model: torch.nn.Module | None = None) -> Parts:
+    import envs.tasks  # noqa: F401  (registers the envs)
+
+    tokenizer = load_tokenizer(cfg.model.name)
+    if model is None:
+        model = load_model(cfg.model.name, cfg.model.dtype)
+    env_factory, native = build_env_factory(cfg)
+
+    def make_engine(policy: torch.nn.Module) -> Engine:
+        if cfg.engine == "hf":
+            from rl.rollout.engines.hf import HFEngine
+
+            return HFEngine(policy, tokenizer, shared=True, seed=cfg.trainer.seed)
+        raise ValueError(f"unknown engine '{cfg.engine}' (available: hf)")
+
+    return Parts(
+        tokenizer=tokenizer, model=model, env_factory=env_factory, native_tools=native,
+        train_tasks=TaskStream(build_tasks(cfg, "train", cfg.tasks.train_size)),
+        eval_tasks=build_tasks(cfg, "test", cfg.tasks.eval_size),
+        make_engine=make_engine,
+    )
+
+
+def sft_trajectories(cfg: Config, parts: Parts) -> list[Trajectory]:
+    """Demonstrations replayed through the env (or a user's JSONL), on the RL token path."""
+    from rl.sft import conversation_trajectory, load_jsonl_conversations, replay
+
+    c = cfg.sft
+    if c.data_path:
+        rows = load_jsonl_conversations(c.data_path)[: c.num_examples]
+        return [conversation_trajectory(parts.tokenizer, r, native_tools=parts.native_tools)
+                for r in rows]
+    # Demonstrations come from the end of the train stream, RL batches from its start.
+    tasks = parts.train_tasks.tasks[-c.num_examples:]
+    out = []
+    for task in tasks:
+        env = parts.env_factory()
+        actions = env.demonstration(task)  # type: ignore[attr-defined]
+        out.append(replay(parts.tokenizer, parts.env_factory, task, actions,
+                          native_tools=parts.native_tools))
+    return out
+
+
+def evaluate(cfg: Config, parts: Parts, engine: Engine,
+             tasks: Sequence[Task] | None = None) -> dict[str, float]:
+    """Held-out success rate, mean reward, tool-call rate, turns and tool calls per episode."""
+    from rewards.compose import compose
+
+    rollout = RolloutConfig(**{**vars(cfg.rollout), "temperature": cfg.eval.temperature})
+    loop = AgentLoop(engine, parts.tokenizer, parts.env_factory, rollout,
+                     native_tools=parts.native_tools)
+    trajs = loop.run(list(tasks if tasks is not None else parts.eval_tasks), n_samples=1,
+                     seed=10_007)
+    rewards, success, called = [], [], []
+    for t in trajs:
+        total, terms = compose(t, cfg.algorithm.reward_weights)
+        rewards.append(total)
+        success.append(compose(t, {"outcome": 1.0})[0] >= 1.0)
+        called.append(any(c.error is None for turn in t.turns for c in turn.tool_calls))
+    n = max(len(trajs), 1)
+    stats = trajectory_stats(trajs)
+    return {
+        "success": sum(success) / n, "reward": sum(rewards) / n,
+        "tool_call_rate": sum(called) / n, "tool_calls": stats["tool_calls"],
+        "turns": stats["turns"], "model_tokens": stats["model_tokens"],
+        "tool_errors": stats["tool_errors"],
+    }
+
+
+def load_weights_into(model: torch.nn.Module, folder: Path) -> None:
+    """Load a checkpoint's ``model/`` folder (full weights or a PEFT adapter) into ``model``."""
+    from safetensors.torch import load_file
+
+    adapter = folder / "adapter_model.safetensors"
+    if adapter.exists():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(adapter)))
+        return
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no safetensors weights in {folder}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    missing = [k for k in missing if not (tied and k.endswith("lm_head.weight"))]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {folder} does not fit the model: missing={missing[:5]} "
+                         f"unexpected={unexpected[:5]}")
+
+
+def load_policy(cfg: Config, checkpoint: str | None) -> torch.nn.Module:
+    """The base model, or a saved policy (checkpoint folder or its model/ subfolder)."""
+    model = load_model(cfg.model.name, cfg.model.dtype)
+    if checkpoint:
+        path = Path(checkpoint)
+        folder = path / "model" if (path / "model").exists() else path
+        if (folder / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            return PeftModel.from_pretrained(model, str(folder))
+        load_weights_into(model, folder)
+    return model

@@ -1,0 +1,94 @@
+"""``turnrl`` command line: train | sft | eval.
+
+Overrides are Hydra syntax on top of ``configs/config.yaml``:
+``turnrl train trainer.steps=4 algorithm=drgrpo learner=lora``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+
+def _config(overrides: list[str]):
+    from omegaconf import OmegaConf
+
+    from rl.config import load_config, to_dataclass
+
+    try:
+        raw = load_config(overrides)
+        cfg = to_dataclass(raw)
+    except Exception as e:  # Hydra/OmegaConf errors: say what is wrong, not a stack trace
+        raise SystemExit(f"turnrl: bad config: {e}") from None
+    return cfg, OmegaConf.to_yaml(raw)
+
+
+def _run_dir(cfg) -> Path:
+    if cfg.trainer.run_dir:
+        return Path(cfg.trainer.run_dir)
+    if cfg.trainer.resume == "latest":
+        runs = sorted(p for p in Path("runs").glob("*") if p.is_dir())
+        if runs:
+            return runs[-1]
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def cmd_train(overrides: list[str]) -> None:
+    from rl.trainer import Trainer
+
+    cfg, yaml_text = _config(overrides)
+    run_dir = _run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml_text)
+    print(f"[turnrl] run dir: {run_dir}", flush=True)
+    Trainer(cfg, run_dir, yaml_text).fit()
+    print(f"[turnrl] done: {run_dir}/metrics.jsonl, {run_dir}/progress.png, "
+          f"{run_dir}/samples.txt, {run_dir}/checkpoints/", flush=True)
+
+
+def cmd_sft(overrides: list[str]) -> None:
+    cmd_train(["trainer.steps=0", "sft.enabled=true", "eval.compare_stages=false", *overrides])
+
+
+def cmd_eval(checkpoint: str | None, overrides: list[str]) -> None:
+    import torch
+
+    from rl.build import build_parts, evaluate, load_policy
+    from rl.trainer import stage_table
+
+    cfg, _ = _config(overrides)
+    if cfg.trainer.num_threads > 0:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    model = load_policy(cfg, checkpoint)
+    parts = build_parts(cfg, model=model)
+    res = evaluate(cfg, parts, parts.make_engine(model))
+    print(stage_table({checkpoint or cfg.model.name: res}))
+    for k, v in res.items():
+        print(f"{k}: {v:.4f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    p = argparse.ArgumentParser(prog="turnrl", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("train", "sft"):
+        s = sub.add_parser(name)
+        s.add_argument("overrides", nargs="*")
+    e = sub.add_parser("eval")
+    e.add_argument("--checkpoint", default=None, help="checkpoint folder (default: base model)")
+    e.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    if args.cmd == "train":
+        cmd_train(args.overrides)
+    elif args.cmd == "sft":
+        cmd_sft(args.overrides)
+    else:
+        cmd_eval(args.checkpoint, args.overrides)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

