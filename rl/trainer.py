@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from rl import checkpoint as ckpt
-from rl.algos import AdvantageConfig, get_advantage
+from rl.algos import ADVANTAGES, AdvantageConfig
 from rl.config import Config
 from rl.learner.torch import TorchLearner
 from rl.rollout.agent_loop import AgentLoop, trajectory_stats
@@ -37,7 +37,7 @@ class Trainer:
         self.engine = self.parts.make_engine(self.learner.model)
         self.loop = AgentLoop(self.engine, self.tokenizer, self.parts.env_factory, cfg.rollout,
                               native_tools=self.parts.native_tools)
-        self.advantage = get_advantage(cfg.algorithm.advantage)
+        self.advantage = ADVANTAGES.get(cfg.algorithm.advantage)
         self.logger = RunLogger(run_dir, _plain_config(cfg), cfg.trainer.wandb,
                                 cfg.trainer.wandb_project)
         self.step, self.stage, self.results = 0, "start", {}  # restored by resume
@@ -88,7 +88,8 @@ class Trainer:
 
     def make_batch(self, trajs: list[Trajectory], rewards: torch.Tensor) -> Batch:
         groups = torch.tensor([t.group_id for t in trajs], dtype=torch.long)
-        adv_cfg = AdvantageConfig(norm_std=self.cfg.algorithm.norm_std)
+        adv_cfg = AdvantageConfig(estimator=self.cfg.algorithm.advantage,
+                                  norm_std=self.cfg.algorithm.norm_std)
         adv = self.advantage(rewards, groups, adv_cfg)
         return Batch.from_trajectories(trajs, adv, self.tokenizer.pad_token_id)
 

@@ -190,10 +190,8 @@ class TorchLearner:
         history: list[dict[str, float]] = []
         for _ in range(self.cfg.ppo_epochs):
             for mini in self._minibatches(batch):
-                norm = LossNorm(
-                    num_tokens=float(mini.loss_mask[:, 1:].sum()),
-                    num_seqs=float(len(mini)),
-                    max_tokens=float(loss_cfg.max_tokens or mini.input_ids.shape[1]),
+                norm = LossNorm.from_mask(
+                    mini.loss_mask, float(loss_cfg.max_tokens or mini.input_ids.shape[1])
                 )
 
                 def loss_fn(mb: Batch, norm: LossNorm = norm) -> tuple[torch.Tensor, dict]:
@@ -224,34 +222,34 @@ class TorchLearner:
 
     def sft_update(self, batch: Batch, agg: str = "token-mean") -> dict[str, float]:
         """One supervised step: NLL of the tokens in ``batch.loss_mask`` (assistant tokens)."""
-        norm = LossNorm(
-            num_tokens=float(batch.loss_mask[:, 1:].sum()), num_seqs=float(len(batch)),
-            max_tokens=float(batch.input_ids.shape[1]),
-        )
+        norm = LossNorm.from_mask(batch.loss_mask, float(batch.input_ids.shape[1]))
 
         def loss_fn(mb: Batch) -> tuple[torch.Tensor, dict]:
             lp = self._logprobs(mb, 1.0)
-            loss = sft_loss(lp, mb.loss_mask, agg=agg, norm=norm)
-            n = mb.loss_mask.sum().clamp(min=1)
-            return loss, {"sft/nll": float(-(lp.detach() * mb.loss_mask).sum() / n)}
+            loss, m = sft_loss(lp, mb.loss_mask, agg=agg, norm=norm)
+            return loss, {"sft/nll": float(m["nll"])}
 
         return self._step(batch.split(self.cfg.micro_batch_size), loss_fn)
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full (merged, for LoRA) weights under the base model's parameter names."""
-        model = self.model
-        if self.cfg.lora.enabled:
-            merged = {}
-            model.merge_adapter()
-            try:
-                base = model.get_base_model()
-                for name, p in base.state_dict().items():
-                    if "lora_" in name:
-                        continue
-                    merged[name.replace("base_layer.", "")] = p.detach().clone()
-            finally:
-                model.unmerge_adapter()
-            yield from merged.items()
-        else:
-            for name, p in model.named_parameters():
+        """Full weights under the base model's parameter names. With LoRA, each adapted weight
+        is ``W + scale * B @ A`` computed out of place: merging and unmerging in place would
+        drift the frozen base weights by rounding error every sync."""
+        if not self.cfg.lora.enabled:
+            for name, p in self.model.named_parameters():
                 yield name, p.detach()
+            return
+        base = self.model.get_base_model()
+        deltas: dict[str, torch.Tensor] = {}
+        for mod_name, module in base.named_modules():
+            if hasattr(module, "base_layer") and hasattr(module, "get_delta_weight"):
+                for adapter in getattr(module, "active_adapters", ["default"]):
+                    d = module.get_delta_weight(adapter).detach()
+                    key = f"{mod_name}.weight"
+                    deltas[key] = deltas[key] + d if key in deltas else d
+        with torch.no_grad():
+            for name, p in base.named_parameters():
+                if "lora_" in name:
+                    continue
+                plain = name.replace("base_layer.", "")
+                yield plain, (p + deltas[plain]) if plain in deltas else p.detach()

@@ -216,6 +216,10 @@ class AgentLoop:
             return
         ended_with_eos = bool(sampled) and sampled[-1] in self.chat.eos_ids
         obs = self.chat.observation_ids(t.messages, list(res.messages), x.tools, ended_with_eos)
+        if len(t.token_ids) + len(obs) >= self.cfg.max_total_tokens:
+            # no room for the observation plus one model token: cut here, never over budget
+            t.truncated, x.done = True, True
+            return
         t.messages.extend(res.messages)
         t.token_ids.extend(obs)
         t.loss_mask.extend([0] * len(obs))

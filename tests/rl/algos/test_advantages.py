@@ -38,7 +38,9 @@ def test_grpo_binary_rewards_by_hand() -> None:
     # rewards [1, 0, 0, 1]: mean 0.5, deviations +-0.5, population std 0.5 -> +-1
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=F64)
     adv = ADVANTAGES.get("grpo")(rewards, torch.zeros(4, dtype=torch.long), AdvantageConfig())
-    torch.testing.assert_close(adv, torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=F64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        adv, torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=F64), atol=1e-5, rtol=0
+    )
 
 
 def test_grpo_unbiased_std_by_hand() -> None:
@@ -192,7 +194,7 @@ def test_registry_refuses_duplicates_and_lists_names() -> None:
     assert reg.get("b") == 2
     with pytest.raises(ValueError, match="already registered"):
         reg.register("a")
-    with pytest.raises(KeyError, match="unknown thing 'c'.*'a', 'b'"):
+    with pytest.raises(KeyError, match=r"unknown thing 'c'.*'a', 'b'"):
         reg.get("c")
 
 

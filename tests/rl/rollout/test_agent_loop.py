@@ -1,0 +1,152 @@
+"""Token-in/token-out contract of the agent loop, with a scripted engine and the real tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from envs.base import StepResult
+from rl.rollout.agent_loop import AgentLoop, RolloutConfig
+from rl.rollout.engines.base import GenerationOutput, GenerationRequest, SamplingParams
+from rl.types import Task
+
+
+class ScriptedEngine:
+    """Returns scripted turns per trajectory, recognised by the user prompt inside the request."""
+
+    def __init__(self, tokenizer, scripts: dict[str, list[str]], eos: bool = True):
+        self.tok = tokenizer
+        self.scripts = {k: list(v) for k, v in scripts.items()}
+        self.eos = eos
+        self.sampled: dict[str, list[tuple[list[int], list[float]]]] = {k: [] for k in scripts}
+        self.counter = 0
+
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams):
+        outs = []
+        for r in requests:
+            text = self.tok.decode(r.prompt_ids)
+            key = next(k for k in self.scripts if f"Q:{k}" in text)
+            ids = self.tok.encode(self.scripts[key].pop(0), add_special_tokens=False)
+            if self.eos:
+                ids.append(self.tok.eos_token_id)
+            limit = min(sampling.max_new_tokens, r.max_new_tokens or 10**9)
+            finish = "stop"
+            if len(ids) > limit:
+                ids, finish = ids[:limit], "length"
+            lps = [-(self.counter + i + 1) / 1000 for i in range(len(ids))]
+            self.counter += len(ids)
+            self.sampled[key].append((ids, lps))
+            outs.append(GenerationOutput(ids, lps, finish))
+        return outs
+
+    def update_weights(self, named_tensors):
+        return None
+
+
+class EchoToolEnv:
+    """Answers every action with a tool message; ends when the action contains DONE."""
+
+    tools: list[dict] = []
+
+    async def reset(self, task, *, seed=None):
+        self.turn = 0
+        return [{"role": "system", "content": "You are a test."},
+                {"role": "user", "content": f"Q:{task.prompt}"}], {}
+
+    async def step(self, action_text):
+        self.turn += 1
+        if "DONE" in action_text:
+            return StepResult(messages=[], reward=1.0, terminated=True,
+                              info={"final_answer": "done"})
+        return StepResult(messages=[{"role": "tool", "content": f"result {self.turn} ünïcode"}],
+                          reward=0.5)
+
+    async def close(self):
+        return None
+
+
+def _run(tokenizer, scripts, cfg=None, eos=True):
+    engine = ScriptedEngine(tokenizer, scripts, eos=eos)
+    loop = AgentLoop(engine, tokenizer, EchoToolEnv, cfg or RolloutConfig(max_turns=5))
+    tasks = [Task(id=k, prompt=k) for k in scripts]
+    return loop.run(tasks, n_samples=1), engine
+
+
+def test_token_ids_equal_template_rendering_of_final_conversation(tokenizer):
+    scripts = {
+        "a": ['<tool_call>{"name": "x", "arguments": {}}</tool_call>', "thinking  \n more",
+              "DONE <answer>3</answer>"],
+        "b": ["DONE"],
+    }
+    trajs, engine = _run(tokenizer, scripts)
+    for t in trajs:
+        rendered = tokenizer.apply_chat_template(t.messages, tokenize=False)
+        full = tokenizer.encode(rendered, add_special_tokens=False)
+        # the trajectory stops at the model's EOS; the template adds only a newline after it
+        assert full[: len(t.token_ids)] == t.token_ids
+        assert tokenizer.decode(full[len(t.token_ids):]) == "\n"
+        assert t.terminated and not t.truncated
+        assert len(t.turns) == len(scripts[t.task.id]) == len(engine.sampled[t.task.id])
+
+
+def test_loss_mask_covers_exactly_the_sampled_tokens_and_logprobs_line_up(tokenizer):
+    scripts = {"a": ["first call", "second call", "DONE"], "b": ["x", "DONE"]}
+    trajs, engine = _run(tokenizer, scripts)
+    for t in trajs:
+        t.validate()
+        sampled = engine.sampled[t.task.id]
+        model_ids = [i for i, m in zip(t.token_ids, t.loss_mask) if m]
+        model_lps = [lp for lp, m in zip(t.logprobs, t.loss_mask) if m]
+        assert model_ids == [i for ids, _ in sampled for i in ids]
+        assert model_lps == [lp for _, lps in sampled for lp in lps]
+        assert all(lp == 0.0 for lp, m in zip(t.logprobs, t.loss_mask) if not m)
+        for turn, (ids, _) in zip(t.turns, sampled):
+            assert t.token_ids[turn.start:turn.end] == ids
+        # observation tokens (tool output) never carry loss
+        text_unmasked = tokenizer.decode([i for i, m in zip(t.token_ids, t.loss_mask) if not m])
+        if len(sampled) > 1:
+            assert "result 1 ünïcode" in text_unmasked
+        assert t.num_model_tokens == sum(len(ids) for ids, _ in sampled)
+
+
+def test_turn_rewards_and_final_answer_recorded(tokenizer):
+    trajs, _ = _run(tokenizer, {"a": ["go", "DONE"]})
+    (t,) = trajs
+    assert [turn.reward for turn in t.turns] == [0.5, 1.0]
+    assert t.info["final_answer"] == "done"
+
+
+def test_max_turns_truncates_without_dangling_observation(tokenizer):
+    trajs, _ = _run(tokenizer, {"a": ["one", "two", "three"]}, RolloutConfig(max_turns=2))
+    (t,) = trajs
+    assert t.truncated and not t.terminated and len(t.turns) == 2
+    assert t.loss_mask[-1] == 1  # ends on the model's last token: nothing after it
+
+
+def test_max_total_tokens_truncates(tokenizer):
+    long = "word " * 40
+    cfg = RolloutConfig(max_turns=5, max_total_tokens=60, max_tokens_per_turn=64)
+    trajs, _ = _run(tokenizer, {"a": [long, long, "DONE"]}, cfg)
+    (t,) = trajs
+    assert t.truncated and len(t.token_ids) <= 60
+    assert t.turns[-1].finish_reason == "length"
+
+
+def test_turn_cut_by_length_gets_template_closing_masked(tokenizer):
+    cfg = RolloutConfig(max_turns=3, max_tokens_per_turn=3)
+    trajs, _ = _run(tokenizer, {"a": ["a b c d e f g", "DONE"]}, cfg)
+    (t,) = trajs
+    first = t.turns[0]
+    assert first.finish_reason == "length" and first.end - first.start == 3
+    # the template's <|im_end|> that closes the cut turn follows it, unmasked
+    assert t.token_ids[first.end] == tokenizer.eos_token_id and t.loss_mask[first.end] == 0
+
+
+@pytest.mark.parametrize("n", [3])
+def test_groups_share_ids_per_task(tokenizer, n):
+    engine = ScriptedEngine(tokenizer, {"a": ["DONE"] * n, "b": ["DONE"] * n})
+    loop = AgentLoop(engine, tokenizer, EchoToolEnv, RolloutConfig())
+    trajs = loop.run([Task(id="a", prompt="a"), Task(id="b", prompt="b")], n_samples=n,
+                     group_offset=10)
+    assert [t.group_id for t in trajs] == [10] * n + [11] * n
