@@ -146,12 +146,15 @@ def _check_object(args: dict[str, Any], schema: dict[str, Any], where: str) -> d
     props: dict[str, Any] = schema.get("properties", {})
     missing = [k for k in schema.get("required", []) if k not in args]
     if missing:
-        raise ToolError(f"missing required argument{'s' if len(missing) > 1 else ''} {missing}"
-                        + (f" in {where}" if where else ""))
+        raise ToolError(
+            f"missing required argument{'s' if len(missing) > 1 else ''} {missing}"
+            + (f" in {where}" if where else "")
+        )
     unknown = sorted(set(args) - set(props))
     if unknown:
-        raise ToolError(f"unknown argument{'s' if len(unknown) > 1 else ''} {unknown}; "
-                        f"expected {sorted(props)}")
+        raise ToolError(
+            f"unknown argument{'s' if len(unknown) > 1 else ''} {unknown}; expected {sorted(props)}"
+        )
     prefix = f"{where}." if where else ""
     return {k: _check_value(v, props[k], f"argument '{prefix}{k}'") for k, v in args.items()}
 
@@ -292,12 +295,14 @@ class ToolEnv:
             tool = self.tool_map.get(call.name)
             try:
                 if tool is None:
-                    raise ToolError(f"unknown tool '{call.name}'; available: {sorted(self.tool_map)}")
+                    raise ToolError(
+                        f"unknown tool '{call.name}'; available: {sorted(self.tool_map)}"
+                    )
                 out = await asyncio.wait_for(tool.call(call.arguments), self.timeout_s)
                 return self._cap(out)
             except ToolError as e:
                 call.error = str(e) or "tool error"
-            except TimeoutError:  # asyncio.wait_for raises the builtin one on 3.11+
+            except asyncio.TimeoutError:  # (the builtin TimeoutError on 3.11+, distinct on 3.10)
                 call.error = f"{call.name} timed out after {self.timeout_s:g} s"
             except Exception as e:  # a tool bug must not take the trainer down
                 call.error = f"{call.name} failed: {type(e).__name__}: {e}"
@@ -306,7 +311,10 @@ class ToolEnv:
     def _cap(self, text: str) -> str:
         if len(text) <= self.max_output_chars:
             return text
-        return text[: self.max_output_chars] + f"... [truncated {len(text) - self.max_output_chars} chars]"
+        return (
+            text[: self.max_output_chars]
+            + f"... [truncated {len(text) - self.max_output_chars} chars]"
+        )
 
     async def step(self, action_text: str) -> StepResult:
         parsed = self.format.parse(action_text)
@@ -332,3 +340,24 @@ class ToolEnv:
             messages.append(self.format.tool_result_message("unknown", note))
         info["tool_errors"] = sum(c.error is not None for c in calls)
         return StepResult(messages=messages, reward=0.0, terminated=False, info=info)
+
+
+async def replay_actions(
+    env: Env, task: Task, actions: Sequence[str], *, seed: int | None = None
+) -> tuple[list[Message], list[StepResult]]:
+    """Play fixed assistant actions through ``env`` (e.g. a demonstration for SFT data).
+
+    Returns the whole conversation (reset messages, then each action as an ``assistant`` message
+    followed by the step's messages) and the step results. Stops early when the episode ends.
+    """
+    messages, _ = await env.reset(task, seed=seed)
+    messages = list(messages)
+    results: list[StepResult] = []
+    for action in actions:
+        res = await env.step(action)
+        messages.append({"role": "assistant", "content": action})
+        messages.extend(res.messages)
+        results.append(res)
+        if res.terminated or res.truncated:
+            break
+    return messages, results

@@ -50,7 +50,7 @@ def build_env_factory(cfg: Config) -> tuple[Callable[[], Env], bool]:
     kwargs = dict(cfg.env.kwargs)
 
     def factory() -> Env:
-        return make_env(cfg.env.name, format=cfg.env.format, **kwargs)
+        return make_env(cfg.env.name, tool_format=cfg.env.format, **kwargs)
 
     return factory, native
 

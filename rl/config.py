@@ -33,7 +33,7 @@ class EnvConfig:
 
 @dataclass
 class TasksConfig:
-    source: str = "wordproblems"
+    source: str = "mixed"
     """Task source for envs.tasks.math.make_tasks (own generator or a reasoning-gym name)."""
     train_size: int = 2000
     eval_size: int = 64
@@ -117,18 +117,21 @@ class Config:
 
 
 def load_config(overrides: list[str] | None = None, config_dir: str | None = None):
-    """Compose ``configs/config.yaml`` + groups + CLI overrides onto the dataclass defaults."""
+    """Compose ``configs/config.yaml`` + groups + CLI overrides onto the dataclass defaults.
+
+    The :class:`Config` dataclass is registered in Hydra's ConfigStore as ``turnrl_schema`` and
+    is the first entry of ``config.yaml``'s defaults list, so every key is typed and a misspelt
+    key is an error.
+    """
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from hydra.core.config_store import ConfigStore
 
+    ConfigStore.instance().store(name="turnrl_schema", node=Config)
     cdir = Path(config_dir) if config_dir else Path(__file__).resolve().parent.parent / "configs"
     with initialize_config_dir(config_dir=str(cdir), version_base=None):
-        composed = compose(config_name="config", overrides=list(overrides or []))
-    base = OmegaConf.structured(Config)
-    OmegaConf.set_struct(base, True)
-    return OmegaConf.merge(base, composed)
+        return compose(config_name="config", overrides=list(overrides or []))
 
 
 def to_dataclass(cfg) -> Config:

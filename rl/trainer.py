@@ -61,7 +61,8 @@ class Trainer:
             with timer("advantage"):
                 batch = self.make_batch(trajs, rewards)
             with timer("update"):
-                metrics = self.learner.update(batch, self.cfg.algorithm.loss)
+                metrics = self.learner.update(batch, self.cfg.algorithm.loss,
+                                              self.cfg.rollout.temperature)
             with timer("sync"):
                 self.engine.update_weights(self.learner.named_weights())
             self.step = step + 1

@@ -343,3 +343,10 @@ def write_id_maps(pid: int, uid: int, gid: int, inner_uid: int, inner_gid: int) 
         f.write(f"{inner_uid} {uid} 1")
     with open(f"/proc/{pid}/gid_map", "w") as f:
         f.write(f"{inner_gid} {gid} 1")
+
+
+def fcntl_pipe_size(fd: int, size: int) -> None:
+    """Grow a pipe buffer (F_SETPIPE_SZ) so a whole request fits without blocking."""
+    import fcntl
+
+    fcntl.fcntl(fd, 1031, size)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from envs.base import StepResult, ToolEnv, register_env
+from envs.base import StepResult, ToolEnv, ToolError, register_env
 from envs.tools import get_tool
 from envs.tools.calculator import calculator, evaluate, format_number
 from rl.types import Message, Task
@@ -35,6 +35,7 @@ from rl.types import Message, Task
 SPLITS = ("train", "test")
 TEST_PERCENT = 20
 MAX_CANDIDATES_PER_TASK = 200
+RG_SIZE = 100_000  # reasoning-gym dataset size: the most candidates one source can draw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,9 +53,13 @@ class Difficulty:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ops <= self.max_ops <= 3:
-            raise ValueError(f"need 1 <= min_ops <= max_ops <= 3, got {self.min_ops}, {self.max_ops}")
+            raise ValueError(
+                f"need 1 <= min_ops <= max_ops <= 3, got {self.min_ops}, {self.max_ops}"
+            )
         if not 2 <= self.min_value < self.max_value:
-            raise ValueError(f"need 2 <= min_value < max_value, got {self.min_value}, {self.max_value}")
+            raise ValueError(
+                f"need 2 <= min_value < max_value, got {self.min_value}, {self.max_value}"
+            )
 
 
 def split_of(key: str) -> str:
@@ -94,7 +99,10 @@ def _shopping(rng: random.Random, ops: int, d: Difficulty) -> tuple[str, str]:
     name, (items, other) = rng.choice(_NAMES), rng.choice(_GOODS)
     a, p, q = _small(rng, d), _amount(rng, d), _amount(rng, d)
     if ops == 1:
-        return f"{name} buys {a} {items} for ${p} each. How many dollars does {name} spend?", f"{a}*{p}"
+        return (
+            f"{name} buys {a} {items} for ${p} each. How many dollars does {name} spend?",
+            f"{a}*{p}",
+        )
     if ops == 2:
         return (
             f"{name} buys {a} {items} for ${p} each and a {other} for ${q}. "
@@ -237,7 +245,10 @@ def _tanks(rng: random.Random, ops: int, d: Difficulty) -> tuple[str, str]:
     a = _amount(rng, d) + d.max_value  # keep a full tank larger than what leaks out
     if ops == 1:
         b = rng.randint(1, a - 1)
-        return f"{what} holds {a} {unit}. {b} {unit} leak out. How many {unit} are left?", f"{a}-{b}"
+        return (
+            f"{what} holds {a} {unit}. {b} {unit} leak out. How many {unit} are left?",
+            f"{a}-{b}",
+        )
     c = _amount(rng, d)
     if ops == 2:
         b = rng.randint(1, a - 1)
@@ -340,7 +351,9 @@ def _collect(
             continue
         seen.add(prompt)
         tasks.append(
-            Task(id=f"{prefix}-{k}", prompt=prompt, answer=answer, data={"expression": expr, **data})
+            Task(
+                id=f"{prefix}-{k}", prompt=prompt, answer=answer, data={"expression": expr, **data}
+            )
         )
     if len(tasks) < n:
         raise ValueError(f"{prefix}: only {len(tasks)} unique {split} tasks; widen the difficulty")
@@ -384,10 +397,17 @@ def _reasoning_gym_source(name: str, has_expression: bool) -> None:
     def make_rg(split: str, n: int, seed: int, difficulty: dict[str, Any]) -> list[Task]:
         import reasoning_gym
 
-        # rg items are generated lazily from (seed + index): a huge size costs nothing.
-        ds = reasoning_gym.create_dataset(name, size=10**9, seed=seed, **difficulty)
+        # rg items are generated lazily from (seed + index), but some datasets (gsm_symbolic)
+        # precompute a per-index list whose content depends on `size`: a fixed size keeps task k
+        # the same whatever n is.
+        # rg seeds item k with Random(seed + k): seeds 3 and 4 would give the same stream shifted
+        # by one. Spacing our seeds RG_SIZE + 1 apart keeps the streams of different seeds apart.
+        rg_seed = seed * (RG_SIZE + 1)
+        ds = reasoning_gym.create_dataset(name, size=RG_SIZE, seed=rg_seed, **difficulty)
 
         def make(k: int) -> tuple[str, str | None, Any, dict[str, Any]] | None:
+            if k >= RG_SIZE:
+                return None
             item = ds[k]
             meta = item["metadata"]
             answer = meta.get("answer_value", None)
@@ -398,11 +418,13 @@ def _reasoning_gym_source(name: str, has_expression: bool) -> None:
             expr = meta.get("expression") if has_expression else None
             if expr is not None:
                 expr = str(expr).strip()
+                # rg rounds some non-integer results (e.g. "542 + -438 / -(...)" -> 532): such a
+                # reference answer is wrong for a real calculator, so skip the task.
                 try:
                     if abs(float(evaluate(expr)) - float(answer)) > 1e-6 * max(1.0, abs(answer)):
-                        expr = None  # an expression we would evaluate differently: don't teach it
-                except Exception:
-                    expr = None
+                        return None
+                except ToolError:
+                    return None
             return item["question"], expr, answer, {"source": name}
 
         return _collect(make, f"{name}-{split}-{seed}", split, n)
@@ -432,9 +454,9 @@ def make_tasks(
 # ---------------------------------------------------------------------------------------------
 # The env
 
-_INSTRUCTIONS = {
-    ("calculator",): "Use the calculator for arithmetic.",
-    ("python",): "Use python to compute.",
+_USE_TOOLS: dict[tuple[str, ...], str] = {
+    ("calculator",): "Use the calculator",
+    ("python",): "Use python",
 }
 
 
@@ -464,9 +486,9 @@ class MathEnv:
         )
         self.tools = self.tool_env.tools
         self.format = self.tool_env.format
-        use = _INSTRUCTIONS.get(self.tool_names, "Use the tools to compute.")
+        use = _USE_TOOLS.get(self.tool_names, "Use the tools")
         self.system_prompt = self.tool_env.system_prompt(
-            f"Solve the problem. {use} Give the final answer as <answer>number</answer>."
+            f"{use}, then give the final answer as <answer>number</answer>."
         )
         self.task: Task | None = None
 
@@ -497,5 +519,8 @@ class MathEnv:
         if expr is not None and "python" in self.tool_names:
             # What `print(expr)` shows: evaluate() follows Python's int/float semantics exactly.
             result = str(evaluate(expr))
-            return [fmt.format_call("python", {"code": f"print({expr})"}), fmt.format_answer(result)]
+            return [
+                fmt.format_call("python", {"code": f"print({expr})"}),
+                fmt.format_answer(result),
+            ]
         return [fmt.format_answer(format_number(task.answer))]

@@ -115,6 +115,6 @@ def calculator(expression: str) -> str:
     """Evaluate an arithmetic expression.
 
     Args:
-        expression: Numbers with + - * / ** and parentheses, e.g. "(3+4)*2".
+        expression: Arithmetic such as "(3+4)*2".
     """
     return format_number(evaluate(expression))

@@ -72,7 +72,7 @@ async def execute(
 
         try:
             out, overflow, rc = await asyncio.wait_for(communicate(), timeout_s)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             _kill_group(proc)
             await proc.wait()
             return f"Error: timed out after {timeout_s:g} s"

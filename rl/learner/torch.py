@@ -25,7 +25,8 @@ class LoraConfig:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names to adapt; ["all-linear"] adapts every linear layer but the LM head."""
 
 
 @dataclass
@@ -62,8 +63,6 @@ class LossConfig:
     kl_coef: float = 0.0
     """Weight of the KL penalty to the frozen reference (0 = no reference model needed)."""
     kl_estimator: str = "k3"
-    temperature: float = 1.0
-    """Sampling temperature: logits are divided by it so learner and sampler logprobs agree."""
 
 
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
@@ -72,7 +71,10 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
 
     peft_cfg = PeftLoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules, task_type="CAUSAL_LM",
+        target_modules=(
+            "all-linear" if list(cfg.target_modules) == ["all-linear"] else list(cfg.target_modules)
+        ),
+        task_type="CAUSAL_LM",
     )
     return get_peft_model(model, peft_cfg)
 
@@ -179,9 +181,15 @@ class TorchLearner:
         yield from batch.split(size)
 
     # -- public --------------------------------------------------------------------------------
-    def update(self, batch: Batch, loss_cfg: LossConfig) -> dict[str, float]:
-        """One RL update on a batch (advantages already in ``batch``). Returns mean metrics."""
-        temp = loss_cfg.temperature
+    def update(
+        self, batch: Batch, loss_cfg: LossConfig, temperature: float = 1.0
+    ) -> dict[str, float]:
+        """One RL update on a batch (advantages already in ``batch``). Returns mean metrics.
+
+        ``temperature`` is the sampling temperature: logits are divided by it so learner and
+        sampler score tokens under the same distribution.
+        """
+        temp = temperature if temperature > 0 else 1.0
         on_policy = self.cfg.ppo_epochs == 1 and self.cfg.mini_batches == 1
         if not on_policy:
             batch.old_logprobs = self.compute_logprobs(batch, temp)

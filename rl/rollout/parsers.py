@@ -75,7 +75,9 @@ def format_answer(answer: Any) -> str:
 _FORMATS: dict[str, Callable[[], ToolCallFormat]] = {}
 
 
-def register_format(name: str) -> Callable[[Callable[[], ToolCallFormat]], Callable[[], ToolCallFormat]]:
+def register_format(
+    name: str,
+) -> Callable[[Callable[[], ToolCallFormat]], Callable[[], ToolCallFormat]]:
     """Class decorator: ``@register_format("hermes")``. Duplicate names are refused."""
 
     def deco(factory: Callable[[], ToolCallFormat]) -> Callable[[], ToolCallFormat]:
@@ -110,7 +112,9 @@ def _call_from_json(body: str) -> ToolCall:
     except json.JSONDecodeError as e:
         return ToolCall(name="", arguments={}, error=f"invalid JSON in tool call: {e.msg}")
     if not isinstance(obj, dict):
-        return ToolCall(name="", arguments={}, error='tool call must be a JSON object {"name": ...}')
+        return ToolCall(
+            name="", arguments={}, error='tool call must be a JSON object {"name": ...}'
+        )
     name = obj.get("name")
     if not isinstance(name, str) or not name.strip():
         return ToolCall(name="", arguments={}, error='tool call has no "name"')
@@ -201,15 +205,19 @@ class HermesPromptFormat:
             return ""
         schemas = "\n".join(compact_schema(t) for t in tools)
         return (
-            f"Tools:\n<tools>\n{schemas}\n</tools>\n"
-            'Call a tool with <tool_call>{"name": ..., "arguments": {...}}</tool_call>'
+            f"<tools>\n{schemas}\n</tools>\n"
+            'Call tools as <tool_call>{"name": ..., "arguments": {...}}</tool_call>'
         )
 
     def parse(self, text: str) -> ParsedAction:
         return parse_hermes(text)
 
     def tool_result_message(self, name: str, content: str) -> Message:
-        return {"role": "tool", "name": name, "content": f"<tool_response>{content}</tool_response>"}
+        return {
+            "role": "tool",
+            "name": name,
+            "content": f"<tool_response>{content}</tool_response>",
+        }
 
     def format_call(self, name: str, arguments: dict[str, Any]) -> str:
         return _format_hermes_call(name, arguments)

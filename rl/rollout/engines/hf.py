@@ -59,11 +59,13 @@ class HFEngine:
         shared: bool = False,
         max_batch_size: int = 64,
         seed: int = 0,
+        share_prefix: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.shared = shared
         self.max_batch_size = max_batch_size
+        self.share_prefix = share_prefix
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         eos = tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
@@ -103,48 +105,63 @@ class HFEngine:
             min(sampling.max_new_tokens, r.max_new_tokens or sampling.max_new_tokens)
             for r in requests
         ]
-        P = max(len(r.prompt_ids) for r in requests)
-        ids = torch.full((B, P), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((B, P), dtype=torch.long)
-        for i, r in enumerate(requests):
-            ids[i, P - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, dtype=torch.long)
-            attn[i, P - len(r.prompt_ids) :] = 1
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        if any(n <= 0 for n in limits):
+            raise ValueError("every request needs a token budget of at least 1")
+        # Shared prefix (e.g. the system prompt of every trajectory): prefill it once and
+        # repeat its KV cache across the batch. Rows are laid out [prefix | pads | suffix];
+        # padding may sit anywhere since attention masks it and positions skip it.
+        prefix = self._shared_prefix([r.prompt_ids for r in requests]) if self.share_prefix else []
+        suffixes = [r.prompt_ids[len(prefix):] for r in requests]
+        S = max(len(x) for x in suffixes)
+        ids = torch.full((B, S), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((B, len(prefix) + S), dtype=torch.long)
+        attn[:, : len(prefix)] = 1
+        for i, suf in enumerate(suffixes):
+            if suf:
+                ids[i, S - len(suf):] = torch.tensor(suf, dtype=torch.long)
+            attn[i, len(prefix) + S - len(suf):] = 1
+        pos_all = (attn.cumsum(-1) - 1).clamp(min=0)
         stop_ids = self.eos_ids | set(sampling.stop_token_ids)
         tokens: list[list[int]] = [[] for _ in range(B)]
         logprobs: list[list[float]] = [[] for _ in range(B)]
         finish = [""] * B
-        for i in range(B):
-            if limits[i] <= 0:
-                finish[i] = "length"
         cache = DynamicCache()
+        if prefix:
+            p = torch.tensor([prefix], dtype=torch.long)
+            self.model(input_ids=p, attention_mask=torch.ones_like(p), past_key_values=cache,
+                       use_cache=True, logits_to_keep=1)
+            cache.batch_repeat_interleave(B)
         out = self.model(
-            input_ids=ids, attention_mask=attn, position_ids=pos,
+            input_ids=ids, attention_mask=attn, position_ids=pos_all[:, len(prefix):],
             past_key_values=cache, use_cache=True, logits_to_keep=1,
         )
-        step = 0
-        while not all(finish) and step < max(limits):
+        pos = pos_all[:, -1:]
+        rows = list(range(B))  # original index of each row still in the batch
+        while True:
             tok, lp = sample_next(out.logits[:, -1].float(), sampling, self.generator)
-            for i in range(B):
+            for j, i in enumerate(rows):
                 if finish[i]:
                     continue
-                t = int(tok[i])
+                t = int(tok[j])
                 tokens[i].append(t)
-                logprobs[i].append(float(lp[i]))
+                logprobs[i].append(float(lp[j]))
                 if t in stop_ids or self._hit_stop_string(tokens[i], sampling.stop):
                     finish[i] = "stop"
                 elif len(tokens[i]) >= limits[i]:
                     finish[i] = "length"
-            step += 1
-            if all(finish):
+            keep = [j for j, i in enumerate(rows) if not finish[i]]
+            if not keep:
                 break
-            nxt = torch.tensor(
-                [tokens[i][-1] if tokens[i] else self.pad_id for i in range(B)], dtype=torch.long
-            )
-            attn = torch.cat([attn, torch.ones((B, 1), dtype=torch.long)], dim=1)
-            pos = pos[:, -1:] + 1
+            if len(keep) < len(rows):  # drop finished rows: no compute wasted on them
+                sel = torch.tensor(keep, dtype=torch.long)
+                cache.batch_select_indices(sel)
+                attn, pos = attn[sel], pos[sel]
+                rows = [rows[j] for j in keep]
+            nxt = torch.tensor([[tokens[i][-1]] for i in rows], dtype=torch.long)
+            attn = torch.cat([attn, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+            pos = pos + 1
             out = self.model(
-                input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
+                input_ids=nxt, attention_mask=attn, position_ids=pos,
                 past_key_values=cache, use_cache=True,
             )
         if was_training:
@@ -152,6 +169,19 @@ class HFEngine:
         return [
             GenerationOutput(tokens[i], logprobs[i], finish[i] or "length") for i in range(B)
         ]
+
+    @staticmethod
+    def _shared_prefix(prompts: list[list[int]], min_len: int = 16) -> list[int]:
+        """Longest common prefix of all prompts, minus one token so every row still has a
+        suffix to prefill (its last position yields the first logits). Empty when short."""
+        if len(prompts) < 2:
+            return []
+        n = min(len(p) for p in prompts) - 1
+        first = prompts[0]
+        k = 0
+        while k < n and all(p[k] == first[k] for p in prompts):
+            k += 1
+        return first[:k] if k >= min_len else []
 
     def _hit_stop_string(self, toks: list[int], stops: list[str]) -> bool:
         if not stops:

@@ -74,3 +74,18 @@ def test_top_p_keeps_only_the_nucleus():
     g = torch.Generator().manual_seed(0)
     seen = {int(sample_next(logits, SamplingParams(top_p=0.8), g)[0]) for _ in range(200)}
     assert seen == {0, 1}
+
+
+def test_shared_prefix_and_row_dropping_do_not_change_results(tiny_model, tokenizer):
+    system = tokenizer.encode("A shared system prompt that every trajectory starts with. " * 3)
+    reqs = [GenerationRequest(system + tokenizer.encode(t), max_new_tokens=n)
+            for t, n in [(" one", 3), (" two words", 9), (" a longer third one", 6)]]
+    greedy = SamplingParams(max_new_tokens=9, temperature=0.0)
+    shared = HFEngine(tiny_model, tokenizer, share_prefix=True)
+    plain = HFEngine(tiny_model, tokenizer, share_prefix=False)
+    assert len(shared._shared_prefix([r.prompt_ids for r in reqs])) >= 16
+    a, b = shared.generate(reqs, greedy), plain.generate(reqs, greedy)
+    for x, y, r in zip(a, b, reqs):
+        assert x.token_ids == y.token_ids and len(x.token_ids) <= r.max_new_tokens
+        torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs),
+                                   atol=1e-4, rtol=1e-4)

@@ -1,0 +1,678 @@
+"""The trainer-side sandbox service: a pool of pre-started workers behind an async API.
+
+The pool lives on its own event loop in a daemon thread, so one ``Sandbox`` serves coroutines
+on any loop (agent loops, Ray actors) and plain threads (``run_sync``) alike. Nothing from the
+trainer process reaches a worker: workers are started with ``python -E -s`` and a minimal
+environment, in a new session, and they never import the ``envs`` package.
+
+Every failure becomes an ``ExecResult`` with ``error`` set (timeouts, limits, a worker that
+died or hung: it is killed and replaced). Only misuse raises: a closed sandbox, and a
+``require``d isolation level the machine cannot provide (``SandboxUnavailable``, fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import itertools
+import json
+import os
+import shutil
+import signal
+import stat
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from envs.sandbox.config import LEVELS, SandboxConfig, level_rank
+from envs.sandbox.result import ExecResult
+
+T = TypeVar("T")
+WORKER_PATH = str(Path(__file__).with_name("_worker.py"))
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+BACKSTOP_GRACE = 5.0  # seconds past a call's timeout before the worker itself is presumed hung
+START_TIMEOUT = 60.0  # preloading heavy modules can take a while on a busy machine
+ROOT_CAPS = ("SETUID", "SETGID", "CHOWN", "FOWNER", "KILL", "DAC_OVERRIDE", "DAC_READ_SEARCH",
+             "SETPCAP")  # fmt: skip
+
+
+class SandboxUnavailable(RuntimeError):
+    """The required isolation level cannot be provided here (or the sandbox is closed)."""
+
+
+class _Worker:
+    """Trainer-side handle of one worker process."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, seat: int, mode: str) -> None:
+        self.proc = proc
+        self.seat = seat
+        self.mode = mode
+        self.level = "process"
+        self.layers: list[str] = []
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.inflight = 0
+        self.calls = 0
+        self.sessions: set[str] = set()
+        self.draining = False
+        self.dead = False
+        self.reader: asyncio.Task[None] | None = None
+
+    def send(self, msg: dict[str, Any]) -> None:
+        data = json.dumps(msg).encode()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(len(data).to_bytes(4, "big") + data)
+
+    async def recv(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        n = int.from_bytes(await self.proc.stdout.readexactly(4), "big")
+        return dict(json.loads(await self.proc.stdout.readexactly(n)))
+
+    def kill(self) -> None:
+        self.dead = True
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+class Sandbox:
+    """Execution service for model-written code.
+
+    >>> async with Sandbox(SandboxConfig(timeout=2)) as sb:
+    ...     r = await sb.run("print(6 * 7)")
+    ...     r.stdout, r.isolation
+    ('42\\n', 'kernel')
+    """
+
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        self.config = config or SandboxConfig()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started: concurrent.futures.Future[None] | None = None
+        self._closed = False
+        self._workers: list[_Worker] = []
+        self._sessions: dict[str, _Worker] = {}
+        self._lost_sessions: set[str] = set()
+        self._ids = itertools.count(1)
+        self._sem: asyncio.Semaphore | None = None
+        self._mode = "plain"
+        self._level = "process"
+        self._layers: list[str] = []
+        self._counts: Counter[str] = Counter()
+        self._latency: list[float] = []
+        self._spawning: set[asyncio.Task[Any]] = set()
+        self._reserved_seats: set[int] = set()
+        self._ready = False
+        self._last_error = ""
+
+    # ---- public API -----------------------------------------------------------------
+
+    async def __aenter__(self) -> Sandbox:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> Sandbox:
+        """Start the workers (idempotent; ``run`` starts them on first use)."""
+        await asyncio.wrap_future(self._ensure_started())
+        return self
+
+    async def run(self, code: str, *, session: str | None = None, timeout: float | None = None,
+                  language: str = "python") -> ExecResult:  # fmt: skip
+        """Run ``code`` in a fresh sandboxed child (or in persistent ``session``, whose variables
+        survive across calls until ``close_session``). ``language`` is "python" or "shell"
+        (``sh -c``; not for sessions). Never raises for anything the code does."""
+        await self.start()
+        return await asyncio.wrap_future(self._submit(self._run(code, session, timeout, language)))
+
+    def run_sync(self, code: str, *, session: str | None = None, timeout: float | None = None,
+                 language: str = "python") -> ExecResult:  # fmt: skip
+        """Blocking ``run`` for synchronous callers (not from inside a running event loop of
+        the same thread if that loop must keep serving)."""
+        return self._submit(self._run(code, session, timeout, language)).result()
+
+    async def close_session(self, session: str) -> None:
+        """End a persistent session: its processes are killed and its directory removed."""
+        if self._started is None or self._closed:
+            return
+        await self.start()
+        await asyncio.wrap_future(self._submit(self._close_session(session)))
+
+    async def close(self) -> None:
+        """Stop every worker (calls in flight end as cancelled)."""
+        fut = self._shutdown()
+        if fut is not None:
+            await asyncio.wrap_future(fut)
+        self._join()
+
+    def close_sync(self) -> None:
+        fut = self._shutdown()
+        if fut is not None:
+            fut.result()
+        self._join()
+
+    @property
+    def isolation(self) -> str:
+        """The level calls run under (valid after ``start``)."""
+        return self._level
+
+    def metrics(self) -> dict[str, float | int | str]:
+        """Counters for logging: calls, errors by kind, worker restarts, latency."""
+        lat = sorted(self._latency[-2048:])
+        out: dict[str, float | int | str] = dict(self._counts)
+        out.update(
+            isolation=self._level,
+            layers="+".join(self._layers),
+            workers=sum(not w.dead for w in self._workers),
+            sessions=len(self._sessions),
+            inflight=sum(w.inflight for w in self._workers),
+        )
+        if lat:
+            out["latency_p50_ms"] = 1000 * lat[len(lat) // 2]
+            out["latency_p99_ms"] = 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        return out
+
+    # ---- service thread -------------------------------------------------------------
+
+    def _ensure_started(self) -> concurrent.futures.Future[None]:
+        with self._lock:
+            if self._closed:
+                raise SandboxUnavailable("the sandbox is closed")
+            if self._started is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def serve() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+                    loop.close()
+
+                self._thread = threading.Thread(target=serve, name="turnrl-sandbox", daemon=True)
+                self._thread.start()
+                ready.wait()
+                self._loop = loop
+                self._started = asyncio.run_coroutine_threadsafe(self._astart(), loop)
+            return self._started
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        try:
+            self._ensure_started().result()
+        except BaseException:
+            coro.close()
+            raise
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def _shutdown(self) -> concurrent.futures.Future[None] | None:
+        with self._lock:
+            if self._closed or self._loop is None:
+                self._closed = True
+                return None
+            self._closed = True
+            return asyncio.run_coroutine_threadsafe(self._aclose(), self._loop)
+
+    def _join(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    # ---- inside the service loop ----------------------------------------------------
+
+    async def _astart(self) -> None:
+        cfg = self.config
+        self._sem = asyncio.Semaphore(cfg.max_concurrency)
+        modes = ["plain"]
+        if cfg.isolation == "namespace":
+            bwrap = shutil.which(cfg.bwrap) if cfg.bwrap else None
+            modes = (["bwrap"] if bwrap else []) + ["unshare", "plain"]
+        best: _Worker | None = None
+        for mode in modes:  # detect by trying: the first mode whose worker reaches the target
+            try:
+                w = await self._spawn(mode, seat=0)
+            except (OSError, RuntimeError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
+                self._counts[f"start_failed_{mode}"] += 1
+                self._last_error = repr(e)
+                continue
+            if best is None or level_rank(w.level) > level_rank(best.level):
+                if best is not None:
+                    await self._retire(best)
+                best = w
+            else:
+                await self._retire(w)
+            if level_rank(best.level) >= level_rank(cfg.isolation):
+                break
+        if best is None:
+            raise SandboxUnavailable(f"no sandbox worker could start: {self._last_error}")
+        self._mode, self._level, self._layers = best.mode, best.level, best.layers
+        if cfg.require is not None and level_rank(self._level) < level_rank(cfg.require):
+            await self._retire(best)
+            raise SandboxUnavailable(
+                f"isolation '{cfg.require}' required but only '{self._level}' is available "
+                f"here (layers: {'+'.join(self._layers) or 'none'})"
+            )
+        self._workers.append(best)
+        self._workers += await asyncio.gather(
+            *(self._spawn(self._mode, seat=i) for i in range(1, cfg.workers))
+        )
+        self._ready = True
+
+    def _worker_config(self, seat: int, mode: str) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "index": seat,
+            "seat": seat,
+            "slots": cfg.slots_per_worker,
+            "uid_base": cfg.uid_base,
+            "isolation": cfg.isolation if cfg.isolation != "namespace" or mode != "plain"
+            else "kernel",
+            "unshare": mode == "unshare",
+            "limits": {"memory_mb": cfg.memory_mb, "cpu_seconds": cfg.cpu_seconds or 0,
+                       "file_size_mb": cfg.file_size_mb, "open_files": cfg.open_files,
+                       "processes": cfg.processes},  # fmt: skip
+            "max_output_bytes": cfg.max_output_bytes,
+            "show_last_expression": cfg.show_last_expression,
+            "session_idle_timeout": cfg.session_idle_timeout,
+            "session_cpu_seconds": cfg.session_cpu_seconds,
+            "preload": list(cfg.preload),
+            "read_paths": _read_paths(cfg, fine=False),
+            "read_paths_fine": _read_paths(cfg, fine=True),
+            "trainer_pid": os.getpid(),
+            "parent_namespaces": _namespace_ids(),
+        }
+
+    async def _spawn(self, mode: str, seat: int) -> _Worker:
+        python = self.config.python or sys.executable
+        argv = [python, "-E", "-s", WORKER_PATH, json.dumps(self._worker_config(seat, mode))]
+        if mode == "bwrap":
+            argv = [*_bwrap_argv(self.config, python), "--", *argv]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            env={"PATH": SAFE_PATH, "LANG": "C.UTF-8"}, cwd="/", start_new_session=True,
+            limit=1 << 22,
+        )  # fmt: skip
+        w = _Worker(proc, seat, mode)
+        try:
+            hello = await asyncio.wait_for(w.recv(), START_TIMEOUT)
+        except BaseException:
+            w.kill()
+            await proc.wait()
+            raise
+        if hello.get("type") != "hello":
+            w.kill()
+            raise RuntimeError(f"sandbox worker failed: {hello.get('message', hello)}")
+        w.level, w.layers = str(hello["level"]), list(hello["layers"])
+        w.reader = asyncio.ensure_future(self._read_loop(w))
+        self._counts["workers_started"] += 1
+        return w
+
+    async def _read_loop(self, w: _Worker) -> None:
+        try:
+            while True:
+                msg = await w.recv()
+                fut = w.pending.pop(int(msg.get("id", 0)), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            was_dead = w.dead
+            w.dead = True
+            for fut in w.pending.values():
+                if not fut.done():
+                    fut.set_result({"type": "died"})
+            w.pending.clear()
+            await w.proc.wait()
+            if not was_dead and not w.draining and not self._closed:
+                self._counts["worker_deaths"] += 1
+            self._forget(w)
+
+    def _forget(self, w: _Worker) -> None:
+        """A worker is gone: its sessions are lost, its seat is refilled."""
+        for name in w.sessions:
+            if self._sessions.get(name) is w:
+                del self._sessions[name]
+                self._lost_sessions.add(name)
+        w.sessions.clear()
+        if w in self._workers:
+            self._workers.remove(w)
+        _kill_seat_processes(self.config, w.seat)
+        if self._ready and not self._closed:
+            self._ensure_pool()
+
+    def _ensure_pool(self) -> None:
+        live = [w for w in self._workers if not w.dead and not w.draining]
+        missing = self.config.workers - len(live) - len(self._spawning)
+        for _ in range(max(0, missing)):
+            task = asyncio.ensure_future(self._add_worker())
+            self._spawning.add(task)
+            task.add_done_callback(self._spawning.discard)
+
+    async def _add_worker(self) -> _Worker | None:
+        used = {w.seat for w in self._workers} | self._reserved_seats
+        seat = next(i for i in itertools.count() if i not in used)
+        self._reserved_seats.add(seat)
+        try:
+            w = await self._spawn(self._mode, seat)
+        except (OSError, RuntimeError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
+            self._counts["worker_start_failures"] += 1
+            self._last_error = repr(e)
+            return None
+        finally:
+            self._reserved_seats.discard(seat)
+        if self._closed:
+            await self._retire(w)
+            return None
+        self._workers.append(w)
+        self._counts["worker_restarts"] += 1
+        return w
+
+    async def _pick(self, session: str | None) -> _Worker:
+        if session is not None:
+            w = self._sessions.get(session)
+            if w is not None and not w.dead:
+                return w
+        for _ in range(3):
+            live = [w for w in self._workers if not w.dead and not w.draining]
+            if live:
+                w = min(live, key=lambda w: (w.inflight, w.calls))
+                if session is not None:
+                    self._sessions[session] = w
+                    w.sessions.add(session)
+                return w
+            self._ensure_pool()
+            if self._spawning:
+                await asyncio.wait(set(self._spawning))
+        raise SandboxUnavailable(f"no sandbox worker available: {self._last_error}")
+
+    async def _run(self, code: str, session: str | None, timeout: float | None,
+                   language: str) -> ExecResult:  # fmt: skip
+        t0 = time.monotonic()
+        timeout = float(timeout if timeout is not None else self.config.timeout)
+        if language not in ("python", "shell"):
+            raise ValueError(f"unknown language {language!r} (python | shell)")
+        if language != "python" and session is not None:
+            raise ValueError("sessions run Python only")
+        if len(code.encode("utf-8", "replace")) > self.config.max_code_bytes:
+            return self._done(ExecResult.failure(
+                f"code too long (max {self.config.max_code_bytes} bytes)", self._level), t0)
+        assert self._sem is not None
+        async with self._sem:
+            try:
+                w = await self._pick(session)
+            except SandboxUnavailable as e:
+                return self._done(ExecResult.failure(str(e), self._level), t0)
+            lost = session is not None and session in self._lost_sessions
+            self._lost_sessions.discard(session or "")
+            rid = next(self._ids)
+            fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            w.pending[rid] = fut
+            w.inflight += 1
+            w.calls += 1
+            try:
+                w.send({"op": "run", "id": rid, "code": code, "timeout": timeout,
+                        "session": session, "language": language})  # fmt: skip
+                msg = await asyncio.wait_for(asyncio.shield(fut), timeout + BACKSTOP_GRACE)
+            except asyncio.TimeoutError:
+                self._counts["worker_hung"] += 1
+                w.kill()
+                msg = {"type": "died", "hung": True}
+            except asyncio.CancelledError:
+                w.pending.pop(rid, None)
+                if not w.dead:
+                    w.send({"op": "cancel", "id": rid})
+                raise
+            except (ConnectionError, RuntimeError):  # stdin of a dying worker
+                msg = {"type": "died"}
+            finally:
+                w.inflight -= 1
+                self._maybe_recycle(w)
+        if msg.get("type") != "result":
+            what = "stopped responding and was restarted" if msg.get("hung") else "died"
+            return self._done(ExecResult.failure(
+                f"the sandbox worker {what}; the call was lost", w.level,
+                time.monotonic() - t0), t0)  # fmt: skip
+        stderr = str(msg["stderr"])
+        if lost:
+            stderr = "[sandbox] the session's earlier state was lost (worker restarted)\n" + stderr
+        result = ExecResult(
+            stdout=str(msg["stdout"]), stderr=stderr, exit_code=msg["exit_code"],
+            error=msg["error"], timed_out=bool(msg["timed_out"]), isolation=w.level,
+            duration=float(msg["duration"]), truncated=bool(msg["truncated"]),
+        )  # fmt: skip
+        if result.error and "session was restarted" in result.error and session is not None:
+            self._sessions.pop(session, None)
+            w.sessions.discard(session)
+        return self._done(result, t0)
+
+    def _done(self, r: ExecResult, t0: float) -> ExecResult:
+        c = self._counts
+        c["calls"] += 1
+        if r.error is not None:
+            c["errors"] += 1
+        if r.timed_out:
+            c["timeouts"] += 1
+        if r.truncated:
+            c["truncated"] += 1
+        if r.exit_code is None and not r.timed_out:
+            c["lost"] += 1
+        self._latency.append(time.monotonic() - t0)
+        if len(self._latency) > 8192:
+            del self._latency[:4096]
+        return r
+
+    def _maybe_recycle(self, w: _Worker) -> None:
+        if w.dead:
+            return
+        if not w.draining and w.calls >= self.config.recycle_after:
+            w.draining = True
+            self._counts["recycled"] += 1
+            self._ensure_pool()
+        if w.draining and w.inflight == 0 and not w.sessions:
+            asyncio.ensure_future(self._retire(w))
+
+    async def _retire(self, w: _Worker) -> None:
+        """Ask a worker to exit (it kills its sessions and cleans its directory)."""
+        w.draining = True
+        if w.proc.returncode is None and not w.dead:
+            try:
+                w.send({"op": "exit"})
+                assert w.proc.stdin is not None
+                w.proc.stdin.close()
+                await asyncio.wait_for(w.proc.wait(), 5)
+            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+                w.kill()
+        w.dead = True
+        if w.reader is None:
+            await w.proc.wait()
+            _kill_seat_processes(self.config, w.seat)
+
+    async def _close_session(self, session: str) -> None:
+        self._lost_sessions.discard(session)
+        w = self._sessions.pop(session, None)
+        if w is None or w.dead:
+            return
+        w.sessions.discard(session)
+        rid = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        w.pending[rid] = fut
+        try:
+            w.send({"op": "close", "id": rid, "session": session})
+            await asyncio.wait_for(fut, 5)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            w.pending.pop(rid, None)
+        self._maybe_recycle(w)
+
+    async def _aclose(self) -> None:
+        for task in list(self._spawning):
+            task.cancel()
+        await asyncio.gather(*(self._retire(w) for w in list(self._workers)),
+                             return_exceptions=True)
+        for w in list(self._workers):
+            if w.reader is not None:
+                await asyncio.gather(w.reader, return_exceptions=True)
+        self._workers.clear()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _namespace_ids() -> dict[str, str]:
+    out = {}
+    for ns in ("pid", "net", "mnt", "user", "ipc"):
+        try:
+            out[ns] = os.readlink(f"/proc/self/ns/{ns}")
+        except OSError:
+            continue
+    return out
+
+
+def _python_dirs(python: str | None) -> list[str]:
+    dirs = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
+    if python:
+        dirs.add(os.path.dirname(os.path.dirname(os.path.realpath(python))))
+    return sorted(os.path.realpath(d) for d in dirs)
+
+
+def _world_readable(path: str) -> tuple[list[str], bool]:
+    """The largest pieces of ``path`` that everyone may read, and whether that is all of it
+    (never a file only its owner or group may read, like /etc/shadow). Symlinks add nothing:
+    Landlock checks the file they resolve to."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return [], False
+    if stat.S_ISLNK(st.st_mode):
+        return [], True
+    if not st.st_mode & stat.S_IROTH:
+        return [], False
+    if not stat.S_ISDIR(st.st_mode):
+        return [path], True
+    try:
+        names = sorted(os.listdir(path)) if st.st_mode & stat.S_IXOTH else None
+    except OSError:
+        names = None
+    if names is None:
+        return [], False
+    parts, whole = [], True
+    for n in names:
+        sub, sub_whole = _world_readable(os.path.join(path, n))
+        parts += sub
+        whole = whole and sub_whole
+    return ([path], True) if whole else (parts, False)
+
+
+_FINE_ETC: list[str] | None = None
+
+
+def _read_paths(cfg: SandboxConfig, fine: bool) -> list[str]:
+    """What a call may read at kernel level. ``fine``: /etc reduced to world-readable entries,
+    for workers whose calls keep CAP_DAC_READ_SEARCH (file modes then protect nothing)."""
+    global _FINE_ETC
+    if fine:
+        if _FINE_ETC is None:
+            _FINE_ETC = _world_readable("/etc")[0]
+        etc = _FINE_ETC
+    else:
+        etc = ["/etc"]
+    return [*SYSTEM_READ, *etc, *_python_dirs(cfg.python), *cfg.read_paths, *DEVICES]
+
+
+def _bwrap_argv(cfg: SandboxConfig, python: str) -> list[str]:
+    """bubblewrap around a worker: read-only host root, fresh /dev, /proc, /tmp, new pid/net/
+    ipc/uts namespaces, the trainer's home and /root replaced by empty dirs except for the
+    Python installation. As root: no user namespace (the worker must switch uids per call) and
+    only the capabilities that needs; otherwise an unprivileged user namespace."""
+    root = os.geteuid() == 0
+    argv = [shutil.which(cfg.bwrap or "bwrap") or "bwrap", "--die-with-parent", "--new-session",
+            "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+            "--tmpfs", "/tmp"]  # fmt: skip
+    if not root:
+        argv.append("--unshare-user")
+    keep = _python_dirs(python) + [os.path.realpath(p) for p in cfg.read_paths]
+    hidden = {os.path.expanduser("~"), "/root", *cfg.hidden_paths}
+    for h in sorted(os.path.realpath(h) for h in hidden):
+        if not os.path.isdir(h) or h == "/":
+            continue
+        argv += ["--perms", "0755", "--tmpfs", h]
+        for k in keep:
+            if not k.startswith(h + "/"):
+                continue
+            rel = Path(k).relative_to(h).parts
+            for i in range(1, len(rel)):
+                argv += ["--perms", "0755", "--dir", os.path.join(h, *rel[:i])]
+            argv += ["--ro-bind", k, k]
+    if root:
+        argv += ["--cap-drop", "ALL"]
+        for cap in ROOT_CAPS:
+            argv += ["--cap-add", f"CAP_{cap}"]
+    return argv
+
+
+def _kill_seat_processes(cfg: SandboxConfig, seat: int) -> None:
+    """Root only: kill whatever still runs under a seat's call uids once its worker is gone
+    (call processes die with their worker, but their own children could outlive it)."""
+    if os.geteuid() != 0:
+        return
+    lo = cfg.uid_base + seat * cfg.slots_per_worker
+    hi = lo + cfg.slots_per_worker
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            uid = os.stat(f"/proc/{name}").st_uid
+        except OSError:
+            continue
+        if lo <= uid < hi:
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+# --------------------------------------------------------------------------- shared default
+
+_DEFAULT: Sandbox | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def get_sandbox() -> Sandbox:
+    """The process-wide sandbox for tools (config from ``configure_sandbox`` or the
+    environment, see ``SandboxConfig.from_env``); started on first use, closed at exit."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None or _DEFAULT._closed:
+            _DEFAULT = Sandbox(SandboxConfig.from_env())
+            atexit.register(_DEFAULT.close_sync)
+        return _DEFAULT
+
+
+def configure_sandbox(config: SandboxConfig) -> Sandbox:
+    """Replace the shared default (closing the previous one) with one using ``config``."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        old, _DEFAULT = _DEFAULT, Sandbox(config)
+        atexit.register(_DEFAULT.close_sync)
+    if old is not None:
+        old.close_sync()
+    return _DEFAULT
+
+
+__all__ = ["LEVELS", "Sandbox", "SandboxUnavailable", "configure_sandbox", "get_sandbox"]
