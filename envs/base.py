@@ -186,7 +186,7 @@ def _to_text(out: Any) -> str:
     return str(out)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Tool:
     """A callable tool: name, description and JSON schema from a typed Python function.
 

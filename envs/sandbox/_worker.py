@@ -503,9 +503,9 @@ class Worker:
             self.sel.unregister(fd)
             os.close(fd)
         call.pipes.clear()
-        self._reply(call, status=status)
-        if call.workdir is not None:
+        if call.workdir is not None:  # before replying: disk is freed before more work comes
             shutil.rmtree(call.workdir, ignore_errors=True)
+        self._reply(call, status=status)
         if call.slot is not None:
             self.free_slots.append(call.slot)
 

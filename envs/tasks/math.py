@@ -75,16 +75,24 @@ _NAMES = ["Ana", "Ben", "Mia", "Leo", "Sara", "Tom", "Lily", "Omar", "Zoe", "Raj
 _GOODS = [("pens", "notebook"), ("apples", "bag"), ("stickers", "book"), ("cups", "tray")]
 _THINGS = ["cookies", "marbles", "cards", "candies", "stamps", "shells"]
 _RATES = [
-    ("A car", "km", "hour"),
-    ("A machine", "bottles", "minute"),
-    ("A printer", "pages", "minute"),
-    ("A pump", "liters", "minute"),
+    ("A car", "drives", "km", "hour"),
+    ("A machine", "fills", "bottles", "minute"),
+    ("A printer", "prints", "pages", "minute"),
+    ("A pump", "moves", "liters", "minute"),
 ]
 _BOXES = [("boxes", "eggs"), ("crates", "apples"), ("packs", "pencils"), ("trays", "muffins")]
-_TANKS = [("A tank", "liters"), ("A barrel", "liters"), ("A pool", "buckets of water")]
+_TANKS = [
+    ("A tank", "liter", "liters"),
+    ("A barrel", "liter", "liters"),
+    ("A pool", "bucket of water", "buckets of water"),
+]
 _PURCHASES = ["game", "jacket", "bike lock", "ticket"]
 
 Template = Callable[[random.Random, int, Difficulty], tuple[str, str]]
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def _amount(rng: random.Random, d: Difficulty) -> int:
@@ -148,20 +156,20 @@ def _sharing(rng: random.Random, ops: int, d: Difficulty) -> tuple[str, str]:
 
 
 def _rates(rng: random.Random, ops: int, d: Difficulty) -> tuple[str, str]:
-    who, unit, per = rng.choice(_RATES)
+    who, verb, unit, per = rng.choice(_RATES)
     r, t = _amount(rng, d), _small(rng, d)
     if ops == 1:
-        return f"{who} makes {r} {unit} per {per}. How many {unit} in {t} {per}s?", f"{r}*{t}"
+        return f"{who} {verb} {r} {unit} per {per}. How many {unit} in {t} {per}s?", f"{r}*{t}"
     if ops == 2:
         extra = _amount(rng, d)
         return (
-            f"{who} makes {r} {unit} per {per} for {t} {per}s, then {extra} {unit} more. "
+            f"{who} {verb} {r} {unit} per {per} for {t} {per}s, then {extra} {unit} more. "
             f"How many {unit} in total?",
             f"{r}*{t}+{extra}",
         )
     r2, t2 = _amount(rng, d), _small(rng, d)
     return (
-        f"{who} makes {r} {unit} per {per} for {t} {per}s, then {r2} {unit} per {per} "
+        f"{who} {verb} {r} {unit} per {per} for {t} {per}s, then {r2} {unit} per {per} "
         f"for {t2} {per}s. How many {unit} in total?",
         f"{r}*{t}+{r2}*{t2}",
     )
@@ -174,11 +182,13 @@ def _ages(rng: random.Random, ops: int, d: Difficulty) -> tuple[str, str]:
         diff = rng.randint(1, a - 1)
         if rng.random() < 0.5:
             return (
-                f"{a_name} is {a} years old. {b_name} is {diff} years older. How old is {b_name}?",
+                f"{a_name} is {a} years old. {b_name} is {_count(diff, 'year', 'years')} older. "
+                f"How old is {b_name}?",
                 f"{a}+{diff}",
             )
         return (
-            f"{a_name} is {a} years old. {b_name} is {diff} years younger. How old is {b_name}?",
+            f"{a_name} is {a} years old. {b_name} is {_count(diff, 'year', 'years')} younger. "
+            f"How old is {b_name}?",
             f"{a}-{diff}",
         )
     m, years = rng.randint(2, 4), _small(rng, d)
@@ -190,8 +200,9 @@ def _ages(rng: random.Random, ops: int, d: Difficulty) -> tuple[str, str]:
         )
     diff = rng.randint(1, a * m - 1)
     return (
-        f"{a_name} is {a} years old and {b_name} is {m} times as old. {c_name} is {diff} years "
-        f"younger than {b_name}. How old will {c_name} be in {years} years?",
+        f"{a_name} is {a} years old and {b_name} is {m} times as old. {c_name} is "
+        f"{_count(diff, 'year', 'years')} younger than {b_name}. "
+        f"How old will {c_name} be in {years} years?",
         f"{a}*{m}-{diff}+{years}",
     )
 
@@ -222,7 +233,7 @@ def _boxes(rng: random.Random, ops: int, d: Difficulty) -> tuple[str, str]:
     if ops == 1:
         return f"There are {g} {box} with {k} {item} in each. How many {item} in all?", f"{g}*{k}"
     if ops == 2:
-        bad = rng.randint(1, g * k - 1)
+        bad = rng.randint(2, g * k - 1)
         return (
             f"There are {g} {box} with {k} {item} in each. {bad} {item} are bad. "
             f"How many good {item} are there?",
@@ -233,6 +244,8 @@ def _boxes(rng: random.Random, ops: int, d: Difficulty) -> tuple[str, str]:
     # g * k - bad == total, with bad >= 1: pick g, then k so that g * k exceeds total.
     k = total // g + rng.randint(1, 5)
     bad = g * k - total
+    if bad == 1:  # "1 eggs are bad": move to the next k instead
+        k, bad = k + 1, bad + g
     return (
         f"There are {g} {box} with {k} {item} in each. {bad} {item} are bad and the rest are "
         f"packed equally into {bags} bags. How many {item} go in each bag?",
@@ -241,27 +254,25 @@ def _boxes(rng: random.Random, ops: int, d: Difficulty) -> tuple[str, str]:
 
 
 def _tanks(rng: random.Random, ops: int, d: Difficulty) -> tuple[str, str]:
-    what, unit = rng.choice(_TANKS)
-    a = _amount(rng, d) + d.max_value  # keep a full tank larger than what leaks out
+    what, one, many = rng.choice(_TANKS)
+    a = _amount(rng, d) + d.max_value  # a full tank holds more than any amount drawn
+    b, c = rng.randint(2, a - 1), _amount(rng, d)
     if ops == 1:
-        b = rng.randint(1, a - 1)
         return (
-            f"{what} holds {a} {unit}. {b} {unit} leak out. How many {unit} are left?",
+            f"{what} holds {a} {many}. {b} {many} leak out. How many {many} are left?",
             f"{a}-{b}",
         )
-    c = _amount(rng, d)
     if ops == 2:
-        b = rng.randint(1, a - 1)
         return (
-            f"{what} holds {a} {unit}. {b} {unit} leak out, then {c} {unit} are added. "
-            f"How many {unit} are in it now?",
+            f"{what} holds {a} {many}. {b} {many} leak out, then {c} {many} are added. "
+            f"How many {many} are in it now?",
             f"{a}-{b}+{c}",
         )
-    h = _small(rng, d)
-    r = rng.randint(1, max(1, (a - 1) // h))
+    h = _small(rng, d)  # h < a, so r * h <= a - 1
+    r = rng.randint(1, (a - 1) // h)
     return (
-        f"{what} holds {a} {unit}. It loses {r} {unit} per hour for {h} hours, then {c} {unit} "
-        f"are added. How many {unit} are in it now?",
+        f"{what} holds {a} {many}. It loses {_count(r, one, many)} per hour for {h} hours, then "
+        f"{c} {many} are added. How many {many} are in it now?",
         f"{a}-{r}*{h}+{c}",
     )
 

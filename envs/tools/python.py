@@ -50,6 +50,8 @@ async def execute(
     """Run ``code`` with ``python -I -c``; return stdout+stderr (interleaved) as text."""
     if len(code) > MAX_CODE_CHARS:
         return f"Error: code too long (max {MAX_CODE_CHARS} characters)"
+    if "\x00" in code:
+        return "Error: code contains a NUL character"
     with tempfile.TemporaryDirectory(prefix="turnrl-py-") as cwd:
         env = {"PATH": os.defpath, "HOME": cwd, "TMPDIR": cwd, "LANG": "C.UTF-8"}
         proc = await asyncio.create_subprocess_exec(

@@ -217,6 +217,7 @@ def test_python_tool_runs_code_isolated() -> None:
     assert "ZeroDivisionError" in asyncio.run(run_python("1/0"))
     assert asyncio.run(run_python("x = 1")) == "(no output)"
     assert asyncio.run(run_python("import sys; sys.exit(3)")) == "Error: exit code 3"
+    assert asyncio.run(run_python("print(1)\x00")) == "Error: code contains a NUL character"
 
 
 def test_python_tool_timeout_and_output_cap_are_strings() -> None:
