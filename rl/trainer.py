@@ -68,7 +68,8 @@ class Trainer:
             self.step = step + 1
             self.log_step(step, trajs, rewards, metrics, timer)
             self.maybe_save()
-        self.results["rl"] = self.evaluate("rl")
+        if self.cfg.eval.compare_stages:
+            self.results[self.cfg.algorithm.name] = self.evaluate(self.cfg.algorithm.name)
         self.save()
         self.finish()
         return self.results
@@ -206,8 +207,9 @@ class Trainer:
         print(f"[turnrl] resumed from {path} at step {self.step} ({self.stage})")
 
     def finish(self) -> None:
-        print(stage_table(self.results), flush=True)
-        (self.run_dir / "results.md").write_text(stage_table(self.results) + "\n")
+        if self.results:
+            print(stage_table(self.results), flush=True)
+            (self.run_dir / "results.md").write_text(stage_table(self.results) + "\n")
         self.logger.close()
 
 

@@ -139,7 +139,7 @@ class AgentLoop:
     ) -> list[Trajectory]:
         live: list[_Live] = []
         for gi, task in enumerate(tasks):
-            for k in range(n_samples):
+            for _ in range(n_samples):
                 live.append(await self._start(task, seed=seed + gi, group=group_offset + gi))
         try:
             for turn in range(self.cfg.max_turns):

@@ -1,0 +1,83 @@
+"""Cold-start SFT data: env demonstrations and JSONL conversations on the RL token path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import envs.tasks  # noqa: F401
+from envs.base import make_env
+from envs.tasks.math import make_tasks
+from rewards.compose import compose
+from rl.sft import conversation_trajectory, load_jsonl_conversations, replay
+
+
+def _assistant_tokens(traj):
+    return [i for i, m in zip(traj.token_ids, traj.loss_mask) if m]
+
+
+@pytest.mark.parametrize("source", ["mixed", "word", "arith", "basic_arithmetic", "chain_sum"])
+def test_demonstrations_replayed_through_the_env_score_full_reward(tokenizer, source):
+    factory = lambda: make_env("math")  # noqa: E731
+    for task in make_tasks(source, "train", 5, seed=3):
+        actions = factory().demonstration(task)
+        traj = replay(tokenizer, factory, task, actions)
+        total, terms = compose(traj, {"outcome": 1.0, "format": 1.0})
+        assert terms == {"outcome": 1.0, "format": 1.0}, (task.prompt, actions)
+        assert traj.terminated and not traj.truncated
+
+
+def test_sft_loss_mask_covers_exactly_the_assistant_tokens(tokenizer):
+    factory = lambda: make_env("math")  # noqa: E731
+    task = make_tasks("word", "train", 1, seed=0)[0]
+    actions = factory().demonstration(task)
+    traj = replay(tokenizer, factory, task, actions)
+    expected = []
+    for a in actions:
+        expected += tokenizer.encode(a, add_special_tokens=False) + [tokenizer.eos_token_id]
+    assert _assistant_tokens(traj) == expected
+    rendered = tokenizer.apply_chat_template(traj.messages, tokenize=False)
+    full = tokenizer.encode(rendered, add_special_tokens=False)
+    assert full[: len(traj.token_ids)] == traj.token_ids
+    # the tool's real result is in the (unmasked) observation
+    obs = tokenizer.decode([i for i, m in zip(traj.token_ids, traj.loss_mask) if not m])
+    assert "<tool_response>" in obs
+
+
+def test_jsonl_conversations_take_the_same_path(tokenizer, tmp_path):
+    row = {"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": '<tool_call>{"name": "calculator", "arguments": '
+                                         '{"expression": "2+2"}}</tool_call>'},
+        {"role": "tool", "content": "<tool_response>4</tool_response>"},
+        {"role": "assistant", "content": "<answer>4</answer>"},
+    ]}
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(row) + "\n\n")
+    (loaded,) = load_jsonl_conversations(path)
+    traj = conversation_trajectory(tokenizer, loaded, native_tools=False)
+    expected = []
+    for m in row["messages"]:
+        if m["role"] == "assistant":
+            expected += tokenizer.encode(m["content"], add_special_tokens=False)
+            expected.append(tokenizer.eos_token_id)
+    assert _assistant_tokens(traj) == expected
+    rendered = tokenizer.apply_chat_template(row["messages"], tokenize=False)
+    assert tokenizer.encode(rendered, add_special_tokens=False)[: len(traj.token_ids)] == \
+        traj.token_ids
+
+
+@pytest.mark.parametrize(("line", "msg"), [
+    ("{not json", "not valid JSON"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}', "assistant turn"),
+    ('{"messages": [{"role": "assistant"}]}', "'role' and 'content'"),
+    ('{"text": "no messages"}', "'messages' list"),
+])
+def test_malformed_jsonl_rows_fail_with_line_numbers(tmp_path, line, msg):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"messages": [{"role": "assistant", "content": "ok"}]}\n' + line + "\n")
+    with pytest.raises(ValueError, match=msg) as info:
+        load_jsonl_conversations(path)
+    assert ":2:" in str(info.value)
