@@ -11,6 +11,7 @@ from typing import Any
 
 from rl.learner.torch import LearnerConfig, LossConfig
 from rl.rollout.agent_loop import RolloutConfig
+from rl.rollout.engines.vllm import VLLMConfig
 
 
 @dataclass
@@ -52,6 +53,10 @@ class AlgorithmConfig:
     norm_std: bool = True
     group_size: int = 4
     """Samples per task (a GRPO group)."""
+    drop_uniform_groups: bool = True
+    """Leave groups whose rewards are all equal out of the update (DAPO's dynamic-sampling
+    filter, without re-sampling): their advantages are 0, so they only dilute the token-mean
+    normaliser and cost a forward/backward."""
     loss: LossConfig = field(default_factory=LossConfig)
     reward_weights: dict[str, float] = field(default_factory=lambda: {"outcome": 1.0})
     """Reward terms (rewards.compose registry) and their weights."""
@@ -114,6 +119,8 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     engine: str = "hf"
     """Rollout engine: hf (in-process transformers) | vllm."""
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    """Start-up options of the vLLM engine (used when engine=vllm)."""
 
 
 def load_config(overrides: list[str] | None = None, config_dir: str | None = None):

@@ -61,8 +61,7 @@ class Trainer:
             with timer("advantage"):
                 batch = self.make_batch(trajs, rewards)
             with timer("update"):
-                metrics = self.learner.update(batch, self.cfg.algorithm.loss,
-                                              self.cfg.rollout.temperature)
+                metrics = self.update(batch)
             with timer("sync"):
                 self.engine.update_weights(self.learner.named_weights())
             self.step = step + 1
@@ -88,12 +87,26 @@ class Trainer:
             t.outcome_reward, t.reward_terms = compose(t, self.cfg.algorithm.reward_weights)
         return torch.tensor([t.outcome_reward for t in trajs], dtype=torch.float32)
 
-    def make_batch(self, trajs: list[Trajectory], rewards: torch.Tensor) -> Batch:
+    def make_batch(self, trajs: list[Trajectory], rewards: torch.Tensor) -> Batch | None:
+        """Advantages for every trajectory; the update batch (None when nothing to learn)."""
         groups = torch.tensor([t.group_id for t in trajs], dtype=torch.long)
         adv_cfg = AdvantageConfig(estimator=self.cfg.algorithm.advantage,
                                   norm_std=self.cfg.algorithm.norm_std)
         adv = self.advantage(rewards, groups, adv_cfg)
-        return Batch.from_trajectories(trajs, adv, self.tokenizer.pad_token_id)
+        keep = list(range(len(trajs)))
+        if self.cfg.algorithm.drop_uniform_groups:
+            keep = [i for i in keep if bool((rewards[groups == groups[i]] != rewards[i]).any())]
+        if not keep:
+            return None
+        return Batch.from_trajectories([trajs[i] for i in keep], adv[keep],
+                                       self.tokenizer.pad_token_id)
+
+    def update(self, batch: Batch | None) -> dict[str, float]:
+        if batch is None:  # every group uniform: no signal this step
+            return {"update/trained_seqs": 0.0, "update/tokens": 0.0}
+        m = self.learner.update(batch, self.cfg.algorithm.loss, self.cfg.rollout.temperature)
+        return {**m, "update/trained_seqs": float(len(batch)),
+                "update/tokens": float(batch.attention_mask.sum())}
 
     def run_sft(self) -> None:
         from rl.build import sft_trajectories
@@ -147,7 +160,7 @@ class Trainer:
             "reward/success": sum(success) / len(success),
             **{f"episode/{k}": v for k, v in stats.items()},
             "perf/rollout_tokens_per_s": gen_tokens / max(timer.times["rollout"], 1e-9),
-            "perf/update_tokens_per_s": sum(len(t.token_ids) for t in trajs)
+            "perf/update_tokens_per_s": metrics["update/tokens"]
             / max(timer.times["update"], 1e-9),
             **metrics, **timer.metrics(),
         }
