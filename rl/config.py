@@ -85,7 +85,7 @@ class EvalConfig:
 
 @dataclass
 class TrainerConfig:
-    steps: int = 8
+    steps: int = 10
     """RL steps (one rollout batch and one update each)."""
     tasks_per_step: int = 8
     seed: int = 0

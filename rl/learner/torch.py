@@ -31,7 +31,7 @@ class LoraConfig:
 
 @dataclass
 class LearnerConfig:
-    lr: float = 1e-5
+    lr: float = 2e-5
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
