@@ -75,7 +75,18 @@ def build_parts(cfg: Config, model: torch.nn.Module | None = None) -> Parts:
             from rl.rollout.engines.hf import HFEngine
 
             return HFEngine(policy, tokenizer, shared=True, seed=cfg.trainer.seed)
-        raise ValueError(f"unknown engine '{cfg.engine}' (available: hf)")
+        if cfg.engine == "vllm":
+            from rl.models import resolve_model_path
+            from rl.rollout.engines.vllm import VLLMEngine
+
+            # Starts from the model's folder; a policy that already differs from it (resume,
+            # SFT) reaches the engine through the trainer's update_weights calls.
+            return VLLMEngine(
+                resolve_model_path(cfg.model.name), tokenizer, cfg.vllm,
+                max_model_len=cfg.rollout.max_total_tokens, lora=cfg.learner.lora.enabled,
+                policy=policy,
+            )
+        raise ValueError(f"unknown engine '{cfg.engine}' (available: hf, vllm)")
 
     return Parts(
         tokenizer=tokenizer, model=model, env_factory=env_factory, native_tools=native,

@@ -1,0 +1,439 @@
+"""The Engine protocol on vLLM: offline ``LLM``, token ids in, token ids + logprobs out.
+
+Same contract as :mod:`rl.rollout.engines.hf` (the reference semantics):
+
+- prompts are token lists (``TokensPrompt``), never text; outputs are the sampled ids as vLLM
+  produced them (EOS, stop tokens and the token that completes a stop string are kept);
+- ``logprobs[i]`` is ``log_softmax(logits / T)[token_i]``: the temperature-scaled distribution
+  *before* top-k / top-p truncation (greedy: the untempered one), i.e. what the learner
+  recomputes. vLLM 0.32 offers ``logprobs_mode`` in {raw_logprobs, processed_logprobs,
+  raw_logits, processed_logits}: "raw_*" is before temperature, "processed_*" after temperature
+  AND after top-k/top-p (renormalised over the kept tokens). Neither is our quantity in every
+  case, so the mode is picked per call (a worker-side switch, see ``_WorkerExtension``):
+  raw_logprobs when T is 0 or 1 (exact for any top-k/top-p), processed_logprobs when T != 1 and
+  there is no truncation (exact). T not in {0, 1} *with* top-k/top-p has no exact mode and is
+  refused (ValueError) rather than silently returning a different quantity.
+- per-request token budgets, stop strings, stop token ids, per-call seeds (each request gets
+  its own seed derived from the call's seed and its index, so repeated prompts of a GRPO group
+  still differ).
+
+All requests of a call are submitted at once: vLLM's scheduler batches them continuously and
+its prefix cache shares the prompt KV of a group's repeated prompts.
+
+Weight sync (``update_weights``) keeps the engine running: a worker-extension method calls the
+model runner's ``reload_weights(weights_iterator=...)`` (loads checkpoint-format tensors, then
+re-runs the platform's post-load processing, e.g. CPU weight prepacking; loading through
+``model.load_weights`` fails on CPU for that reason), then the prefix cache is reset
+(mandatory: cached KV blocks were computed with the old weights). The engine core runs in this
+process by default (``in_process``), so the learner's tensors are handed over by reference; with
+``in_process=False`` they are serialized to the engine-core process. LoRA: ``lora_sync="merged"``
+loads ``W + scale * B @ A`` (what ``TorchLearner.named_weights`` yields);
+``lora_sync="adapter"`` saves the PEFT adapter of the policy module and serves it as a vLLM
+``LoRARequest`` (a new id per sync), leaving the base weights untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rl.rollout.engines.base import GenerationOutput, GenerationRequest, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VLLMConfig:
+    """Start-up options of the vLLM engine (``engine=vllm``). Defaults suit a small CPU box."""
+
+    dtype: str = "float32"
+    """Weights/activations dtype in vLLM: float32 | bfloat16 | float16 | auto. float32 matches
+    the fp32 learner's logprobs to ~1e-5 on CPU; bfloat16 is faster where AMX exists."""
+    enforce_eager: bool = True
+    """Eager mode (no torch.compile / CUDA graphs): starts in seconds. False compiles (faster
+    decode on GPU, minutes of start-up)."""
+    kv_cache_space_gb: float = 2.0
+    """CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); unset, vLLM reserves most of RAM."""
+    gpu_memory_utilization: float = 0.5
+    """CUDA: fraction of GPU memory vLLM may take (the learner shares the GPU)."""
+    max_model_len: int = 0
+    """Longest sequence (prompt + generation); 0 = rollout.max_total_tokens."""
+    max_num_seqs: int = 256
+    """Sequences scheduled together (continuous batching width)."""
+    enable_prefix_caching: bool = True
+    """Share KV blocks of common prompt prefixes (a GRPO group's repeated prompt)."""
+    lora_sync: str = "merged"
+    """With learner.lora.enabled: "merged" (sync W + BA as full weights) or "adapter" (serve the
+    PEFT adapter through vLLM LoRA; base weights stay as loaded)."""
+    max_lora_rank: int = 64
+    in_process: bool = True
+    """Run vLLM's engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): weight sync
+    passes tensors by reference. False: separate engine-core process (serialized sync)."""
+    num_threads: int = 0
+    """torch threads after start-up (vLLM drops this process to 1 for serving; in-process the
+    learner needs them back). 0 = the thread count before start-up."""
+    seed: int = 0
+
+
+# -- AMX -----------------------------------------------------------------------------------------
+
+_ARCH_REQ_XCOMP_PERM = 0x1023
+_XFEATURE_XTILEDATA = 18
+_SYS_ARCH_PRCTL = 158  # x86_64
+
+
+def cpu_has_amx() -> bool:
+    """True when /proc/cpuinfo lists the AMX tile feature (Sapphire Rapids and later)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_tile" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def request_amx_permission() -> bool:
+    """Ask the kernel for AMX tile state (bf16/int8 kernels SIGILL without it).
+
+    Must happen before vLLM starts. A no-op (False) on CPUs without AMX or off x86_64 Linux.
+    """
+    if platform.system() != "Linux" or platform.machine() != "x86_64" or not cpu_has_amx():
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    rc = libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA)
+    if rc != 0:
+        log.warning("AMX permission request failed (errno %d)", ctypes.get_errno())
+        return False
+    return True
+
+
+# -- logprob semantics ---------------------------------------------------------------------------
+
+
+def logprobs_mode_for(sampling: SamplingParams) -> str:
+    """The vLLM logprobs_mode whose sampled-token logprob equals ``log_softmax(logits / T)``
+    before truncation (the HF engine's quantity), or ValueError when none does."""
+    t = sampling.temperature
+    truncated = sampling.top_k > 0 or sampling.top_p < 1.0
+    if t <= 0 or t == 1.0:
+        return "raw_logprobs"  # greedy reports untempered logprobs; T=1 needs no scaling
+    if not truncated:
+        return "processed_logprobs"  # temperature applied, nothing truncated
+    raise ValueError(
+        f"vLLM cannot report logprobs under temperature {t} before top-k/top-p truncation "
+        f"(top_k={sampling.top_k}, top_p={sampling.top_p}): use temperature 1.0 or no truncation"
+    )
+
+
+class _WorkerExtension:
+    """Methods mixed into vLLM's worker class (``worker_extension_cls``); ``self`` is the worker."""
+
+    def turnrl_reload_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> int:
+        n = [0]
+
+        def counted():
+            for name, t in weights:
+                n[0] += 1
+                yield name, t
+
+        self.reload_weights(weights_iterator=counted())  # type: ignore[attr-defined]
+        _refresh_tied_heads(self.model_runner.get_model())  # type: ignore[attr-defined]
+        return n[0]
+
+    def turnrl_set_logprobs_mode(self, mode: str) -> None:
+        runner = self.model_runner  # type: ignore[attr-defined]
+        runner.model_config.logprobs_mode = mode
+        sampler = runner.sampler
+        sampler.logprobs_mode = mode
+        sampler.topk_topp_sampler.logprobs_mode = mode
+
+
+def _refresh_tied_heads(model: torch.nn.Module) -> None:
+    """Re-run post-load processing of an LM head tied to the input embedding.
+
+    A tied head receives no checkpoint tensor of its own, so ``reload_weights`` reports it as
+    "failed to load" and restores its old kernel state: on CPU that is a prepacked (oneDNN) copy
+    of the *old* embedding matrix, so the logits would keep coming from the old weights. Its
+    parameter is the (reloaded) embedding itself, so processing it again repacks the new one.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import (
+        ParallelLMHead,
+        VocabParallelEmbedding,
+    )
+
+    embeds = {
+        m.weight.data_ptr()
+        for m in model.modules()
+        if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)
+    }
+    for m in model.modules():
+        if isinstance(m, ParallelLMHead) and m.weight.data_ptr() in embeds:
+            m.quant_method.process_weights_after_loading(m)
+
+
+_EXTENSION = f"{__name__}._WorkerExtension"
+
+
+# -- the engine ------------------------------------------------------------------------------------
+
+
+class VLLMEngine:
+    """Engine protocol on ``vllm.LLM``.
+
+    ``model_path``: a local HF folder (the converted embedded model for the default).
+    ``policy``: the learner's module, needed only for ``lora_sync="adapter"``.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer,
+        cfg: VLLMConfig | None = None,
+        *,
+        max_model_len: int = 2048,
+        lora: bool = False,
+        policy: torch.nn.Module | None = None,
+    ) -> None:
+        self.cfg = cfg = cfg or VLLMConfig()
+        if cfg.lora_sync not in ("merged", "adapter"):
+            raise ValueError(f"vllm.lora_sync must be 'merged' or 'adapter', got {cfg.lora_sync!r}")
+        self.tokenizer = tokenizer
+        self.adapter = lora and cfg.lora_sync == "adapter"
+        if self.adapter and policy is None:
+            raise ValueError("lora_sync='adapter' needs the policy module (a PEFT model)")
+        self.policy = policy
+        self._lora_request: Any = None
+        self._lora_id = 0
+        self._lora_dir = tempfile.mkdtemp(prefix="turnrl-lora-") if self.adapter else None
+        self.sync_seconds: list[float] = []
+        self._mode = "raw_logprobs"
+        self._calls = 0
+        self._async_seq = 0
+        self._rids = itertools.count()
+        self._to_add: list[tuple[Any, Any, Any]] = []
+        self._futures: dict[str, Any] = {}
+        self._pump: Any = None
+
+        from vllm.platforms import current_platform
+
+        self.on_cpu = current_platform.is_cpu()
+        if self.on_cpu:
+            request_amx_permission()
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.kv_cache_space_gb:g}")
+        if cfg.in_process:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        threads = torch.get_num_threads()
+        set_threads = torch.set_num_threads
+        kwargs: dict[str, Any] = dict(
+            model=model_path,
+            tokenizer=model_path,
+            dtype=cfg.dtype,
+            enforce_eager=cfg.enforce_eager,
+            max_model_len=cfg.max_model_len or max_model_len,
+            max_num_seqs=cfg.max_num_seqs,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            seed=cfg.seed,
+            logprobs_mode=self._mode,
+            worker_extension_cls=_EXTENSION,
+            disable_log_stats=True,
+        )
+        if not self.on_cpu:
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        if self.adapter:
+            kwargs.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=1)
+        try:
+            self.llm = LLM(**kwargs)
+        finally:
+            # vLLM's CPU worker sets this process to 1 torch thread and then replaces
+            # torch.set_num_threads with a no-op; in-process, the learner needs both back.
+            torch.set_num_threads = set_threads
+            torch.set_num_threads(cfg.num_threads or threads)
+        self.in_process = cfg.in_process
+        if self.adapter:
+            self._push_adapter()
+
+    # -- Engine protocol -----------------------------------------------------------------------
+    def generate(
+        self, requests: Sequence[GenerationRequest], sampling: SamplingParams
+    ) -> list[GenerationOutput]:
+        if not requests:
+            return []
+        self._set_mode(logprobs_mode_for(sampling))
+        params = [self._params(r, sampling, i) for i, r in enumerate(requests)]
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
+        self._calls += 1
+        outs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self._lora_request)
+        return [self._output(o.outputs[0]) for o in outs]
+
+    async def agenerate(
+        self, request: GenerationRequest, sampling: SamplingParams
+    ) -> GenerationOutput:
+        """One request, awaited on its own: continuous batching across callers.
+
+        Concurrent ``agenerate`` calls join the engine's running batch as they arrive and return
+        as soon as *their* sequence finishes, so a per-trajectory agent loop need not wait for
+        the slowest trajectory of a round (the round-based ``AgentLoop`` uses ``generate``).
+        A pump task steps the engine in a worker thread, leaving the event loop free for env
+        steps. All in-flight requests share one logprobs mode (the sampling settings are the
+        rollout's, so they agree).
+        """
+        import asyncio
+
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        mode = logprobs_mode_for(sampling)
+        if (self._futures or self._to_add) and mode != self._mode:
+            raise ValueError("concurrent agenerate calls need the same logprobs mode")
+        self._set_mode(mode)
+        params = self._params(request, sampling, self._async_seq)
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        self._async_seq += 1
+        fut = asyncio.get_running_loop().create_future()
+        self._to_add.append((TokensPrompt(prompt_token_ids=list(request.prompt_ids)), params, fut))
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.ensure_future(self._run_pump())
+        out = await fut
+        return self._output(out.outputs[0])
+
+    async def _run_pump(self) -> None:
+        import asyncio
+
+        eng = self.llm.llm_engine
+        try:
+            while self._to_add or self._futures:
+                while self._to_add:  # only between steps: the engine is not thread-safe
+                    prompt, params, fut = self._to_add.pop(0)
+                    rid = eng.add_request(
+                        f"turnrl-{next(self._rids)}",
+                        prompt,
+                        params,
+                        lora_request=self._lora_request,
+                    )
+                    self._futures[rid] = fut
+                for o in await asyncio.to_thread(eng.step):
+                    if o.finished and o.request_id in self._futures:
+                        self._futures.pop(o.request_id).set_result(o)
+        except Exception as e:  # fail every waiter rather than hang them
+            for fut in [*self._futures.values(), *(f for _, _, f in self._to_add)]:
+                if not fut.done():
+                    fut.set_exception(e)
+            self._futures.clear()
+            self._to_add.clear()
+            raise
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        t0 = time.perf_counter()
+        if self.adapter:
+            self._push_adapter()  # the policy's adapter; the merged weights are not needed
+        else:
+            if self.in_process:
+                weights: Iterable[tuple[str, torch.Tensor]] = named_tensors
+            else:  # crosses a process boundary: materialize plain CPU tensors
+                weights = [(n, t.detach().to("cpu").contiguous()) for n, t in named_tensors]
+            (count,) = self.llm.collective_rpc("turnrl_reload_weights", args=(weights,))
+            if count == 0:
+                raise ValueError("update_weights: no tensors given")
+        # Mandatory: cached prefix KV blocks were computed by the old weights.
+        self.llm.reset_prefix_cache()
+        self.sync_seconds.append(time.perf_counter() - t0)
+
+    def score(
+        self, prompt_ids: Sequence[list[int]], continuations: Sequence[list[int]]
+    ) -> list[list[float]]:
+        """Logprobs (temperature 1) of given continuation tokens under the engine's current
+        weights: a prefill with ``prompt_logprobs``, no sampling. Not part of the protocol;
+        used to check weight sync and to score fixed text."""
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self._set_mode("raw_logprobs")
+        sp = VSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        prompts = [
+            TokensPrompt(prompt_token_ids=list(p) + list(c))
+            for p, c in zip(prompt_ids, continuations)
+        ]
+        outs = self.llm.generate(prompts, sp, use_tqdm=False, lora_request=self._lora_request)
+        result = []
+        for p, c, o in zip(prompt_ids, continuations, outs):
+            plp = o.prompt_logprobs
+            result.append([float(plp[len(p) + j][t].logprob) for j, t in enumerate(c)])
+        return result
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _set_mode(self, mode: str) -> None:
+        if mode != self._mode:
+            self.llm.collective_rpc("turnrl_set_logprobs_mode", args=(mode,))
+            self._mode = mode
+
+    def _params(self, req: GenerationRequest, s: SamplingParams, index: int):
+        from vllm import SamplingParams as VSamplingParams
+
+        limit = min(s.max_new_tokens, req.max_new_tokens or s.max_new_tokens)
+        if limit <= 0:
+            raise ValueError("every request needs a token budget of at least 1")
+        seed = None
+        if s.seed is not None:  # distinct, reproducible stream per request of the call
+            seed = (s.seed * 1_000_003 + index) % (2**31 - 1)
+        return VSamplingParams(
+            n=1,
+            max_tokens=limit,
+            temperature=max(s.temperature, 0.0),
+            top_p=s.top_p if s.temperature > 0 else 1.0,
+            top_k=s.top_k if (s.temperature > 0 and s.top_k > 0) else 0,
+            stop=list(s.stop) or None,
+            stop_token_ids=list(s.stop_token_ids) or None,
+            include_stop_str_in_output=True,
+            seed=seed,
+            logprobs=0,
+            skip_special_tokens=False,
+            spaces_between_special_tokens=False,
+            detokenize=bool(s.stop),  # text is only needed to find stop strings
+        )
+
+    @staticmethod
+    def _output(c) -> GenerationOutput:
+        ids = list(c.token_ids)
+        lps = c.logprobs
+        if lps is None or len(lps) != len(ids):
+            raise RuntimeError("vLLM returned no logprob for some sampled token")
+        logprobs = [float(lps[j][t].logprob) for j, t in enumerate(ids)]
+        return GenerationOutput(ids, logprobs, "length" if c.finish_reason == "length" else "stop")
+
+    def _push_adapter(self) -> None:
+        from vllm.lora.request import LoRARequest
+
+        assert self.policy is not None and self._lora_dir is not None
+        old = self._lora_id
+        self._lora_id += 1
+        path = os.path.join(self._lora_dir, f"v{self._lora_id}")
+        self.policy.save_pretrained(path)  # PEFT: adapter weights + adapter_config.json only
+        self._lora_request = LoRARequest(f"policy-v{self._lora_id}", self._lora_id, path)
+        if old:
+            with contextlib.suppress(Exception):
+                self.llm.llm_engine.remove_lora(old)
+            shutil.rmtree(os.path.join(self._lora_dir, f"v{old}"), ignore_errors=True)
+
+    def close(self) -> None:
+        if self._lora_dir:
+            shutil.rmtree(self._lora_dir, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            self.llm.llm_engine.engine_core.shutdown()
