@@ -40,7 +40,7 @@ def test_sft_then_two_rl_steps_then_eval(tmp_path, capsys):
           "eval.compare_stages=false", "trainer.steps=2", "trainer.tasks_per_step=2",
           "algorithm.group_size=2", "algorithm.advantage=reinforce", "learner.lr=1e-4",
           "algorithm.drop_uniform_groups=false",
-          "algorithm.reward_weights={outcome: 1.0, format: 1.0}", *SMALL])
+          "++algorithm.reward_weights={outcome: 1.0, format: 1.0}", *SMALL])
     rows = [json.loads(x) for x in (rl_dir / "metrics.jsonl").read_text().splitlines()]
     rl_rows = [r for r in rows if r.get("stage") == "rl"]
     assert [r["step"] for r in rl_rows] == [0, 1]
