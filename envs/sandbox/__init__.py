@@ -10,8 +10,10 @@
         print(r.render(), r.isolation, sb.metrics())
 
 Layout: ``config.py`` (SandboxConfig, levels), ``result.py`` (ExecResult), ``sandbox.py`` (the
-async pool on the trainer side), ``_worker.py`` (the forking worker process, stdlib only) and
-``_kernel.py`` (Landlock, seccomp, credentials through ctypes).
+async pool on the trainer side), and, standard library only, ``_worker.py`` (the forking worker
+process), ``_child.py`` (what a forked child does before and while running code) and
+``_kernel.py`` (Landlock, seccomp, credentials, namespaces through ctypes). The README's
+Security section says what each isolation level stops and what it does not.
 """
 
 from envs.sandbox.config import LEVELS, SandboxConfig, level_rank

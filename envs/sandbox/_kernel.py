@@ -13,14 +13,20 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import signal
 import struct
 from collections.abc import Iterable, Sequence
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.prctl.restype = ctypes.c_int
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                        ctypes.c_ulong]  # fmt: skip
+_libc.prctl.argtypes = [
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -46,8 +52,16 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWTIME = 0x00000080
-_CLONE_NS_MASK = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER
-                  | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWTIME)  # fmt: skip
+_CLONE_NS_MASK = (
+    CLONE_NEWNS
+    | CLONE_NEWCGROUP
+    | CLONE_NEWUTS
+    | CLONE_NEWIPC
+    | CLONE_NEWUSER
+    | CLONE_NEWPID
+    | CLONE_NEWNET
+    | CLONE_NEWTIME
+)
 
 
 def _check(ret: int, what: str) -> int:
@@ -76,8 +90,10 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int) -> No
     def enc(s: str | None) -> bytes | None:
         return None if s is None else s.encode()
 
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), None),
-           f"mount {target}")  # fmt: skip
+    _check(
+        _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), None),
+        f"mount {target}",
+    )
 
 
 # --------------------------------------------------------------------------- credentials
@@ -88,8 +104,11 @@ class _CapHeader(ctypes.Structure):
 
 
 class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]  # fmt: skip
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
 
 
 def drop_to_uid(uid: int, gid: int, keep_dac_read: bool = False) -> None:
@@ -159,30 +178,52 @@ def open_paths(paths: Iterable[str]) -> list[tuple[int, bool]]:
     return out
 
 
-def landlock_restrict(
-    abi: int,
-    read_fds: Sequence[tuple[int, bool]],
-    write_fds: Sequence[tuple[int, bool]],
-) -> None:
-    """Confine this process: read/execute beneath ``read_fds``, everything beneath ``write_fds``,
-    no TCP bind/connect (ABI >= 4), no signals or abstract sockets out of the domain (ABI >= 6).
-    """
+def _ruleset(abi: int, fs: int, net: int, scoped: int) -> int:
+    attr = struct.pack("=QQQ", fs, net, scoped)
+    size = 8 if abi < 4 else (16 if abi < 6 else 24)
+    buf = ctypes.create_string_buffer(attr[:size], size)
+    call = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, buf, ctypes.c_size_t(size), 0)
+    return _check(call, "landlock_create_ruleset")
+
+
+def _add_rules(rs: int, handled: int, fds: Sequence[tuple[int, bool]], rights: int) -> None:
+    for fd, is_dir in fds:
+        allowed = (rights if is_dir else rights & _FILE_ONLY) & handled
+        rule = ctypes.create_string_buffer(struct.pack("=Qi", allowed, fd), 12)
+        _check(_libc.syscall(SYS_LANDLOCK_ADD_RULE, rs, 1, rule, 0), "landlock_add_rule")
+
+
+def landlock_base(
+    abi: int, read_fds: Sequence[tuple[int, bool]], write_fds: Sequence[tuple[int, bool]]
+) -> int:
+    """A ruleset fd (built once, applied by every child): read/execute beneath ``read_fds``,
+    everything beneath ``write_fds``, no TCP bind/connect (ABI >= 4), no signals or abstract
+    unix sockets out of the domain (ABI >= 6)."""
     if abi < 1:
         raise OSError(38, "landlock unavailable")
     fs = _fs_rights(abi)
-    attr = struct.pack("=QQQ", fs, _NET_BIND_TCP | _NET_CONNECT_TCP if abi >= 4 else 0,
-                       _SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL if abi >= 6 else 0)  # fmt: skip
-    size = 8 if abi < 4 else (16 if abi < 6 else 24)
-    buf = ctypes.create_string_buffer(attr[:size], size)
-    rs = _check(_libc.syscall(SYS_LANDLOCK_CREATE_RULESET, buf, ctypes.c_size_t(size), 0),
-                "landlock_create_ruleset")  # fmt: skip
+    net = _NET_BIND_TCP | _NET_CONNECT_TCP if abi >= 4 else 0
+    scoped = _SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL if abi >= 6 else 0
+    rs = _ruleset(abi, fs, net, scoped)
     try:
-        read = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
-        for fds, rights in ((read_fds, read), (write_fds, fs)):
-            for fd, is_dir in fds:
-                allowed = rights if is_dir else rights & _FILE_ONLY
-                rule = ctypes.create_string_buffer(struct.pack("=Qi", allowed & fs, fd), 12)
-                _check(_libc.syscall(SYS_LANDLOCK_ADD_RULE, rs, 1, rule, 0), "landlock_add_rule")
+        _add_rules(rs, fs, read_fds, _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR)
+        _add_rules(rs, fs, write_fds, fs)
+    except OSError:
+        os.close(rs)
+        raise
+    return rs
+
+
+def landlock_restrict(abi: int, base: int, write_fds: Sequence[tuple[int, bool]]) -> None:
+    """Enforce the ``base`` ruleset, then a second layer that allows writes beneath
+    ``write_fds`` only. Layers intersect, so the base may allow writing to the parent of all
+    work directories while each call can write only to its own; two layers cost a handful of
+    syscalls instead of one rule per readable path per call."""
+    _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, base, 0), "landlock_restrict_self")
+    writes = _fs_rights(abi) & ~(_FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR | _FS_IOCTL_DEV)
+    rs = _ruleset(abi, writes, 0, 0)
+    try:
+        _add_rules(rs, writes, write_fds, writes)
         _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, rs, 0), "landlock_restrict_self")
     finally:
         os.close(rs)
@@ -205,41 +246,34 @@ _DENY = (
     "rt_sigqueueinfo rt_tgsigqueueinfo"
 ).split()
 
+# name: x86_64 number, aarch64 number (0 = no such syscall there).
+_NR_TABLE = """
+ptrace 101 117  process_vm_readv 310 270  process_vm_writev 311 271  process_madvise 440 440
+process_mrelease 448 448  kcmp 312 272  mount 165 40  umount2 166 39  pivot_root 155 41
+chroot 161 51  unshare 272 97  setns 308 268  open_tree 428 428  move_mount 429 429
+fsopen 430 430  fsconfig 431 431  fsmount 432 432  fspick 433 433  mount_setattr 442 442
+bpf 321 280  perf_event_open 298 241  kexec_load 246 104  kexec_file_load 320 294
+init_module 175 105  finit_module 313 273  delete_module 176 106  add_key 248 217
+request_key 249 218  keyctl 250 219  userfaultfd 323 282  io_uring_setup 425 425
+io_uring_enter 426 426  io_uring_register 427 427  open_by_handle_at 304 265
+name_to_handle_at 303 264  swapon 167 224  swapoff 168 225  reboot 169 142
+settimeofday 164 170  clock_settime 227 112  clock_adjtime 305 266  adjtimex 159 171
+acct 163 89  quotactl 179 60  quotactl_fd 443 443  syslog 103 116  fanotify_init 300 262
+pidfd_open 434 434  pidfd_getfd 438 438  pidfd_send_signal 424 424  lookup_dcookie 212 18
+vhangup 153 58  move_pages 279 239  migrate_pages 256 238  sethostname 170 161
+setdomainname 171 162  iopl 172 0  ioperm 173 0  modify_ldt 154 0  uselib 134 0
+_sysctl 156 0  rt_sigqueueinfo 129 138  rt_tgsigqueueinfo 297 240  socket 41 198
+socketpair 53 199  clone 56 220  clone3 435 435  kill 62 129  tkill 200 130  tgkill 234 131
+ioctl 16 29
+""".split()
 _NR = {
-    "x86_64": dict(
-        ptrace=101, process_vm_readv=310, process_vm_writev=311, process_madvise=440,
-        process_mrelease=448, kcmp=312, mount=165, umount2=166, pivot_root=155, chroot=161,
-        unshare=272, setns=308, open_tree=428, move_mount=429, fsopen=430, fsconfig=431,
-        fsmount=432, fspick=433, mount_setattr=442, bpf=321, perf_event_open=298,
-        kexec_load=246, kexec_file_load=320, init_module=175, finit_module=313,
-        delete_module=176, add_key=248, request_key=249, keyctl=250, userfaultfd=323,
-        io_uring_setup=425, io_uring_enter=426, io_uring_register=427, open_by_handle_at=304,
-        name_to_handle_at=303, swapon=167, swapoff=168, reboot=169, settimeofday=164,
-        clock_settime=227, clock_adjtime=305, adjtimex=159, acct=163, quotactl=179,
-        quotactl_fd=443, syslog=103, fanotify_init=300, pidfd_open=434, pidfd_getfd=438,
-        pidfd_send_signal=424, lookup_dcookie=212, vhangup=153, move_pages=279,
-        migrate_pages=256, sethostname=170, setdomainname=171, iopl=172, ioperm=173,
-        modify_ldt=154, uselib=134, _sysctl=156, rt_sigqueueinfo=129, rt_tgsigqueueinfo=297,
-        socket=41, socketpair=53, clone=56, clone3=435, kill=62, tkill=200, tgkill=234,
-        ioctl=16,
-    ),
-    "aarch64": dict(
-        ptrace=117, process_vm_readv=270, process_vm_writev=271, process_madvise=440,
-        process_mrelease=448, kcmp=272, mount=40, umount2=39, pivot_root=41, chroot=51,
-        unshare=97, setns=268, open_tree=428, move_mount=429, fsopen=430, fsconfig=431,
-        fsmount=432, fspick=433, mount_setattr=442, bpf=280, perf_event_open=241,
-        kexec_load=104, kexec_file_load=294, init_module=105, finit_module=273,
-        delete_module=106, add_key=217, request_key=218, keyctl=219, userfaultfd=282,
-        io_uring_setup=425, io_uring_enter=426, io_uring_register=427, open_by_handle_at=265,
-        name_to_handle_at=264, swapon=224, swapoff=225, reboot=142, settimeofday=170,
-        clock_settime=112, clock_adjtime=266, adjtimex=171, acct=89, quotactl=60,
-        quotactl_fd=443, syslog=116, fanotify_init=262, pidfd_open=434, pidfd_getfd=438,
-        pidfd_send_signal=424, lookup_dcookie=18, vhangup=58, move_pages=239,
-        migrate_pages=238, sethostname=161, setdomainname=162, rt_sigqueueinfo=138,
-        rt_tgsigqueueinfo=240, socket=198, socketpair=199, clone=220, clone3=435, kill=129,
-        tkill=130, tgkill=131, ioctl=29,
-    ),
-}  # fmt: skip
+    arch: {
+        name: int(nrs[col])
+        for name, *nrs in zip(_NR_TABLE[::3], _NR_TABLE[1::3], _NR_TABLE[2::3], strict=True)
+        if int(nrs[col])
+    }
+    for col, arch in enumerate(("x86_64", "aarch64"))
+}
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 
 # BPF opcodes (linux/filter.h) and seccomp return values.
@@ -304,14 +338,24 @@ def build_seccomp_filter(protected_pids: Sequence[int]) -> bytes:
             prog += [_insn(_JEQ, nr[name], 0, 1), _insn(_RET, eperm)]
     prog += [_insn(_JEQ, nr["socket"], 0, 1), _insn(_RET, _RET_ERRNO | _EACCES)]
     prog += [_insn(_JEQ, nr["clone3"], 0, 1), _insn(_RET, _RET_ERRNO | _ENOSYS)]
-    prog += _when_nr(nr["socketpair"], [
-        _insn(_LD_W_ABS, _arg(0)), _insn(_JEQ, _AF_UNIX, 0, 1), _insn(_RET, _RET_ALLOW),
-        _insn(_RET, _RET_ERRNO | _EACCES),
-    ])  # fmt: skip
-    prog += _when_nr(nr["clone"], [
-        _insn(_LD_W_ABS, _arg(0)), _insn(_JSET, _CLONE_NS_MASK, 0, 1), _insn(_RET, eperm),
-        _insn(_RET, _RET_ALLOW),
-    ])  # fmt: skip
+    prog += _when_nr(
+        nr["socketpair"],
+        [
+            _insn(_LD_W_ABS, _arg(0)),
+            _insn(_JEQ, _AF_UNIX, 0, 1),
+            _insn(_RET, _RET_ALLOW),
+            _insn(_RET, _RET_ERRNO | _EACCES),
+        ],
+    )
+    prog += _when_nr(
+        nr["clone"],
+        [
+            _insn(_LD_W_ABS, _arg(0)),
+            _insn(_JSET, _CLONE_NS_MASK, 0, 1),
+            _insn(_RET, eperm),
+            _insn(_RET, _RET_ALLOW),
+        ],
+    )
     pids = [p for p in protected_pids if p > 0]
     kill_targets = [-1, *pids, *(-p for p in pids)]
     prog += _when_nr(nr["kill"], _arg_in(0, kill_targets, eperm))
@@ -350,3 +394,92 @@ def fcntl_pipe_size(fd: int, size: int) -> None:
     import fcntl
 
     fcntl.fcntl(fd, 1031, size)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def proc_table(since_pid: int = 0) -> list[tuple[int, int, str]]:
+    """(pid, ppid, state) of the live processes with pid > since_pid, from /proc."""
+    try:
+        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return []
+    out = []
+    for pid in pids:
+        if pid <= since_pid:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2 :].split(None, 2)
+        out.append((pid, int(fields[1]), fields[0].decode()))
+    return out
+
+
+def count_own_tasks() -> int:
+    """Tasks (threads included) owned by this uid: RLIMIT_NPROC counts them all."""
+    uid, n = os.getuid(), 0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    n += max(1, len(os.listdir(f"/proc/{name}/task")))
+            except OSError:
+                continue
+    return n
+
+
+def namespace_ids() -> dict[str, str]:
+    """This process's namespaces (``pid:[4026531836]``...), to compare with another's."""
+    out = {}
+    for ns in ("pid", "net", "mnt", "user", "ipc"):
+        try:
+            out[ns] = os.readlink(f"/proc/self/ns/{ns}")
+        except OSError:
+            continue
+    return out
+
+
+def enter_namespaces() -> None:
+    """Namespace mode without bubblewrap: new pid, net, mount, ipc and uts namespaces (plus a
+    user namespace when not root). A pid namespace applies to children, so this forks: the
+    child is pid 1 of the new namespace and returns; the parent waits and mirrors its exit.
+    On failure nothing changes (the worker's hello then reports no namespaces)."""
+    uid, gid = os.getuid(), os.getgid()
+    flags = CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
+    if uid != 0:
+        flags |= CLONE_NEWUSER
+    try:
+        unshare(flags)
+        if uid != 0:
+            write_id_maps(os.getpid(), uid, gid, uid, gid)
+    except OSError:
+        return
+    pid = os.fork()
+    if pid:
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))
+        _, status = os.waitpid(pid, 0)
+        os._exit(max(os.waitstatus_to_exitcode(status), 0))
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    try:  # a /proc of the new pid namespace (refused in some containers: then keep the old)
+        mount(None, "/", None, 0x4000 | 0x40000)  # MS_REC | MS_PRIVATE
+        mount("proc", "/proc", "proc", 0x2 | 0x4 | 0x8)  # nosuid, nodev, noexec
+    except OSError:
+        pass

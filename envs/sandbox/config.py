@@ -14,7 +14,8 @@ LEVELS = ("process", "kernel", "namespace")
 - ``kernel``: + Landlock (filesystem allow-list, no TCP, no signals out of the call) and a
   seccomp filter (no sockets, ptrace, mount, namespaces, bpf, io_uring, ...).
 - ``namespace``: + the worker pool runs in new pid, network, mount and IPC namespaces
-  (bubblewrap, or unshare(2) directly), with the trainer's home hidden and a private /tmp.
+  (bubblewrap, or unshare(2) directly); with bubblewrap also a read-only root, a private
+  size-capped /tmp, and the trainer's home and /root hidden.
 """
 
 
@@ -44,9 +45,10 @@ class SandboxConfig:
     """Largest file a call may write (RLIMIT_FSIZE), MiB."""
     open_files: int = 256
     """Open file descriptors per process (RLIMIT_NOFILE)."""
-    processes: int = 32
+    processes: int = 16
     """Processes/threads a call may run (RLIMIT_NPROC; exact per call when the trainer is root,
-    since each call gets its own uid; approximate otherwise, as the kernel counts per user)."""
+    since each call gets its own uid; approximate otherwise, as the kernel counts per user).
+    Memory is limited per process, so one call can hold up to processes x memory_mb."""
     max_output_bytes: int = 16_384
     """Kept bytes of stdout and of stderr each; beyond it output is truncated, and a call that
     prints 16x this (at least 1 MiB) is killed."""
@@ -83,6 +85,9 @@ class SandboxConfig:
     """Calls plus sessions one worker hosts at once (also the per-worker uid range)."""
     bwrap: str | None = "bwrap"
     """bubblewrap executable for namespace level (searched on PATH); None = use unshare(2)."""
+    tmpfs_mb: int = 1024
+    """Namespace level: size of each worker's private /tmp (a tmpfs, so RAM), which holds the
+    work directories of its calls and sessions."""
     hidden_paths: tuple[str, ...] = field(default_factory=tuple)
     """Namespace level: extra directories replaced by an empty tmpfs (the trainer's home and
     /root always are, keeping only the Python installation visible inside them)."""

@@ -15,13 +15,16 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import fcntl
 import itertools
 import json
+import logging
 import os
 import shutil
 import signal
 import stat
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -29,18 +32,33 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from envs.sandbox._kernel import namespace_ids
 from envs.sandbox.config import LEVELS, SandboxConfig, level_rank
 from envs.sandbox.result import ExecResult
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()
 WORKER_PATH = str(Path(__file__).with_name("_worker.py"))
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 BACKSTOP_GRACE = 5.0  # seconds past a call's timeout before the worker itself is presumed hung
 START_TIMEOUT = 60.0  # preloading heavy modules can take a while on a busy machine
-ROOT_CAPS = ("SETUID", "SETGID", "CHOWN", "FOWNER", "KILL", "DAC_OVERRIDE", "DAC_READ_SEARCH",
-             "SETPCAP")  # fmt: skip
+ROOT_CAPS = (
+    "SETUID",
+    "SETGID",
+    "CHOWN",
+    "FOWNER",
+    "KILL",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "SETPCAP",
+)
+
+
+_SPAWN_ERRORS = (OSError, RuntimeError, ValueError, KeyError, asyncio.IncompleteReadError,
+                 asyncio.TimeoutError)  # fmt: skip
 
 
 class SandboxUnavailable(RuntimeError):
@@ -50,10 +68,11 @@ class SandboxUnavailable(RuntimeError):
 class _Worker:
     """Trainer-side handle of one worker process."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, seat: int, mode: str) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, block: _UidBlock, mode: str) -> None:
         self.proc = proc
-        self.seat = seat
+        self.block = block
         self.mode = mode
+        self.base = ""
         self.level = "process"
         self.layers: list[str] = []
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -61,6 +80,7 @@ class _Worker:
         self.calls = 0
         self.sessions: set[str] = set()
         self.draining = False
+        self.retiring: asyncio.Future[None] | None = None
         self.dead = False
         self.reader: asyncio.Task[None] | None = None
 
@@ -110,9 +130,9 @@ class Sandbox:
         self._counts: Counter[str] = Counter()
         self._latency: list[float] = []
         self._spawning: set[asyncio.Task[Any]] = set()
-        self._reserved_seats: set[int] = set()
         self._ready = False
         self._last_error = ""
+        self._session_locks: dict[str, asyncio.Lock] = {}
 
     # ---- public API -----------------------------------------------------------------
 
@@ -128,16 +148,28 @@ class Sandbox:
         await asyncio.wrap_future(self._ensure_started())
         return self
 
-    async def run(self, code: str, *, session: str | None = None, timeout: float | None = None,
-                  language: str = "python") -> ExecResult:  # fmt: skip
+    async def run(
+        self,
+        code: str,
+        *,
+        session: str | None = None,
+        timeout: float | None = None,
+        language: str = "python",
+    ) -> ExecResult:
         """Run ``code`` in a fresh sandboxed child (or in persistent ``session``, whose variables
         survive across calls until ``close_session``). ``language`` is "python" or "shell"
         (``sh -c``; not for sessions). Never raises for anything the code does."""
         await self.start()
         return await asyncio.wrap_future(self._submit(self._run(code, session, timeout, language)))
 
-    def run_sync(self, code: str, *, session: str | None = None, timeout: float | None = None,
-                 language: str = "python") -> ExecResult:  # fmt: skip
+    def run_sync(
+        self,
+        code: str,
+        *,
+        session: str | None = None,
+        timeout: float | None = None,
+        language: str = "python",
+    ) -> ExecResult:
         """Blocking ``run`` for synchronous callers (not from inside a running event loop of
         the same thread if that loop must keep serving)."""
         return self._submit(self._run(code, session, timeout, language)).result()
@@ -164,19 +196,26 @@ class Sandbox:
 
     @property
     def isolation(self) -> str:
-        """The level calls run under (valid after ``start``)."""
+        """The level calls run under (valid after ``start``): see ``config.LEVELS``."""
         return self._level
 
-    def metrics(self) -> dict[str, float | int | str]:
-        """Counters for logging: calls, errors by kind, worker restarts, latency."""
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The mechanisms the workers' probe found working, e.g. ``("rlimits", "uid",
+        "landlock", "seccomp")`` (plus ``pidns``, ``netns``... at namespace level)."""
+        return tuple(self._layers)
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers for logging: calls, errors, timeouts, truncations, lost calls, worker
+        starts/deaths/recycles, open sessions, calls in flight, latency p50/p99 (ms), and the
+        isolation level as its rank (0 process, 1 kernel, 2 namespace)."""
         lat = sorted(self._latency[-2048:])
-        out: dict[str, float | int | str] = dict(self._counts)
+        out: dict[str, float] = {k: float(v) for k, v in self._counts.items()}
         out.update(
-            isolation=self._level,
-            layers="+".join(self._layers),
-            workers=sum(not w.dead for w in self._workers),
-            sessions=len(self._sessions),
-            inflight=sum(w.inflight for w in self._workers),
+            isolation_rank=float(level_rank(self._level)),
+            workers=float(sum(not w.dead for w in self._workers)),
+            sessions=float(len(self._sessions)),
+            inflight=float(sum(w.inflight for w in self._workers)),
         )
         if lat:
             out["latency_p50_ms"] = 1000 * lat[len(lat) // 2]
@@ -239,10 +278,11 @@ class Sandbox:
             bwrap = shutil.which(cfg.bwrap) if cfg.bwrap else None
             modes = (["bwrap"] if bwrap else []) + ["unshare", "plain"]
         best: _Worker | None = None
-        for mode in modes:  # detect by trying: the first mode whose worker reaches the target
+        # Detect by trying: the first mode whose worker reaches the target wins.
+        for mode in modes:
             try:
-                w = await self._spawn(mode, seat=0)
-            except (OSError, RuntimeError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
+                w = await self._spawn(mode)
+            except _SPAWN_ERRORS as e:
                 self._counts[f"start_failed_{mode}"] += 1
                 self._last_error = repr(e)
                 continue
@@ -264,24 +304,27 @@ class Sandbox:
                 f"here (layers: {'+'.join(self._layers) or 'none'})"
             )
         self._workers.append(best)
-        self._workers += await asyncio.gather(
-            *(self._spawn(self._mode, seat=i) for i in range(1, cfg.workers))
-        )
+        more = [self._spawn(self._mode) for _ in range(cfg.workers - 1)]
+        self._workers += await asyncio.gather(*more)
         self._ready = True
 
-    def _worker_config(self, seat: int, mode: str) -> dict[str, Any]:
+    def _worker_config(self, block: int, mode: str) -> dict[str, Any]:
         cfg = self.config
         return {
-            "index": seat,
-            "seat": seat,
+            "uid_block": block,
             "slots": cfg.slots_per_worker,
             "uid_base": cfg.uid_base,
-            "isolation": cfg.isolation if cfg.isolation != "namespace" or mode != "plain"
+            "isolation": cfg.isolation
+            if cfg.isolation != "namespace" or mode != "plain"
             else "kernel",
             "unshare": mode == "unshare",
-            "limits": {"memory_mb": cfg.memory_mb, "cpu_seconds": cfg.cpu_seconds or 0,
-                       "file_size_mb": cfg.file_size_mb, "open_files": cfg.open_files,
-                       "processes": cfg.processes},  # fmt: skip
+            "limits": {
+                "memory_mb": cfg.memory_mb,
+                "cpu_seconds": cfg.cpu_seconds or 0,
+                "file_size_mb": cfg.file_size_mb,
+                "open_files": cfg.open_files,
+                "processes": cfg.processes,
+            },
             "max_output_bytes": cfg.max_output_bytes,
             "show_last_expression": cfg.show_last_expression,
             "session_idle_timeout": cfg.session_idle_timeout,
@@ -290,30 +333,50 @@ class Sandbox:
             "read_paths": _read_paths(cfg, fine=False),
             "read_paths_fine": _read_paths(cfg, fine=True),
             "trainer_pid": os.getpid(),
-            "parent_namespaces": _namespace_ids(),
+            "parent_namespaces": namespace_ids(),
         }
 
-    async def _spawn(self, mode: str, seat: int) -> _Worker:
+    async def _spawn(self, mode: str) -> _Worker:
+        """Start a worker and wait for its hello (bounded: a start-up that hangs anywhere,
+        even inside asyncio's subprocess machinery, fails like any other)."""
+        block = _UidBlock.acquire(self.config)
+        try:
+            return await asyncio.wait_for(self._start_worker(mode, block), START_TIMEOUT + 15)
+        except BaseException:
+            block.release()
+            raise
+
+    async def _start_worker(self, mode: str, block: _UidBlock) -> _Worker:
         python = self.config.python or sys.executable
-        argv = [python, "-E", "-s", WORKER_PATH, json.dumps(self._worker_config(seat, mode))]
+        argv = [python, "-E", "-s", WORKER_PATH]
         if mode == "bwrap":
             argv = [*_bwrap_argv(self.config, python), "--", *argv]
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            env={"PATH": SAFE_PATH, "LANG": "C.UTF-8"}, cwd="/", start_new_session=True,
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env={"PATH": SAFE_PATH, "LANG": "C.UTF-8"},
+            cwd="/",
+            start_new_session=True,
             limit=1 << 22,
-        )  # fmt: skip
-        w = _Worker(proc, seat, mode)
+        )
+        w = _Worker(proc, block, mode)
         try:
+            w.send(self._worker_config(block.index, mode))  # the first frame configures it
             hello = await asyncio.wait_for(w.recv(), START_TIMEOUT)
         except BaseException:
             w.kill()
-            await proc.wait()
+            await _wait_exit(proc)
             raise
         if hello.get("type") != "hello":
             w.kill()
             raise RuntimeError(f"sandbox worker failed: {hello.get('message', hello)}")
         w.level, w.layers = str(hello["level"]), list(hello["layers"])
+        w.base = str(hello.get("base", "")) if mode != "bwrap" else ""  # bwrap's /tmp is private
+        for text in hello.get("warnings", []):
+            if text not in _WARNED:  # once per process, not per sandbox
+                _WARNED.add(text)
+                log.warning("sandbox: %s", text)
         w.reader = asyncio.ensure_future(self._read_loop(w))
         self._counts["workers_started"] += 1
         return w
@@ -334,13 +397,14 @@ class Sandbox:
                 if not fut.done():
                     fut.set_result({"type": "died"})
             w.pending.clear()
-            await w.proc.wait()
+            await _wait_exit(w.proc)
             if not was_dead and not w.draining and not self._closed:
                 self._counts["worker_deaths"] += 1
             self._forget(w)
 
     def _forget(self, w: _Worker) -> None:
-        """A worker is gone: its sessions are lost, its seat is refilled."""
+        """A worker is gone: its sessions are lost, what it left is removed, the pool is
+        refilled."""
         for name in w.sessions:
             if self._sessions.get(name) is w:
                 del self._sessions[name]
@@ -348,7 +412,7 @@ class Sandbox:
         w.sessions.clear()
         if w in self._workers:
             self._workers.remove(w)
-        _kill_seat_processes(self.config, w.seat)
+        _cleanup_after(w)
         if self._ready and not self._closed:
             self._ensure_pool()
 
@@ -361,17 +425,12 @@ class Sandbox:
             task.add_done_callback(self._spawning.discard)
 
     async def _add_worker(self) -> _Worker | None:
-        used = {w.seat for w in self._workers} | self._reserved_seats
-        seat = next(i for i in itertools.count() if i not in used)
-        self._reserved_seats.add(seat)
         try:
-            w = await self._spawn(self._mode, seat)
-        except (OSError, RuntimeError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
+            w = await self._spawn(self._mode)
+        except _SPAWN_ERRORS as e:
             self._counts["worker_start_failures"] += 1
             self._last_error = repr(e)
             return None
-        finally:
-            self._reserved_seats.discard(seat)
         if self._closed:
             await self._retire(w)
             return None
@@ -397,8 +456,9 @@ class Sandbox:
                 await asyncio.wait(set(self._spawning))
         raise SandboxUnavailable(f"no sandbox worker available: {self._last_error}")
 
-    async def _run(self, code: str, session: str | None, timeout: float | None,
-                   language: str) -> ExecResult:  # fmt: skip
+    async def _run(
+        self, code: str, session: str | None, timeout: float | None, language: str
+    ) -> ExecResult:
         t0 = time.monotonic()
         timeout = float(timeout if timeout is not None else self.config.timeout)
         if language not in ("python", "shell"):
@@ -406,8 +466,22 @@ class Sandbox:
         if language != "python" and session is not None:
             raise ValueError("sessions run Python only")
         if len(code.encode("utf-8", "replace")) > self.config.max_code_bytes:
-            return self._done(ExecResult.failure(
-                f"code too long (max {self.config.max_code_bytes} bytes)", self._level), t0)
+            return self._done(
+                ExecResult.failure(
+                    f"code too long (max {self.config.max_code_bytes} bytes)", self._level
+                ),
+                t0,
+            )
+        assert self._sem is not None
+        if session is not None:  # one cell at a time per session, in call order
+            lock = self._session_locks.setdefault(session, asyncio.Lock())
+            async with lock:
+                return await self._run_one(code, session, timeout, language, t0)
+        return await self._run_one(code, session, timeout, language, t0)
+
+    async def _run_one(
+        self, code: str, session: str | None, timeout: float, language: str, t0: float
+    ) -> ExecResult:
         assert self._sem is not None
         async with self._sem:
             try:
@@ -422,8 +496,16 @@ class Sandbox:
             w.inflight += 1
             w.calls += 1
             try:
-                w.send({"op": "run", "id": rid, "code": code, "timeout": timeout,
-                        "session": session, "language": language})  # fmt: skip
+                w.send(
+                    {
+                        "op": "run",
+                        "id": rid,
+                        "code": code,
+                        "timeout": timeout,
+                        "session": session,
+                        "language": language,
+                    }
+                )
                 msg = await asyncio.wait_for(asyncio.shield(fut), timeout + BACKSTOP_GRACE)
             except asyncio.TimeoutError:
                 self._counts["worker_hung"] += 1
@@ -441,17 +523,25 @@ class Sandbox:
                 self._maybe_recycle(w)
         if msg.get("type") != "result":
             what = "stopped responding and was restarted" if msg.get("hung") else "died"
-            return self._done(ExecResult.failure(
-                f"the sandbox worker {what}; the call was lost", w.level,
-                time.monotonic() - t0), t0)  # fmt: skip
+            return self._done(
+                ExecResult.failure(
+                    f"the sandbox worker {what}; the call was lost", w.level, time.monotonic() - t0
+                ),
+                t0,
+            )
         stderr = str(msg["stderr"])
         if lost:
             stderr = "[sandbox] the session's earlier state was lost (worker restarted)\n" + stderr
         result = ExecResult(
-            stdout=str(msg["stdout"]), stderr=stderr, exit_code=msg["exit_code"],
-            error=msg["error"], timed_out=bool(msg["timed_out"]), isolation=w.level,
-            duration=float(msg["duration"]), truncated=bool(msg["truncated"]),
-        )  # fmt: skip
+            stdout=str(msg["stdout"]),
+            stderr=stderr,
+            exit_code=msg["exit_code"],
+            error=msg["error"],
+            timed_out=bool(msg["timed_out"]),
+            isolation=w.level,
+            duration=float(msg["duration"]),
+            truncated=bool(msg["truncated"]),
+        )
         if result.error and "session was restarted" in result.error and session is not None:
             self._sessions.pop(session, None)
             w.sessions.discard(session)
@@ -484,8 +574,14 @@ class Sandbox:
             asyncio.ensure_future(self._retire(w))
 
     async def _retire(self, w: _Worker) -> None:
-        """Ask a worker to exit (it kills its sessions and cleans its directory)."""
+        """Ask a worker to exit (it kills its sessions and cleans its directory); concurrent
+        callers wait for the same exit."""
         w.draining = True
+        if w.retiring is None:
+            w.retiring = asyncio.ensure_future(self._exit_worker(w))
+        await asyncio.shield(w.retiring)
+
+    async def _exit_worker(self, w: _Worker) -> None:
         if w.proc.returncode is None and not w.dead:
             try:
                 w.send({"op": "exit"})
@@ -496,11 +592,12 @@ class Sandbox:
                 w.kill()
         w.dead = True
         if w.reader is None:
-            await w.proc.wait()
-            _kill_seat_processes(self.config, w.seat)
+            await _wait_exit(w.proc)
+            _cleanup_after(w)
 
     async def _close_session(self, session: str) -> None:
         self._lost_sessions.discard(session)
+        self._session_locks.pop(session, None)
         w = self._sessions.pop(session, None)
         if w is None or w.dead:
             return
@@ -516,10 +613,13 @@ class Sandbox:
         self._maybe_recycle(w)
 
     async def _aclose(self) -> None:
-        for task in list(self._spawning):
+        spawning = list(self._spawning)
+        for task in spawning:
             task.cancel()
-        await asyncio.gather(*(self._retire(w) for w in list(self._workers)),
-                             return_exceptions=True)
+        await asyncio.gather(*spawning, return_exceptions=True)
+        await asyncio.gather(
+            *(self._retire(w) for w in list(self._workers)), return_exceptions=True
+        )
         for w in list(self._workers):
             if w.reader is not None:
                 await asyncio.gather(w.reader, return_exceptions=True)
@@ -529,14 +629,26 @@ class Sandbox:
 # --------------------------------------------------------------------------- helpers
 
 
-def _namespace_ids() -> dict[str, str]:
-    out = {}
-    for ns in ("pid", "net", "mnt", "user", "ipc"):
+async def _wait_exit(proc: asyncio.subprocess.Process, timeout: float = 5.0) -> None:
+    """Wait for a worker to exit, never forever: SIGKILL after ``timeout``, and reap it
+    ourselves if asyncio's child watcher never reports it."""
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+        return
+    except asyncio.TimeoutError:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except asyncio.TimeoutError:
+        log.warning("sandbox: worker %d did not report its exit", proc.pid)
         try:
-            out[ns] = os.readlink(f"/proc/self/ns/{ns}")
-        except OSError:
-            continue
-    return out
+            os.waitpid(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
 
 
 def _python_dirs(python: str | None) -> list[str]:
@@ -599,7 +711,7 @@ def _bwrap_argv(cfg: SandboxConfig, python: str) -> list[str]:
     argv = [shutil.which(cfg.bwrap or "bwrap") or "bwrap", "--die-with-parent", "--new-session",
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--tmpfs", "/tmp"]  # fmt: skip
+            "--size", str(cfg.tmpfs_mb << 20), "--tmpfs", "/tmp"]  # fmt: skip
     if not root:
         argv.append("--unshare-user")
     keep = _python_dirs(python) + [os.path.realpath(p) for p in cfg.read_paths]
@@ -607,7 +719,7 @@ def _bwrap_argv(cfg: SandboxConfig, python: str) -> list[str]:
     for h in sorted(os.path.realpath(h) for h in hidden):
         if not os.path.isdir(h) or h == "/":
             continue
-        argv += ["--perms", "0755", "--tmpfs", h]
+        argv += ["--perms", "0755", "--size", str(1 << 20), "--tmpfs", h]
         for k in keep:
             if not k.startswith(h + "/"):
                 continue
@@ -622,29 +734,72 @@ def _bwrap_argv(cfg: SandboxConfig, python: str) -> list[str]:
     return argv
 
 
-def _kill_seat_processes(cfg: SandboxConfig, seat: int) -> None:
-    """Root only: kill whatever still runs under a seat's call uids once its worker is gone
-    (call processes die with their worker, but their own children could outlive it)."""
-    if os.geteuid() != 0:
-        return
-    lo = cfg.uid_base + seat * cfg.slots_per_worker
-    hi = lo + cfg.slots_per_worker
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            uid = os.stat(f"/proc/{name}").st_uid
-        except OSError:
-            continue
-        if lo <= uid < hi:
+class _UidBlock:
+    """A block of ``slots_per_worker`` call uids owned by one worker, machine-wide.
+
+    When the trainer is root, calls run as ``uid_base + index * slots_per_worker + slot``.
+    Blocks are claimed with ``flock`` on files in a root-only directory, so concurrent
+    sandboxes, in this process or in others (e.g. several Ray env actors), never share uids;
+    the kernel drops the lock if the process dies. Not root: no uids are switched (index 0).
+    """
+
+    DIR = os.path.join(tempfile.gettempdir(), "turnrl-sandbox-uids")
+    MAX_BLOCKS = 4096
+
+    def __init__(self, index: int, fd: int) -> None:
+        self.index = index
+        self.fd = fd
+        self.uids = range(0)
+
+    @classmethod
+    def acquire(cls, cfg: SandboxConfig) -> _UidBlock:
+        if os.geteuid() != 0:
+            return cls(0, -1)
+        os.makedirs(cls.DIR, mode=0o700, exist_ok=True)
+        for index in range(cls.MAX_BLOCKS):
+            fd = os.open(os.path.join(cls.DIR, str(index)), os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                os.kill(int(name), signal.SIGKILL)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                pass
+                os.close(fd)
+                continue
+            block = cls(index, fd)
+            lo = cfg.uid_base + index * cfg.slots_per_worker
+            block.uids = range(lo, lo + cfg.slots_per_worker)
+            return block
+        raise RuntimeError("no free block of sandbox uids")
+
+    def kill_processes(self) -> None:
+        """Kill whatever still runs under this block's uids (a call's own children can
+        outlive a worker that died)."""
+        if not self.uids:
+            return
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            return
+        for name in names:
+            if not name.isdigit():
+                continue
+            try:
+                if os.stat(f"/proc/{name}").st_uid in self.uids:
+                    os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                continue
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # drops the flock
+            self.fd = -1
+
+
+def _cleanup_after(w: _Worker) -> None:
+    """After a worker exited: kill what runs under its uids, remove a directory it could not
+    (it was killed), give its uid block back."""
+    w.block.kill_processes()
+    if w.base and os.path.isdir(w.base):
+        shutil.rmtree(w.base, ignore_errors=True)
+    w.block.release()
 
 
 # --------------------------------------------------------------------------- shared default

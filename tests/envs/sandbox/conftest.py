@@ -6,76 +6,25 @@ the async API has its own tests.
 
 from __future__ import annotations
 
-import os
-import secrets
-import time
 from collections.abc import Iterator
 
 import pytest
+from sandbox_helpers import make_config
 
-from envs.sandbox import Sandbox, SandboxConfig, level_rank
-
-FAKE_SECRET = "turnrl-fake-secret-" + secrets.token_hex(8)
-os.environ["TURNRL_FAKE_SECRET"] = FAKE_SECRET  # set before any worker starts
-
-HANG_TIMEOUT = 1.5  # seconds: short, so the hang attacks stay cheap
-
-
-def _config(mode: str, **kw: object) -> SandboxConfig:
-    iso = {"default": SandboxConfig().isolation, "process": "process",
-           "namespace": "namespace"}[mode]  # fmt: skip
-    return SandboxConfig(isolation=iso, timeout=5.0, workers=2, **kw)  # type: ignore[arg-type]
+from envs.sandbox import Sandbox, level_rank
 
 
 @pytest.fixture(scope="module", params=["default", "process", "namespace"])
 def sb(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     """The default sandbox, the process-level one (what the default degrades to without
     Landlock/seccomp) and the strong (namespace) one where this machine provides it."""
-    box = Sandbox(_config(request.param))
+    box = Sandbox(make_config(request.param))
     box.run_sync("pass")
     if request.param == "namespace" and level_rank(box.isolation) < level_rank("namespace"):
         box.close_sync()
-        pytest.skip(f"namespace isolation unavailable here (got {box.isolation}: "
-                    f"{box.metrics()['layers']}); needs bwrap or unprivileged user namespaces")
+        pytest.skip(
+            f"namespace isolation unavailable here (got {box.isolation}: "
+            f"{'+'.join(box.layers)}); needs bwrap or unprivileged user namespaces"
+        )
     yield box
     box.close_sync()
-
-
-def assert_serves(box: Sandbox) -> None:
-    """The pool still answers a normal call correctly after an attack."""
-    r = box.run_sync("print('still serving')", timeout=10)
-    assert r.ok, r
-    assert r.stdout == "still serving\n"
-
-
-TAG = "sbxattack"
-SET_TAG = f"import ctypes; ctypes.CDLL(None).prctl(15, b'{TAG}', 0, 0, 0)\n"
-"""Prepended to attack code: names the process (comm is inherited by forks) so the test can
-look for survivors in /proc from outside, whatever pid namespace they are in."""
-
-
-def survivors(wait: float = 2.0) -> list[int]:
-    """Pids of tagged attack processes still alive after up to ``wait`` seconds."""
-    deadline = time.monotonic() + wait
-    while True:
-        found = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/comm") as f:
-                    if f.read().strip() != TAG:
-                        continue
-                with open(f"/proc/{name}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        continue
-            except OSError:
-                continue
-            found.append(int(name))
-        if not found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0

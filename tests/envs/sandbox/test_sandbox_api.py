@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Iterator
 
 import pytest
-from conftest import HANG_TIMEOUT, assert_serves
+from sandbox_helpers import HANG_TIMEOUT, assert_serves
 
 from envs.sandbox import (
     ExecResult,
@@ -21,7 +22,7 @@ from envs.sandbox._kernel import build_seccomp_filter, landlock_abi, seccomp_sup
 
 
 @pytest.fixture(scope="module")
-def box() -> Sandbox:
+def box() -> Iterator[Sandbox]:
     b = Sandbox(SandboxConfig(timeout=5.0))
     yield b
     b.close_sync()
@@ -32,8 +33,13 @@ def box() -> Sandbox:
 
 def test_result_fields_and_render(box: Sandbox) -> None:
     r = box.run_sync("import sys\nprint('out')\nprint('err', file=sys.stderr)")
-    assert (r.stdout, r.stderr, r.exit_code, r.error, r.timed_out) == ("out\n", "err\n", 0,
-                                                                        None, False)  # fmt: skip
+    assert (r.stdout, r.stderr, r.exit_code, r.error, r.timed_out) == (
+        "out\n",
+        "err\n",
+        0,
+        None,
+        False,
+    )
     assert r.ok and r.isolation == box.isolation and 0 < r.duration < 5
     assert r.render() == "out\nerr"
 
@@ -105,11 +111,29 @@ def test_session_state_persists_and_is_private(box: Sandbox) -> None:
     asyncio.run(box.close_session("a"))
 
 
+def test_session_forging_its_protocol_is_reset(box: Sandbox) -> None:
+    r = box.run_sync("import os\nos.write(4, (2**31).to_bytes(4, 'big') + b'x' * 100)", session="f")
+    assert not r.ok and "session was restarted" in (r.error or "")
+    assert box.run_sync("print('fresh')", session="f").stdout == "fresh\n"
+    asyncio.run(box.close_session("f"))
+
+
 def test_session_exception_keeps_state(box: Sandbox) -> None:
     box.run_sync("y = 5", session="e")
     assert "KeyError" in (box.run_sync("{}['k']", session="e").error or "")
     assert box.run_sync("sys_exit_code = 0\ny", session="e").stdout == "5\n"
     asyncio.run(box.close_session("e"))
+
+
+def test_parallel_calls_to_one_session_run_in_order(box: Sandbox) -> None:
+    async def main() -> list[ExecResult]:
+        cells = ["import time\nxs = []", "time.sleep(0.2)\nxs.append(1)", "xs.append(2)", "xs"]
+        return list(await asyncio.gather(*(box.run(c, session="par") for c in cells)))
+
+    rs = asyncio.run(main())
+    assert all(r.ok for r in rs), rs
+    assert rs[-1].stdout == "[1, 2]\n"
+    asyncio.run(box.close_session("par"))
 
 
 def test_session_timeout_resets_it(box: Sandbox) -> None:
@@ -119,6 +143,17 @@ def test_session_timeout_resets_it(box: Sandbox) -> None:
     assert "NameError" in (box.run_sync("z", session="t").error or "")
     asyncio.run(box.close_session("t"))
     assert_serves(box)
+
+
+def test_idle_session_expires_and_says_so() -> None:
+    sb = Sandbox(SandboxConfig(workers=1, session_idle_timeout=0.3))
+    try:
+        assert sb.run_sync("v = 1", session="idle").ok
+        time.sleep(1.5)  # the worker checks idle sessions about once a second
+        r = sb.run_sync("v", session="idle")
+        assert "NameError" in (r.error or "") and "idle too long" in r.stderr
+    finally:
+        sb.close_sync()
 
 
 def test_session_has_the_same_limits(box: Sandbox) -> None:
@@ -131,7 +166,7 @@ def test_session_has_the_same_limits(box: Sandbox) -> None:
 
 
 def test_session_background_process_does_not_survive_the_call(box: Sandbox) -> None:
-    from conftest import SET_TAG, survivors
+    from sandbox_helpers import SET_TAG, survivors
 
     child = "    " + SET_TAG + "    os.setsid()\n    time.sleep(60)\n"  # only the child is tagged
     code = "import os, time\nif os.fork() == 0:\n" + child
@@ -191,11 +226,37 @@ def test_cancelled_call_is_killed(box: Sandbox) -> None:
     assert_serves(box)
 
 
+def test_two_sandboxes_do_not_share_uids_or_kill_each_other(box: Sandbox) -> None:
+    """Uid blocks are claimed machine-wide: closing one sandbox (which kills what runs under
+    its uids) cannot touch another's calls."""
+    if os.geteuid() != 0:
+        pytest.skip("uids are switched only when the trainer is root")
+    other = Sandbox(SandboxConfig(workers=1))
+    try:
+        mine = int(box.run_sync("import os\nprint(os.getuid())").stdout)
+        theirs = int(other.run_sync("import os\nprint(os.getuid())").stdout)
+        base, per = box.config.uid_base, box.config.slots_per_worker
+        assert (mine - base) // per != (theirs - base) // per  # different uid blocks
+
+        async def long_call() -> ExecResult:
+            return await box.run("import time\ntime.sleep(1)\nprint('survived')")
+
+        async def main() -> ExecResult:
+            task = asyncio.ensure_future(long_call())
+            await asyncio.sleep(0.3)
+            await other.close()
+            return await task
+
+        assert asyncio.run(main()).stdout == "survived\n"
+    finally:
+        other.close_sync()
+
+
 def test_workers_are_recycled() -> None:
     sb = Sandbox(SandboxConfig(timeout=5, workers=1, recycle_after=4))
     try:
         results = [sb.run_sync(f"print({i})") for i in range(13)]
-        assert [r.stdout for r in results] == [f"{i}\n" for i in range(13)]
+        assert [r.stdout for r in results] == [f"{i}\n" for i in range(13)], results
         m = sb.metrics()
         assert m["recycled"] >= 3 and m["workers_started"] >= 4
         assert m.get("worker_deaths", 0) == 0
@@ -206,8 +267,20 @@ def test_workers_are_recycled() -> None:
 def test_metrics(box: Sandbox) -> None:
     box.run_sync("1/0")
     m = box.metrics()
-    assert m["calls"] >= 1 and m["errors"] >= 1 and m["isolation"] == box.isolation
-    assert m["latency_p50_ms"] > 0 and "rlimits" in str(m["layers"])
+    assert m["calls"] >= 1 and m["errors"] >= 1 and m["latency_p50_ms"] > 0
+    assert m["isolation_rank"] == level_rank(box.isolation) and "rlimits" in box.layers
+
+
+def test_shared_default_sandbox() -> None:
+    from envs.sandbox import configure_sandbox, get_sandbox
+
+    sb = configure_sandbox(SandboxConfig(workers=1, timeout=3))
+    try:
+        assert get_sandbox() is sb
+        assert get_sandbox().run_sync("print('shared')").stdout == "shared\n"
+    finally:
+        sb.close_sync()
+    assert get_sandbox() is not sb  # a closed default is replaced on next use
 
 
 def test_require_fails_closed() -> None:
@@ -238,7 +311,7 @@ def test_config_validation() -> None:
 
 
 def test_reported_level_matches_the_kernel(box: Sandbox) -> None:
-    layers = str(box.metrics()["layers"]).split("+")
+    layers = box.layers
     if landlock_abi() >= 1 and seccomp_supported():
         assert box.isolation == "kernel" and {"landlock", "seccomp"} <= set(layers)
     else:
@@ -247,7 +320,7 @@ def test_reported_level_matches_the_kernel(box: Sandbox) -> None:
 
 def test_seccomp_denies_escape_syscalls(box: Sandbox) -> None:
     if level_rank(box.isolation) < level_rank("kernel"):
-        pytest.skip(f"seccomp not active here ({box.metrics()['layers']})")
+        pytest.skip(f"seccomp not active here ({'+'.join(box.layers)})")
     code = (
         "import ctypes, os\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -258,12 +331,15 @@ def test_seccomp_denies_escape_syscalls(box: Sandbox) -> None:
         "import socket\n"
         "a, b = socket.socketpair()\n"  # AF_UNIX pairs stay allowed (multiprocessing uses them)
         "a.send(b'ok'); print('pair', b.recv(2))\n"
+        "import threading, subprocess\n"  # threads (clone3 -> ENOSYS -> clone) and fork+exec
+        "t = threading.Thread(target=print, args=('thread',)); t.start(); t.join()\n"
+        "print(subprocess.run(['echo', 'exec'], capture_output=True, text=True).stdout)\n"
     )
     r = box.run_sync(code)
     assert r.ok, r
     for name in ("unshare", "mount", "bpf", "io_uring"):
         assert f"{name} -1" in r.stdout
-    assert "pair b'ok'" in r.stdout
+    assert "pair b'ok'" in r.stdout and "thread" in r.stdout and "exec" in r.stdout
 
 
 def test_landlock_hides_proc_and_allows_the_stdlib(box: Sandbox) -> None:
@@ -287,9 +363,9 @@ def test_namespace_mode_without_bwrap_uses_unshare() -> None:
     try:
         r = sb.run_sync("import os\nprint(os.getpid())")
         if sb.isolation != "namespace":
-            pytest.skip(f"unshare(2) namespaces unavailable here ({sb.metrics()['layers']})")
+            pytest.skip(f"unshare(2) namespaces unavailable here ({'+'.join(sb.layers)})")
         assert r.ok and int(r.stdout) < 100  # pid in the worker's fresh pid namespace
-        assert {"pidns", "netns"} <= set(str(sb.metrics()["layers"]).split("+"))
+        assert {"pidns", "netns"} <= set(sb.layers)
     finally:
         sb.close_sync()
 

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import FAKE_SECRET, HANG_TIMEOUT, SET_TAG, assert_serves, is_root, survivors
+from sandbox_helpers import FAKE_SECRET, HANG_TIMEOUT, SET_TAG, assert_serves, is_root, survivors
 
 from envs.sandbox import Sandbox, level_rank
 
@@ -99,8 +99,19 @@ def test_files_outside_workdir_cannot_be_written(sb: Sandbox, tmp_path: os.PathL
     for path in targets:
         r = sb.run_sync(f"open({path!r}, 'w').write('x' * 10**6)")
         # denied, or (namespace level) the path does not exist in the sandbox's private /tmp
-        assert not r.ok and ("PermissionError" in (r.error or "") or "FileNotFound" in r.error)
+        error = r.error or ""
+        assert not r.ok and ("PermissionError" in error or "FileNotFound" in error)
         assert not os.path.exists(path)
+    assert_serves(sb)
+
+
+def test_cannot_write_next_to_its_workdir(sb: Sandbox) -> None:
+    """The parent of all work directories (other calls' and sessions' live there)."""
+    if not (is_root() or _kernel(sb)):
+        pytest.skip("same uid and no Landlock: process level cannot separate calls")
+    code = "import os\nopen(os.path.join(os.path.dirname(os.getcwd()), 'planted'), 'w')"
+    r = sb.run_sync(code)
+    assert r.error and "PermissionError" in r.error
     assert_serves(sb)
 
 
@@ -176,9 +187,10 @@ def test_tcp_and_udp_to_localhost_are_blocked(sb: Sandbox) -> None:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     udp.settimeout(0.5)
+    ports = (tcp.getsockname()[1], udp.getsockname()[1])
     code = (
         "import socket\n"
-        "for kind, port in ((socket.SOCK_STREAM, %d), (socket.SOCK_DGRAM, %d)):\n"
+        f"for kind, port in ((socket.SOCK_STREAM, {ports[0]}), (socket.SOCK_DGRAM, {ports[1]})):\n"
         "    try:\n"
         "        s = socket.socket(socket.AF_INET, kind)\n"
         "        s.connect(('127.0.0.1', port))\n"
@@ -186,7 +198,7 @@ def test_tcp_and_udp_to_localhost_are_blocked(sb: Sandbox) -> None:
         "        print('connected', kind)\n"
         "    except OSError as e:\n"
         "        print('blocked', kind, e.errno)\n"
-    ) % (tcp.getsockname()[1], udp.getsockname()[1])
+    )
     try:
         r = sb.run_sync(code)
         assert "connected" not in r.stdout and r.stdout.count("blocked") == 2
@@ -230,11 +242,7 @@ def test_setsid_child_does_not_outlive_its_call(sb: Sandbox) -> None:
 
 def test_setsid_child_is_killed_on_timeout(sb: Sandbox) -> None:
     code = SET_TAG + (
-        "import os, time\n"
-        "if os.fork() == 0:\n"
-        "    os.setsid()\n"
-        "    time.sleep(60)\n"
-        "time.sleep(60)\n"
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\ntime.sleep(60)\n"
     )
     r = sb.run_sync(code, timeout=HANG_TIMEOUT)
     assert r.timed_out
@@ -266,7 +274,9 @@ def test_cannot_signal_or_ptrace_worker_or_trainer(sb: Sandbox) -> None:
     assert "signalled" not in r.stdout, r.stdout
     assert r.stdout.count("kill denied") == 2
     assert " -1 " in r.stdout and "ptrace" in r.stdout
-    assert all(line.split()[2] == "-1" for line in r.stdout.splitlines() if line.startswith("ptrace"))
+    assert all(
+        line.split()[2] == "-1" for line in r.stdout.splitlines() if line.startswith("ptrace")
+    )
     assert sb.metrics().get("worker_deaths", 0) == deaths
     assert_serves(sb)
 

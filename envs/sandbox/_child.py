@@ -1,0 +1,241 @@
+"""What runs inside a forked sandbox child: isolation set-up, then the model's code.
+
+Standard library only (imported by the worker by path, see ``_worker.py``).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import fcntl
+import json
+import os
+import resource
+import signal
+import sys
+import tempfile
+import traceback
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+try:  # imported as part of the package (tests, type checking)
+    from . import _kernel as K
+except ImportError:  # loaded by the worker script: this directory is on sys.path
+    import _kernel as K  # type: ignore[no-redef]
+
+HDR = 4
+SETUP_FAILED = 125
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def frame(obj: dict[str, Any]) -> bytes:
+    """One protocol frame: 4-byte big-endian length, then UTF-8 JSON."""
+    data = json.dumps(obj).encode()
+    return len(data).to_bytes(HDR, "big") + data
+
+
+def read_exact(fd: int, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return buf
+
+
+@dataclass
+class Limits:
+    memory_mb: int
+    cpu_seconds: float
+    file_size_mb: int
+    open_files: int
+    processes: int
+
+
+@dataclass
+class Spec:
+    """Everything a child needs to isolate itself (fixed by the worker's start-up probe)."""
+
+    limits: Limits
+    worker_pid: int
+    base_as: int = 0
+    """Address space of the worker when it forks; RLIMIT_AS is this plus ``memory_mb``."""
+    nproc: int = 32
+    root: bool = False
+    dac_read: bool = False
+    layers: list[str] = field(default_factory=list)
+    """Layers the probe found working: one failing in a call fails that call closed."""
+    ll_abi: int = 0
+    ll_base: int = -1
+    """Landlock ruleset fd built by the worker (see ``_kernel.landlock_base``)."""
+    seccomp: bytes = b""
+
+
+def address_space() -> int:
+    """This process's current virtual size in bytes."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def set_rlimits(spec: Spec, cpu_soft: int, cpu_hard: int) -> None:
+    def setl(res: int, value: int) -> None:
+        _soft, hard = resource.getrlimit(res)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(res, (value, value))
+
+    lim, mb = spec.limits, 1 << 20
+    setl(resource.RLIMIT_AS, spec.base_as + lim.memory_mb * mb)
+    setl(resource.RLIMIT_FSIZE, lim.file_size_mb * mb)
+    setl(resource.RLIMIT_NOFILE, lim.open_files)
+    setl(resource.RLIMIT_NPROC, spec.nproc)
+    setl(resource.RLIMIT_CORE, 0)
+    setl(resource.RLIMIT_MEMLOCK, 0)
+    setl(resource.RLIMIT_MSGQUEUE, 0)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if hard != resource.RLIM_INFINITY:
+        cpu_hard = min(cpu_hard, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (min(cpu_soft, cpu_hard), cpu_hard))
+
+
+def enter(
+    spec: Spec,
+    workdir: str,
+    uid: int | None,
+    cpu: int,
+    cpu_hard: int,
+    strict: bool,
+    keep: list[int],
+) -> list[str]:
+    """Isolate the current, freshly forked process; fds 0-2 are already in place.
+
+    ``uid``: switch to it (root workers). ``keep``: fds moved to 3, 4, ... (all others are
+    closed). Returns the layers applied; with ``strict``, a layer the probe found working that
+    fails now ends the process with status 125 (fail closed).
+    """
+    got = ["rlimits"]
+    os.setsid()  # own session and process group, no controlling terminal
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.set_wakeup_fd(-1)
+    set_rlimits(spec, cpu, cpu_hard)
+    os.chdir(workdir)
+
+    def layer(name: str, fn: Any) -> None:
+        try:
+            fn()
+            got.append(name)
+        except OSError as e:
+            if strict and name in spec.layers:
+                os.write(2, f"sandbox setup failed ({name}): {e}\n".encode())
+                os._exit(SETUP_FAILED)
+
+    if uid is not None:
+        layer("uid", lambda: K.drop_to_uid(uid, uid, keep_dac_read=spec.dac_read))
+    K.prctl(K.PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid switch, which clears it
+    if os.getppid() != spec.worker_pid:  # the worker died before the line above
+        os._exit(SETUP_FAILED)
+    K.prctl(K.PR_SET_DUMPABLE, 0)  # no ptrace or /proc/<pid>/mem by same-uid processes
+    K.prctl(K.PR_SET_CHILD_SUBREAPER, 1)  # orphans of the call stay in the call
+    K.no_new_privs()
+    if spec.ll_abi:
+        rw = K.open_paths([workdir, os.devnull])
+        layer("landlock", lambda: K.landlock_restrict(spec.ll_abi, spec.ll_base, rw))
+    if spec.seccomp:
+        layer("seccomp", lambda: K.seccomp_install(spec.seccomp))
+    # Move kept fds to 3.. via numbers above the targets (no kept fd overwrites another).
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + len(keep)) for fd in keep]
+    for i, fd in enumerate(high):
+        os.dup2(fd, 3 + i, inheritable=False)
+    K.close_fds_from(3 + len(keep))
+    os.environ.clear()
+    os.environ.update(PATH=SAFE_PATH, HOME=workdir, TMPDIR=workdir, PWD=workdir, LANG="C.UTF-8",
+                      USER="sandbox", LOGNAME="sandbox", OMP_NUM_THREADS="1",
+                      OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg",
+                      MPLCONFIGDIR=workdir)  # fmt: skip
+    tempfile.tempdir = workdir
+    sys.argv = ["-c"]
+    return got
+
+
+def fresh_main() -> types.ModuleType:
+    """A new ``__main__`` module for the code (not the worker's own)."""
+    module = types.ModuleType("__main__")
+    module.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = module
+    return module
+
+
+def run_code(code: str, echo: bool, module: types.ModuleType) -> int:
+    """Execute ``code`` in ``module``'s namespace like ``python -c`` (printing the repr of a
+    final bare expression when ``echo``, like a notebook). Returns the exit status."""
+    try:
+        tree = ast.parse(code, "<cell>", "exec")
+        last = None
+        if echo and tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)  # type: ignore[attr-defined]
+        exec(compile(tree, "<cell>", "exec"), module.__dict__)
+        if last is not None:
+            value = eval(compile(last, "<cell>", "eval"), module.__dict__)
+            if value is not None:
+                print(repr(value))
+        return 0
+    except SystemExit as e:
+        if e.code is None:
+            return 0
+        if isinstance(e.code, int):
+            return e.code & 0xFF
+        print(e.code, file=sys.stderr)
+        return 1
+    except BaseException as e:  # noqa: BLE001 - report anything the code raised
+        try:  # without our own frame: the model sees only its cell
+            tb = e.__traceback__.tb_next if e.__traceback__ else None
+            traceback.print_exception(type(e), e, tb)
+        except BaseException:  # noqa: BLE001 - e.g. MemoryError while formatting
+            os.write(2, f"{type(e).__name__}\n".encode())
+        return 1
+
+
+def flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001, S110 - nothing sensible to do
+            pass
+
+
+def session_loop(cmd_fd: int, res_fd: int) -> int:
+    """A persistent interpreter: run cells from ``cmd_fd`` in one namespace until EOF, and
+    report each cell's status on ``res_fd``."""
+    module = fresh_main()
+    while True:
+        try:
+            n = int.from_bytes(read_exact(cmd_fd, HDR), "big")
+            req = json.loads(read_exact(cmd_fd, n))
+        except (EOFError, OSError, ValueError):
+            return 0
+        while True:  # reap children left by the previous cell (the worker killed them)
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        # RLIMIT_CPU counts the whole life of the process: give each cell its own budget.
+        used = sum(os.times()[:2])
+        _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        soft = int(used) + int(req["cpu"]) + 1
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+        status = run_code(req["code"], bool(req["echo"]), module)
+        flush()
+        try:
+            os.write(res_fd, frame({"exit": status}))
+        except OSError:
+            return 1
