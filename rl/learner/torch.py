@@ -217,7 +217,7 @@ class TorchLearner:
                         kl = kl_penalty(lp, mb.ref_logprobs, loss_cfg.kl_estimator) * mask
                         kl_loss = kl.sum() / max(norm.num_tokens or 1.0, 1.0)
                         loss = loss + loss_cfg.kl_coef * kl_loss
-                        metrics["actor/kl"] = float(kl_loss)
+                        metrics["actor/kl"] = float(kl_loss.detach())
                     # sampler vs learner mismatch (bf16 vs fp32, kernels): a diagnostic only
                     n_tok = mask.sum().clamp(min=1)
                     metrics["actor/sampler_logprob_diff"] = float(
