@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from rl.algos.registry import Registry
 from rl.rollout.parsers import ToolCallFormat, get_format
 from rl.types import Message, Task, ToolCall
 
@@ -49,29 +50,20 @@ class Env(Protocol):
     async def close(self) -> None: ...
 
 
-_ENVS: dict[str, Callable[..., Env]] = {}
+_ENVS: Registry[Callable[..., Env]] = Registry("env")
 
 
 def register_env(name: str) -> Callable[[Callable[..., Env]], Callable[..., Env]]:
     """Class/factory decorator: ``@register_env("math")``. Duplicate names are refused."""
-
-    def deco(factory: Callable[..., Env]) -> Callable[..., Env]:
-        if name in _ENVS:
-            raise ValueError(f"env '{name}' is already registered")
-        _ENVS[name] = factory
-        return factory
-
-    return deco
+    return _ENVS.register(name)
 
 
 def make_env(name: str, **kwargs: Any) -> Env:
-    if name not in _ENVS:
-        raise KeyError(f"unknown env '{name}'; registered: {sorted(_ENVS)}")
-    return _ENVS[name](**kwargs)
+    return _ENVS.get(name)(**kwargs)
 
 
 def registered_envs() -> list[str]:
-    return sorted(_ENVS)
+    return sorted(_ENVS.names())
 
 
 @runtime_checkable

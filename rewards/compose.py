@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from rl.algos.registry import Registry
 from rl.types import Trajectory
 
 RewardFn = Callable[[Trajectory], float]
 
-_REWARDS: dict[str, RewardFn] = {}
+_REWARDS: Registry[RewardFn] = Registry("reward")
 
 # Suggested weights (the trainer's config holds the real defaults): the outcome carries the
 # signal, format is light shaping; tool_use is off (it can be hacked by pointless calls).
@@ -24,24 +25,15 @@ DEFAULT_WEIGHTS: dict[str, float] = {"outcome": 1.0, "format": 0.1, "tool_use": 
 
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     """Decorator: ``@register_reward("outcome")``. Duplicate names are refused."""
-
-    def deco(fn: RewardFn) -> RewardFn:
-        if name in _REWARDS:
-            raise ValueError(f"reward '{name}' is already registered")
-        _REWARDS[name] = fn
-        return fn
-
-    return deco
+    return _REWARDS.register(name)
 
 
 def get_reward(name: str) -> RewardFn:
-    if name not in _REWARDS:
-        raise KeyError(f"unknown reward '{name}'; registered: {sorted(_REWARDS)}")
-    return _REWARDS[name]
+    return _REWARDS.get(name)
 
 
 def registered_rewards() -> list[str]:
-    return sorted(_REWARDS)
+    return sorted(_REWARDS.names())
 
 
 def compose(traj: Trajectory, weights: dict[str, float]) -> tuple[float, dict[str, float]]:

@@ -30,6 +30,7 @@ from typing import Any
 from envs.base import StepResult, ToolEnv, ToolError, register_env
 from envs.tools import get_tool
 from envs.tools.calculator import calculator, evaluate, format_number
+from rl.algos.registry import Registry
 from rl.types import Message, Task
 
 SPLITS = ("train", "test")
@@ -328,17 +329,11 @@ def _arith(rng: random.Random, ops: int, d: Difficulty) -> tuple[str, str]:
 # Sources
 
 Source = Callable[[str, int, int, dict[str, Any]], list[Task]]
-_SOURCES: dict[str, Source] = {}
+_SOURCES: Registry[Source] = Registry("math source")
 
 
 def _source(name: str) -> Callable[[Source], Source]:
-    def deco(fn: Source) -> Source:
-        if name in _SOURCES:
-            raise ValueError(f"math source '{name}' is already registered")
-        _SOURCES[name] = fn
-        return fn
-
-    return deco
+    return _SOURCES.register(name)
 
 
 def _collect(
@@ -447,7 +442,7 @@ _reasoning_gym_source("gsm_symbolic", has_expression=False)
 
 
 def math_sources() -> list[str]:
-    return sorted(_SOURCES)
+    return sorted(_SOURCES.names())
 
 
 def make_tasks(
@@ -455,11 +450,10 @@ def make_tasks(
 ) -> list[Task]:
     """``n`` math tasks from ``source`` (see the module docstring). Each has a numeric ``answer``
     and ``data["expression"]`` (the arithmetic that solves it, or None when unknown)."""
-    if source not in _SOURCES:
-        raise KeyError(f"unknown math source '{source}'; registered: {math_sources()}")
+    make = _SOURCES.get(source)  # KeyError listing the valid sources
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got '{split}'")
-    return _SOURCES[source](split, n, seed, difficulty)
+    return make(split, n, seed, difficulty)
 
 
 # ---------------------------------------------------------------------------------------------

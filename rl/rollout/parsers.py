@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from rl.algos.registry import Registry
 from rl.types import Message, ToolCall
 
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -72,31 +73,22 @@ def format_answer(answer: Any) -> str:
     return f"<answer>{answer}</answer>"
 
 
-_FORMATS: dict[str, Callable[[], ToolCallFormat]] = {}
+_FORMATS: Registry[Callable[[], ToolCallFormat]] = Registry("tool-call format")
 
 
 def register_format(
     name: str,
 ) -> Callable[[Callable[[], ToolCallFormat]], Callable[[], ToolCallFormat]]:
     """Class decorator: ``@register_format("hermes")``. Duplicate names are refused."""
-
-    def deco(factory: Callable[[], ToolCallFormat]) -> Callable[[], ToolCallFormat]:
-        if name in _FORMATS:
-            raise ValueError(f"tool-call format '{name}' is already registered")
-        _FORMATS[name] = factory
-        return factory
-
-    return deco
+    return _FORMATS.register(name)
 
 
 def get_format(name: str) -> ToolCallFormat:
-    if name not in _FORMATS:
-        raise KeyError(f"unknown tool-call format '{name}'; registered: {sorted(_FORMATS)}")
-    return _FORMATS[name]()
+    return _FORMATS.get(name)()
 
 
 def registered_formats() -> list[str]:
-    return sorted(_FORMATS)
+    return sorted(_FORMATS.names())
 
 
 # ---------------------------------------------------------------------------------------------

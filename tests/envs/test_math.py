@@ -24,7 +24,7 @@ def _ops(expr: str) -> int:
 
 def test_sources_registered() -> None:
     assert set(math_sources()) == {*OWN, *RG_WITH_EXPR, "gsm_symbolic"}
-    with pytest.raises(KeyError, match="registered"):
+    with pytest.raises(KeyError, match="valid names"):
         make_tasks("nope", "train", 1)
     with pytest.raises(ValueError, match="split"):
         make_tasks("word", "validation", 1)

@@ -32,7 +32,7 @@ def _traj(final: str | None, text: str, calls: list[ToolCall]) -> Trajectory:
 def test_registry() -> None:
     assert {"outcome", "format", "tool_use"} <= set(registered_rewards())
     assert set(DEFAULT_WEIGHTS) <= set(registered_rewards())
-    with pytest.raises(KeyError, match="registered: .*outcome"):
+    with pytest.raises(KeyError, match="valid names: .*outcome"):
         get_reward("nope")
     with pytest.raises(ValueError, match="already registered"):
         register_reward("outcome")(lambda traj: 0.0)

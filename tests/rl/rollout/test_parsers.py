@@ -28,7 +28,7 @@ def test_registry() -> None:
     assert {"hermes", "hermes-prompt"} <= set(registered_formats())
     for name in registered_formats():
         assert isinstance(get_format(name), ToolCallFormat)
-    with pytest.raises(KeyError, match="registered: .*hermes"):
+    with pytest.raises(KeyError, match="valid names: .*hermes"):
         get_format("nope")
 
 
