@@ -13,9 +13,15 @@ Same contract as :mod:`rl.rollout.engines.hf` (the reference semantics):
   raw_logprobs when T is 0 or 1 (exact for any top-k/top-p), processed_logprobs when T != 1 and
   there is no truncation (exact). T not in {0, 1} *with* top-k/top-p has no exact mode and is
   refused (ValueError) rather than silently returning a different quantity.
-- per-request token budgets, stop strings, stop token ids, per-call seeds (each request gets
-  its own seed derived from the call's seed and its index, so repeated prompts of a GRPO group
-  still differ).
+- per-request token budgets, stop strings, stop token ids, per-call seeds. On CUDA each request
+  gets its own seed derived from the call's seed and its index (repeated prompts of a GRPO group
+  still differ). On CPU, vLLM 0.32 cannot use per-request generators: when chunked prefill
+  discards a sampled token it rewinds the request's generator with ``set_offset``, which CPU
+  generators lack (RuntimeError). There the call's seed seeds the process RNG that the CPU
+  sampler draws its per-step noise from, inside ``torch.random.fork_rng`` so the caller's RNG
+  stream is untouched (in-process engine core only; out of process the seed is ignored).
+  Reproducible for the same requests and engine state (prefix-cache hits and chunked prefill
+  change which steps draw noise, so a repeated call is not guaranteed identical).
 
 All requests of a call are submitted at once: vLLM's scheduler batches them continuously and
 its prefix cache shares the prompt KV of a group's repeated prompts.
@@ -233,7 +239,7 @@ class VLLMEngine:
         self.on_cpu = current_platform.is_cpu()
         if self.on_cpu:
             request_amx_permission()
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.kv_cache_space_gb:g}")
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{cfg.kv_cache_space_gb:g}"
         if cfg.in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
@@ -280,7 +286,10 @@ class VLLMEngine:
 
         prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
         self._calls += 1
-        outs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self._lora_request)
+        with self._seeded(sampling.seed):
+            outs = self.llm.generate(
+                prompts, params, use_tqdm=False, lora_request=self._lora_request
+            )
         return [self._output(o.outputs[0]) for o in outs]
 
     async def agenerate(
@@ -322,12 +331,9 @@ class VLLMEngine:
             while self._to_add or self._futures:
                 while self._to_add:  # only between steps: the engine is not thread-safe
                     prompt, params, fut = self._to_add.pop(0)
-                    rid = eng.add_request(
-                        f"turnrl-{next(self._rids)}",
-                        prompt,
-                        params,
-                        lora_request=self._lora_request,
-                    )
+                    # outputs carry this id (add_request returns an internal, suffixed one)
+                    rid = f"turnrl-{next(self._rids)}"
+                    eng.add_request(rid, prompt, params, lora_request=self._lora_request)
                     self._futures[rid] = fut
                 for o in await asyncio.to_thread(eng.step):
                     if o.finished and o.request_id in self._futures:
@@ -391,7 +397,7 @@ class VLLMEngine:
         if limit <= 0:
             raise ValueError("every request needs a token budget of at least 1")
         seed = None
-        if s.seed is not None:  # distinct, reproducible stream per request of the call
+        if s.seed is not None and not self.on_cpu:  # per-request stream (see module doc)
             seed = (s.seed * 1_000_003 + index) % (2**31 - 1)
         return VSamplingParams(
             n=1,
@@ -408,6 +414,19 @@ class VLLMEngine:
             spaces_between_special_tokens=False,
             detokenize=bool(s.stop),  # text is only needed to find stop strings
         )
+
+    def _seeded(self, seed: int | None) -> contextlib.AbstractContextManager:
+        """CPU: seed the process RNG the in-process sampler draws from, restoring it after."""
+        if seed is None or not self.on_cpu or not self.in_process:
+            return contextlib.nullcontext()
+
+        @contextlib.contextmanager
+        def forked():
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                yield
+
+        return forked()
 
     @staticmethod
     def _output(c) -> GenerationOutput:
