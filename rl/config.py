@@ -72,7 +72,7 @@ class SFTConfig:
     """JSONL of chat trajectories ({"messages": [...]}) instead of env demonstrations."""
     epochs: int = 1
     batch_size: int = 8
-    lr: float = 5e-5
+    lr: float = 2e-5
 
 
 @dataclass

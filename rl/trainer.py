@@ -113,8 +113,7 @@ class Trainer:
 
         trajs = sft_trajectories(self.cfg, self.parts)
         c = self.cfg.sft
-        for g in self.learner.optimizer.param_groups:
-            g["lr"] = c.lr
+        self.learner.set_lr(c.lr)
         rng = random.Random(self.cfg.trainer.seed)
         steps = 0
         for epoch in range(c.epochs):
@@ -128,8 +127,7 @@ class Trainer:
                 steps += 1
                 self.logger.log(-1, {"stage": "sft", "sft/step": steps, "sft/epoch": epoch, **m})
                 print(f"[sft] epoch {epoch} step {steps}: nll {m['sft/nll']:.3f}", flush=True)
-        for g in self.learner.optimizer.param_groups:
-            g["lr"] = self.cfg.learner.lr
+        self.learner.set_lr(self.cfg.learner.lr)
         # Fresh optimizer moments for RL: SFT's Adam state is tuned to a different objective.
         self.learner.optimizer.state.clear()
         self.engine.update_weights(self.learner.named_weights())

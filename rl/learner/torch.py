@@ -123,6 +123,12 @@ class TorchLearner:
         )
         self.optimizer_steps = 0
 
+    def set_lr(self, lr: float) -> None:
+        """Change the base learning rate (the scheduler's warm-up factor still applies)."""
+        self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+
     # -- helpers -------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.autocast == "bf16":

@@ -99,3 +99,14 @@ def test_kl_with_lora_reference_is_zero_at_start(tiny_model):
         lr=1e-3, autocast="fp32", lora=LoraConfig(enabled=True, r=4, alpha=8)))
     m = learner.update(_batch(), LossConfig(kl_coef=0.1))
     assert abs(m["actor/kl"]) < 1e-6  # the adapter starts at zero: policy == reference
+
+
+def test_set_lr_survives_scheduler_steps(tiny_model):
+    learner = TorchLearner(tiny_model, LearnerConfig(lr=1e-3, autocast="fp32", warmup_steps=2))
+    b = _batch()
+    learner.set_lr(5e-2)
+    assert learner.optimizer.param_groups[0]["lr"] == 2.5e-2  # warm-up step 1 of 2: lr * 1/2
+    learner.sft_update(b)
+    assert learner.optimizer.param_groups[0]["lr"] == 5e-2  # step 2: full base lr
+    learner.sft_update(b)
+    assert learner.optimizer.param_groups[0]["lr"] == 5e-2
