@@ -67,21 +67,9 @@ def load_policy_state(trainer, state: dict[str, torch.Tensor]) -> None:
 
 
 def grpo_step(trainer, step: int) -> dict[str, float]:
-    """The body of Trainer.fit for one step, timed per phase."""
-    from rl.tracking import Timer
-
-    timer = Timer()
+    """One ``Trainer.train_step``, with per-phase wall time and the step's CPU time."""
     c0 = time.process_time()
-    with timer("rollout"):
-        trajs = trainer.rollout(step)
-    with timer("reward"):
-        rewards = trainer.score(trajs)
-    with timer("advantage"):
-        batch = trainer.make_batch(trajs, rewards)
-    with timer("update"):
-        trainer.update(batch)
-    with timer("sync"):
-        trainer.engine.update_weights(trainer.learner.named_weights())
+    trajs, rewards, _, timer = trainer.train_step(step)
     t = timer.times
     return {
         "step_s": sum(t.values()),

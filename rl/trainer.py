@@ -53,17 +53,7 @@ class Trainer:
                     self.results["sft"] = self.evaluate("sft")
             self.stage = "rl"
         for step in self.progress(range(self.step, self.cfg.trainer.steps)):
-            timer = Timer()
-            with timer("rollout"):
-                trajs = self.rollout(step)
-            with timer("reward"):
-                rewards = self.score(trajs)
-            with timer("advantage"):
-                batch = self.make_batch(trajs, rewards)
-            with timer("update"):
-                metrics = self.update(batch)
-            with timer("sync"):
-                self.engine.update_weights(self.learner.named_weights())
+            trajs, rewards, metrics, timer = self.train_step(step)
             self.step = step + 1
             self.log_step(step, trajs, rewards, metrics, timer)
             self.maybe_save()
@@ -72,6 +62,21 @@ class Trainer:
         self.save()
         self.finish()
         return self.results
+
+    def train_step(self, step: int):
+        """One RL step: rollout -> reward -> advantage -> update -> sync, each phase timed."""
+        timer = Timer()
+        with timer("rollout"):
+            trajs = self.rollout(step)
+        with timer("reward"):
+            rewards = self.score(trajs)
+        with timer("advantage"):
+            batch = self.make_batch(trajs, rewards)
+        with timer("update"):
+            metrics = self.update(batch)
+        with timer("sync"):
+            self.engine.update_weights(self.learner.named_weights())
+        return trajs, rewards, metrics, timer
 
     # -- phases ----------------------------------------------------------------------------------
     def rollout(self, step: int) -> list[Trajectory]:
