@@ -39,13 +39,17 @@ def main() -> None:
     env = make_env("math")
     prompts = []
     for t in make_tasks("mixed", "train", args.batch, seed=0):
-        msgs = [{"role": "system", "content": env.system_prompt},
-                {"role": "user", "content": t.prompt}]
+        msgs = [
+            {"role": "system", "content": env.system_prompt},
+            {"role": "user", "content": t.prompt},
+        ]
         text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         prompts.append(tok.encode(text, add_special_tokens=False))
     sp = SamplingParams(max_new_tokens=args.tokens, temperature=1.0, seed=0)
-    engines = {"ours, shared prefix": HFEngine(model, tok, share_prefix=True),
-               "ours, no prefix reuse": HFEngine(model, tok, share_prefix=False)}
+    engines = {
+        "ours, shared prefix": HFEngine(model, tok, share_prefix=True),
+        "ours, no prefix reuse": HFEngine(model, tok, share_prefix=False),
+    }
     for e in engines.values():
         e.eos_ids = set()  # fixed length: every row decodes --tokens tokens
 
@@ -57,11 +61,17 @@ def main() -> None:
         ids = torch.zeros((len(prompts), P), dtype=torch.long)
         att = torch.zeros_like(ids)
         for i, p in enumerate(prompts):
-            ids[i, P - len(p):] = torch.tensor(p)
-            att[i, P - len(p):] = 1
+            ids[i, P - len(p) :] = torch.tensor(p)
+            att[i, P - len(p) :] = 1
         with torch.inference_mode():
-            model.generate(ids, attention_mask=att, max_new_tokens=args.tokens,
-                           min_new_tokens=args.tokens, do_sample=True, pad_token_id=0)
+            model.generate(
+                ids,
+                attention_mask=att,
+                max_new_tokens=args.tokens,
+                min_new_tokens=args.tokens,
+                do_sample=True,
+                pad_token_id=0,
+            )
 
     runs = {name: (lambda e=e: run_ours(e)) for name, e in engines.items()}
     runs["transformers generate()"] = run_generate
@@ -73,8 +83,10 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
     n_tok = args.batch * args.tokens
     base = statistics.median(times["transformers generate()"])
-    print(f"batch {args.batch}, {args.tokens} new tokens each, prompt ~{len(prompts[0])} tokens, "
-          f"torch threads {torch.get_num_threads()}, median of {args.repeats}")
+    print(
+        f"batch {args.batch}, {args.tokens} new tokens each, prompt ~{len(prompts[0])} tokens, "
+        f"torch threads {torch.get_num_threads()}, median of {args.repeats}"
+    )
     print("| variant | median s | tokens/s | vs generate() |")
     print("|---|---|---|---|")
     for name, ts in times.items():

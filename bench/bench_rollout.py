@@ -176,6 +176,7 @@ class TRLStepper:
             save_strategy="no",
             report_to="none",
             shuffle_dataset=False,
+            gradient_checkpointing=cfg.learner.gradient_checkpointing,  # TRL's default is on
             seed=cfg.trainer.seed,
             disable_tqdm=True,
         )
@@ -224,6 +225,7 @@ def med(rows: list[dict], key: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="rollout,step,trl")
+    ap.add_argument("--labels", default="single-turn,tools", help="RL-step rows to run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rollout-tasks", type=int, default=16)
@@ -288,6 +290,8 @@ def main() -> None:
 
     if "step" in parts or "trl" in parts:
         for label, turns in (("single-turn", 1), ("tools", 4)):
+            if label not in a.labels.split(","):
+                continue
             for tr in (hf, vl):  # same start for every system of this row
                 tr.cfg.rollout.max_turns = turns  # the AgentLoop holds this same object
                 load_policy_state(tr, sft_state)
