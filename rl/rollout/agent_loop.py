@@ -6,8 +6,15 @@ the engine (never re-tokenized) with loss mask 1 and their sampler logprobs; eve
 as the chat-template *delta*: render the conversation before and after the new messages, assert
 the first is a prefix of the second, tokenize the suffix, mask 0.
 
-All live trajectories of a round are sampled in one batched engine call; env steps of a round run
-concurrently (asyncio), so slow tools overlap.
+Two schedules (``RolloutConfig.schedule``):
+
+- ``rounds``: all live trajectories of a round are sampled in one batched engine call; env steps
+  of a round run concurrently (asyncio), so slow tools overlap. Every trajectory waits for the
+  slowest one of its round. This suits engines that batch a call at a time (the HF engine).
+- ``per_trajectory``: each episode is its own coroutine that awaits ``engine.agenerate`` for one
+  request at a time; an engine with continuous batching (vLLM) runs them all in one batch, and a
+  trajectory submits its next turn as soon as its own env step returns, without waiting for
+  the others. ``auto`` picks it when the engine has ``agenerate``.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ class RolloutConfig:
     top_k: int = 0
     stop: list[str] = field(default_factory=list)
     """Extra stop strings for a turn (EOS always stops)."""
+    schedule: str = "auto"
+    """"rounds" (batched turn by turn), "per_trajectory" (each episode awaits the engine on its
+    own; needs ``engine.agenerate``), or "auto" (per_trajectory when the engine supports it)."""
 
 
 class ChatRenderer:
@@ -128,6 +138,20 @@ class AgentLoop:
             top_k=c.top_k, stop=list(c.stop), seed=seed,
         )
 
+    def per_trajectory(self) -> bool:
+        mode = self.cfg.schedule
+        if mode not in ("auto", "rounds", "per_trajectory"):
+            raise ValueError(
+                f"rollout.schedule must be auto, rounds or per_trajectory, got {mode!r}"
+            )
+        has_async = callable(getattr(self.engine, "agenerate", None))
+        if mode == "per_trajectory" and not has_async:
+            raise ValueError(
+                f"rollout.schedule=per_trajectory needs an engine with agenerate "
+                f"({type(self.engine).__name__} has none)"
+            )
+        return has_async and mode != "rounds"
+
     def run(
         self, tasks: Sequence[Task], n_samples: int = 1, seed: int = 0, group_offset: int = 0
     ) -> list[Trajectory]:
@@ -142,12 +166,15 @@ class AgentLoop:
             for _ in range(n_samples):
                 live.append(await self._start(task, seed=seed + gi, group=group_offset + gi))
         try:
-            for turn in range(self.cfg.max_turns):
-                active = [x for x in live if not x.done]
-                if not active:
-                    break
-                last = turn == self.cfg.max_turns - 1
-                await self._round(active, seed=seed * 1009 + turn, last=last)
+            if self.per_trajectory():
+                await asyncio.gather(*(self._episode(x, seed) for x in live))
+            else:
+                for turn in range(self.cfg.max_turns):
+                    active = [x for x in live if not x.done]
+                    if not active:
+                        break
+                    last = turn == self.cfg.max_turns - 1
+                    await self._round(active, seed=seed * 1009 + turn, last=last)
             for x in live:
                 if not x.done:
                     x.traj.truncated = True
@@ -170,35 +197,50 @@ class AgentLoop:
         )
         return _Live(traj, env, tools)
 
+    def _request(self, x: _Live) -> GenerationRequest | None:
+        """The next turn's request, or None (and truncated) when no token budget is left."""
+        budget = self.cfg.max_total_tokens - len(x.traj.token_ids)
+        if budget <= 0:
+            x.traj.truncated, x.done = True, True
+            return None
+        return GenerationRequest(x.traj.token_ids, budget)
+
     async def _round(self, active: list[_Live], seed: int, last: bool) -> None:
-        c = self.cfg
-        for x in active:  # no budget left for even one token: truncate before sampling
-            if len(x.traj.token_ids) >= c.max_total_tokens:
-                x.traj.truncated, x.done = True, True
+        reqs = {id(x): self._request(x) for x in active}
         active = [x for x in active if not x.done]
         if not active:
             return
-        reqs = [
-            GenerationRequest(x.traj.token_ids, c.max_total_tokens - len(x.traj.token_ids))
-            for x in active
-        ]
-        outs = self.engine.generate(reqs, self.sampling(seed))
-        texts = []
-        for x, o in zip(active, outs):
-            t = x.traj
-            start = len(t.token_ids)
-            t.token_ids.extend(o.token_ids)
-            t.loss_mask.extend([1] * len(o.token_ids))
-            t.logprobs.extend(o.logprobs)
-            text = self.chat.action_text(o.token_ids)
-            texts.append(text)
-            t.turns.append(Turn(start, len(t.token_ids), text, o.finish_reason))
-            t.messages.append({"role": "assistant", "content": text})
+        outs = self.engine.generate([reqs[id(x)] for x in active], self.sampling(seed))
+        texts = [self._append(x, o) for x, o in zip(active, outs)]
         results: list[StepResult] = await asyncio.gather(
             *(x.env.step(text) for x, text in zip(active, texts))
         )
         for x, o, res in zip(active, outs, results):
             self._absorb(x, o.token_ids, res, last)
+
+    async def _episode(self, x: _Live, seed: int) -> None:
+        """One trajectory, turn after turn, awaiting the engine for its own request only."""
+        for turn in range(self.cfg.max_turns):
+            req = self._request(x)
+            if req is None:
+                return
+            o = await self.engine.agenerate(req, self.sampling(seed * 1009 + turn))  # type: ignore[attr-defined]
+            res = await x.env.step(self._append(x, o))
+            self._absorb(x, o.token_ids, res, last=turn == self.cfg.max_turns - 1)
+            if x.done:
+                return
+
+    def _append(self, x: _Live, o) -> str:
+        """Append the engine's sampled tokens (loss 1, their logprobs) as a new model turn."""
+        t = x.traj
+        start = len(t.token_ids)
+        t.token_ids.extend(o.token_ids)
+        t.loss_mask.extend([1] * len(o.token_ids))
+        t.logprobs.extend(o.logprobs)
+        text = self.chat.action_text(o.token_ids)
+        t.turns.append(Turn(start, len(t.token_ids), text, o.finish_reason))
+        t.messages.append({"role": "assistant", "content": text})
+        return text
 
     def _absorb(self, x: _Live, sampled: list[int], res: StepResult, last: bool) -> None:
         t, turn = x.traj, x.traj.turns[-1]

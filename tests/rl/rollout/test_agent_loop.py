@@ -150,3 +150,61 @@ def test_groups_share_ids_per_task(tokenizer, n):
     trajs = loop.run([Task(id="a", prompt="a"), Task(id="b", prompt="b")], n_samples=n,
                      group_offset=10)
     assert [t.group_id for t in trajs] == [10] * n + [11] * n
+
+
+class AsyncScriptedEngine(ScriptedEngine):
+    """``agenerate`` with a per-task latency; records the order requests are submitted in."""
+
+    def __init__(self, tokenizer, scripts, delays: dict[str, float]):
+        super().__init__(tokenizer, scripts)
+        self.delays = delays
+        self.events: list[tuple[str, str]] = []  # ("submit" | "done", task key)
+
+    async def agenerate(self, request: GenerationRequest, sampling: SamplingParams):
+        import asyncio
+
+        key = next(k for k in self.scripts if f"Q:{k}" in self.tok.decode(request.prompt_ids))
+        self.events.append(("submit", key))
+        await asyncio.sleep(self.delays[key])
+        (out,) = self.generate([request], sampling)
+        self.events.append(("done", key))
+        return out
+
+
+SCRIPTS = {"fast": ["a", "b", "DONE"], "slow": ["x", "DONE"]}
+
+
+def _async_run(tokenizer, schedule):
+    engine = AsyncScriptedEngine(tokenizer, SCRIPTS, delays={"fast": 0.0, "slow": 0.2})
+    loop = AgentLoop(engine, tokenizer, EchoToolEnv, RolloutConfig(max_turns=5, schedule=schedule))
+    return loop.run([Task(id=k, prompt=k) for k in SCRIPTS]), engine
+
+
+def test_per_trajectory_schedule_does_not_wait_for_the_slowest(tokenizer):
+    trajs, engine = _async_run(tokenizer, "auto")  # auto: the engine has agenerate
+    # the fast episode runs all 3 turns while the slow one's first turn is still in flight
+    first_slow_done = engine.events.index(("done", "slow"))
+    fast_submits = [i for i, e in enumerate(engine.events) if e == ("submit", "fast")]
+    assert len(fast_submits) == 3 and fast_submits[-1] < first_slow_done
+    assert [len(t.turns) for t in trajs] == [3, 2] and all(t.terminated for t in trajs)
+
+
+def test_per_trajectory_and_rounds_give_the_same_trajectories(tokenizer):
+    per_traj, _ = _async_run(tokenizer, "per_trajectory")
+    rounds, engine = _async_run(tokenizer, "rounds")
+    assert not any(e[0] == "submit" for e in engine.events)  # rounds never calls agenerate
+    for a, b in zip(per_traj, rounds):
+        a.validate()
+        assert a.token_ids == b.token_ids and a.loss_mask == b.loss_mask
+        assert [t.text for t in a.turns] == [t.text for t in b.turns]
+        assert len(a.logprobs) == len(b.logprobs)
+
+
+def test_schedule_errors(tokenizer):
+    engine = ScriptedEngine(tokenizer, {"a": ["DONE"]})
+    with pytest.raises(ValueError, match="needs an engine with agenerate"):
+        AgentLoop(engine, tokenizer, EchoToolEnv,
+                  RolloutConfig(schedule="per_trajectory")).run([Task("a", "a")])
+    with pytest.raises(ValueError, match="auto, rounds or per_trajectory"):
+        AgentLoop(engine, tokenizer, EchoToolEnv,
+                  RolloutConfig(schedule="bogus")).run([Task("a", "a")])

@@ -268,15 +268,23 @@ class _Recording:
         self.outputs.extend(outs)
         return outs
 
+    async def agenerate(self, request, sampling):
+        out = await self.inner.agenerate(request, sampling)
+        self.outputs.append(out)
+        return out
+
     def update_weights(self, named_tensors):
         self.inner.update_weights(named_tensors)
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_agent_loop_token_in_token_out(engine, tokenizer, temperature):
+@pytest.mark.parametrize(
+    "temperature,schedule", [(0.0, "rounds"), (1.0, "rounds"), (1.0, "per_trajectory")]
+)
+def test_agent_loop_token_in_token_out(engine, tokenizer, temperature, schedule):
     rec = _Recording(engine)
     cfg = RolloutConfig(
-        max_turns=3, max_tokens_per_turn=24, max_total_tokens=400, temperature=temperature
+        max_turns=3, max_tokens_per_turn=24, max_total_tokens=400, temperature=temperature,
+        schedule=schedule,
     )
     loop = AgentLoop(rec, tokenizer, _EchoEnv, cfg)
     trajs = loop.run([Task("a", "What is 2 + 2?"), Task("b", "Say hi.")], n_samples=2, seed=1)
