@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rl.distributed.config import LauncherConfig
 from rl.learner.torch import LearnerConfig, LossConfig
 from rl.rollout.agent_loop import RolloutConfig
 from rl.rollout.engines.vllm import VLLMConfig
@@ -60,6 +61,10 @@ class AlgorithmConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     reward_weights: dict[str, float] = field(default_factory=lambda: {"outcome": 1.0})
     """Reward terms (rewards.compose registry) and their weights."""
+    turn_reward_weights: dict[str, float] = field(default_factory=dict)
+    """Turn-level rewards (rewards.compose turn registry: tool_success, env_progress,
+    call_match) and their weights; their weighted sum per model turn is
+    ``Trajectory.turn_rewards`` (all zeros when empty), read by turn-level advantages."""
 
 
 @dataclass
@@ -96,7 +101,10 @@ class TrainerConfig:
     keep_last: int = 2
     """Checkpoints kept (older ones are deleted after a new one is complete)."""
     resume: str | None = None
-    """"latest" or a checkpoint path to resume from."""
+    """Resume from a checkpoint: true / "latest" (the newest complete checkpoint of run_dir, or
+    of the newest run under runs/ when run_dir is empty), a checkpoint folder, or a run dir.
+    Weights, optimizer, scheduler, RNG states of every process, step and logs continue as if
+    the run had not stopped (rl/checkpoint.py)."""
     num_threads: int = 0
     """torch intra-op threads (0 = leave torch's default)."""
     samples_to_log: int = 4
@@ -121,6 +129,10 @@ class Config:
     """Rollout engine: hf (in-process transformers) | vllm."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Start-up options of the vLLM engine (used when engine=vllm)."""
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    """Where the run executes: this process (local) or Ray actors (ray); rl/distributed/config.py."""
+    resume: str | None = None
+    """Alias of ``trainer.resume`` so that ``turnrl train resume=true`` works."""
 
 
 def load_config(overrides: list[str] | None = None, config_dir: str | None = None):

@@ -41,6 +41,12 @@ class Trainer:
         self.logger = RunLogger(run_dir, _plain_config(cfg), cfg.trainer.wandb,
                                 cfg.trainer.wandb_project)
         self.step, self.stage, self.results = 0, "start", {}  # restored by resume
+        # Named parts whose state a checkpoint holds besides the learner's (each has
+        # state_dict / load_state_dict); e.g. a critic registers itself here.
+        self.stateful: dict[str, ckpt.Stateful] = {
+            "engine_rng": ckpt.GeneratorState(lambda: getattr(self.engine, "generator", None)),
+            "data": self.parts.train_tasks,
+        }
 
     def fit(self) -> dict[str, dict[str, float]]:
         self.maybe_resume()
@@ -86,25 +92,12 @@ class Trainer:
                              seed=self.cfg.trainer.seed * 100_003 + step, group_offset=step * n)
 
     def score(self, trajs: list[Trajectory]) -> torch.Tensor:
-        from rewards.compose import compose
-
-        for t in trajs:
-            t.outcome_reward, t.reward_terms = compose(t, self.cfg.algorithm.reward_weights)
-        return torch.tensor([t.outcome_reward for t in trajs], dtype=torch.float32)
+        return score_trajectories(trajs, self.cfg)
 
     def make_batch(self, trajs: list[Trajectory], rewards: torch.Tensor) -> Batch | None:
         """Advantages for every trajectory; the update batch (None when nothing to learn)."""
-        groups = torch.tensor([t.group_id for t in trajs], dtype=torch.long)
-        adv_cfg = AdvantageConfig(estimator=self.cfg.algorithm.advantage,
-                                  norm_std=self.cfg.algorithm.norm_std)
-        adv = self.advantage(rewards, groups, adv_cfg)
-        keep = list(range(len(trajs)))
-        if self.cfg.algorithm.drop_uniform_groups:
-            keep = [i for i in keep if bool((rewards[groups == groups[i]] != rewards[i]).any())]
-        if not keep:
-            return None
-        return Batch.from_trajectories([trajs[i] for i in keep], adv[keep],
-                                       self.tokenizer.pad_token_id)
+        return make_update_batch(trajs, rewards, self.cfg, self.advantage,
+                                 self.tokenizer.pad_token_id)
 
     def update(self, batch: Batch | None) -> dict[str, float]:
         if batch is None:  # every group uniform: no signal this step
@@ -151,14 +144,19 @@ class Trainer:
     def progress(self, steps: range):
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(steps, desc="grpo", dynamic_ncols=True)
+        self._bar = tqdm(steps, desc="grpo", dynamic_ncols=True, initial=steps.start,
+                         total=steps.stop)
         return self._bar
 
     def log_step(self, step, trajs, rewards, metrics, timer: Timer) -> None:
         stats = trajectory_stats(trajs)
+        from rewards.compose import reward_metrics
+        from rewards.outcome import success as solved
+
         gen_tokens = sum(t.num_model_tokens for t in trajs)
-        success = [t.reward_terms.get("outcome", 0.0) >= 1.0 for t in trajs]
+        success = [solved(t) for t in trajs]
         row: dict[str, Any] = {
+            **reward_metrics(trajs),  # reward/<name>: mean of each episode and turn term
             "stage": "rl", "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
             "reward/success": sum(success) / len(success),
             **{f"episode/{k}": v for k, v in stats.items()},
@@ -176,23 +174,16 @@ class Trainer:
         self.logger.plot()
 
     def state(self) -> dict[str, Any]:
-        return {
-            "step": self.step, "stage": self.stage, "results": self.results,
-            "optimizer": self.learner.optimizer.state_dict(),
-            "scheduler": self.learner.scheduler.state_dict(),
-            "optimizer_steps": self.learner.optimizer_steps,
-            "rng": ckpt.rng_state(), "engine_rng": self.engine_rng(),
-        }
-
-    def engine_rng(self) -> torch.Tensor | None:
-        gen = getattr(self.engine, "generator", None)
-        return gen.get_state() if gen is not None else None
+        """The run's global state; per-process state comes from the learner and self.stateful."""
+        return {"step": self.step, "stage": self.stage, "results": self.results,
+                "tasks_per_step": self.cfg.trainer.tasks_per_step,
+                "logs": ckpt.log_offsets(self.run_dir)}
 
     def save(self) -> Path:
         return ckpt.save_checkpoint(
-            self.run_dir / "checkpoints", self.step, model=self.learner.model,
-            tokenizer=self.tokenizer, state=self.state(), config_yaml=self.config_yaml,
-            keep_last=self.cfg.trainer.keep_last,
+            self.run_dir / "checkpoints", self.step, learner=self.learner,
+            tokenizer=self.tokenizer, trainer_state=self.state(), parts=self.stateful,
+            config_yaml=self.config_yaml, keep_last=self.cfg.trainer.keep_last,
         )
 
     def maybe_save(self) -> None:
@@ -201,24 +192,18 @@ class Trainer:
             self.save()
 
     def maybe_resume(self) -> None:
-        r = self.cfg.trainer.resume
-        if not r:
-            return
-        path = ckpt.latest_checkpoint(self.run_dir / "checkpoints") if r == "latest" else Path(r)
+        """Continue from the checkpoint that ``trainer.resume`` names, as if never stopped."""
+        spec = ckpt.config_resume(self.cfg)
+        path = ckpt.resolve_resume(spec, self.run_dir)
         if path is None:
-            print("[turnrl] resume: no complete checkpoint found, starting fresh")
+            if spec is not None:  # a run killed before its first checkpoint: start clean
+                print("[turnrl] resume: no complete checkpoint found, starting fresh")
+                self.logger.history = ckpt.rewind_logs(self.run_dir, {})
             return
-        from rl.build import load_weights_into
-
-        state = ckpt.load_state(path)
-        load_weights_into(self.learner.model, path / "model")
-        self.learner.optimizer.load_state_dict(state["optimizer"])
-        self.learner.scheduler.load_state_dict(state["scheduler"])
-        self.learner.optimizer_steps = state["optimizer_steps"]
-        ckpt.set_rng_state(state["rng"])
-        if state.get("engine_rng") is not None and hasattr(self.engine, "generator"):
-            self.engine.generator.set_state(state["engine_rng"])
+        state = ckpt.load_checkpoint(path, learner=self.learner, parts=self.stateful)
+        ckpt.check_resume_config(path, state, self.cfg, self.config_yaml)
         self.step, self.stage, self.results = state["step"], state["stage"], state["results"]
+        self.logger.history = ckpt.resume_logs(self.run_dir, path, state)
         self.engine.update_weights(self.learner.named_weights())
         print(f"[turnrl] resumed from {path} at step {self.step} ({self.stage})")
 
@@ -238,6 +223,33 @@ def stage_table(results: dict[str, dict[str, float]]) -> str:
         lines.append(f"| {stage} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k, _ in cols)
                      + " |")
     return "\n".join(lines)
+
+
+def score_trajectories(trajs: list[Trajectory], cfg: Config) -> torch.Tensor:
+    """Compose each trajectory's rewards (sets outcome_reward / reward_terms / turn_rewards);
+    ``(N,)`` outcome rewards."""
+    from rewards.compose import score
+
+    a = cfg.algorithm
+    return torch.tensor([score(t, a.reward_weights, a.turn_reward_weights) for t in trajs],
+                        dtype=torch.float32)
+
+
+def make_update_batch(trajs: list[Trajectory], rewards: torch.Tensor, cfg: Config, advantage,
+                      pad_id: int) -> Batch | None:
+    """Advantages for every trajectory; the update batch (None when nothing to learn).
+
+    Shared by the local Trainer and the Ray controller (rl/distributed/controller.py).
+    """
+    groups = torch.tensor([t.group_id for t in trajs], dtype=torch.long)
+    adv_cfg = AdvantageConfig(estimator=cfg.algorithm.advantage, norm_std=cfg.algorithm.norm_std)
+    adv = advantage(rewards, groups, adv_cfg)
+    keep = list(range(len(trajs)))
+    if cfg.algorithm.drop_uniform_groups:
+        keep = [i for i in keep if bool((rewards[groups == groups[i]] != rewards[i]).any())]
+    if not keep:
+        return None
+    return Batch.from_trajectories([trajs[i] for i in keep], adv[keep], pad_id)
 
 
 def seed_everything(seed: int) -> None:

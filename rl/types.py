@@ -63,6 +63,9 @@ class Trajectory:
     turns: list[Turn] = field(default_factory=list)
     outcome_reward: float = 0.0  # final scalar used for advantages (after reward composition)
     reward_terms: dict[str, float] = field(default_factory=dict)  # named parts of the reward
+    # per-model-turn composed reward (algorithm.turn_reward_weights), len == len(turns) once
+    # scored; empty before scoring. Turn-level advantages read it beside outcome_reward.
+    turn_rewards: list[float] = field(default_factory=list)
     terminated: bool = False  # env said the episode is over (final answer, failure)
     truncated: bool = False  # cut by a limit (turns, tokens); bootstrapping would differ
     group_id: int = 0  # trajectories sharing a prompt share a group (GRPO / RLOO)
@@ -108,6 +111,9 @@ class Batch:
     old_logprobs: torch.Tensor  # (B, L) float, sampler logprobs (0 where mask is 0)
     advantages: torch.Tensor  # (B, L) float, per-token advantage (broadcast of per-sequence)
     ref_logprobs: torch.Tensor | None = None  # (B, L) float, frozen reference, if KL is used
+    # (B, L) float: the sampler's logprobs, kept here when the learner replaces old_logprobs by
+    # its own recomputation (PPO epochs / mini-batches); truncated IS weights compare the two
+    sampler_logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -124,6 +130,8 @@ class Batch:
                     old_logprobs=self.old_logprobs[sl],
                     advantages=self.advantages[sl],
                     ref_logprobs=None if self.ref_logprobs is None else self.ref_logprobs[sl],
+                    sampler_logprobs=None if self.sampler_logprobs is None
+                    else self.sampler_logprobs[sl],
                 )
             )
         return out

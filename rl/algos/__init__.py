@@ -12,6 +12,7 @@ from rl.algos.losses import (
     aggregate,
     policy_loss,
     sft_loss,
+    truncated_is_weights,
 )
 from rl.algos.metrics import masked_max, masked_mean, masked_sum
 from rl.algos.registry import Registry
@@ -34,4 +35,5 @@ __all__ = [
     "masked_sum",
     "policy_loss",
     "sft_loss",
+    "truncated_is_weights",
 ]

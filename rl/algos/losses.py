@@ -135,6 +135,7 @@ def policy_loss(
     dual_clip: float | None = None,
     agg: str = "token-mean",
     norm: LossNorm | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate loss (Schulman et al. 2017, eq. 7), to minimise.
 
@@ -153,6 +154,9 @@ def policy_loss(
     advantages: ``(B, L)``, or ``(B,)`` broadcast over every token of its row.
     mask: ``(B, L)`` 1 on tokens that carry loss (model tokens), 0 elsewhere.
     agg, norm: aggregation mode and normalisers (module docstring; global ``norm`` for shards).
+    is_weights: optional ``(B, L)`` per-token weights (no gradient) multiplying each token's
+    clipped term, e.g. :func:`truncated_is_weights` to correct for a sampler that differs from
+    the learner's behaviour policy (stale weights in async training, vLLM vs. learner kernels).
 
     Returns ``(loss (), metrics)``; metrics are detached means over this batch's masked tokens
     (not globally normalised): ``clip_frac_low`` / ``clip_frac_high`` (tokens where the lower /
@@ -187,6 +191,10 @@ def policy_loss(
         bound = -adv * dual_clip
         dual_active = (adv < 0) & (bound < per_token)
         per_token = torch.where(dual_active, bound, per_token)
+    if is_weights is not None:
+        if is_weights.shape != logprobs.shape:
+            raise ValueError(f"is_weights {tuple(is_weights.shape)} must be (B, L) like logprobs")
+        per_token = per_token * is_weights.detach().to(per_token.dtype)
 
     loss = aggregate(per_token, mask, agg, norm)
 
@@ -201,6 +209,42 @@ def policy_loss(
             "ratio_max": masked_max(ratio, mask),
         }
     return loss, {k: v.detach() for k, v in metrics.items()}
+
+
+def truncated_is_weights(
+    behaviour_logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor, cap: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Truncated importance sampling (TIS) weights for tokens drawn by a different sampler.
+
+    Per token ``w = min(exp(logp_behaviour - logp_sampler), cap)`` (Yao et al. 2025, "Your
+    Efficient RL Framework Secretly Brings You Off-Policy RL Training"). ``logp_behaviour`` is
+    the learner's log-prob of the token under the weights the update starts from (the "old"
+    policy of the clipped ratio); ``logp_sampler`` is what the rollout engine reported when it
+    sampled the token, possibly with weights some versions older (async training) and with
+    different kernels/precision. Truncating at ``cap`` bounds the variance; unlike PPO's clip the
+    weight is not clipped from below, so nothing is biased toward the sampler for w < 1.
+
+    behaviour_logprobs, sampler_logprobs, mask: ``(B, L)``. Returns ``(weights (B, L), metrics)``
+    with weights detached and 1.0 off-mask; metrics over the masked tokens: ``tis_weight_mean``
+    (after truncation), ``tis_weight_max`` (before truncation), ``tis_capped_frac``.
+    """
+    if cap <= 0:
+        raise ValueError(f"TIS cap must be > 0, got {cap}")
+    if not behaviour_logprobs.shape == sampler_logprobs.shape == mask.shape:
+        raise ValueError(
+            f"behaviour {tuple(behaviour_logprobs.shape)}, sampler "
+            f"{tuple(sampler_logprobs.shape)} and mask {tuple(mask.shape)} must match"
+        )
+    with torch.no_grad():
+        log_w = masked_fill_zero(behaviour_logprobs - sampler_logprobs, mask)
+        raw = torch.exp(log_w.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
+        weights = raw.clamp(max=cap)
+        metrics = {
+            "tis_weight_mean": masked_mean(weights, mask),
+            "tis_weight_max": masked_max(raw, mask),
+            "tis_capped_frac": masked_mean((raw > cap).to(raw.dtype), mask),
+        }
+    return weights, metrics
 
 
 def sft_loss(

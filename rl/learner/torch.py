@@ -12,10 +12,11 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from rl.algos import LossNorm, kl_penalty, policy_loss, sft_loss
+from rl.algos import LossNorm, kl_penalty, policy_loss, sft_loss, truncated_is_weights
 from rl.types import Batch
 
 
@@ -30,7 +31,27 @@ class LoraConfig:
 
 
 @dataclass
+class DeepSpeedConfig:
+    """DeepSpeed ZeRO options (used when ``LearnerConfig.backend == "deepspeed"``)."""
+
+    zero_stage: int = 2
+    """ZeRO stage: 1 (optimizer states), 2 (+ gradients) or 3 (+ parameters) partitioned."""
+    offload_optimizer: bool = False
+    """Keep optimizer states (and the fp32 master weights) in CPU memory (ZeRO-Offload)."""
+    offload_params: bool = False
+    """Keep partitioned parameters in CPU memory between uses (ZeRO-3 only)."""
+    bf16: str = "auto"
+    """bf16 weights with fp32 master weights: "auto" (on where CUDA supports bf16, else off),
+    "on" or "off". When off, ``LearnerConfig.autocast`` still applies to the forward pass."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Extra ds_config entries, deep-merged over the generated config (e.g.
+    ``{"zero_optimization": {"reduce_bucket_size": 5e7}}``)."""
+
+
+@dataclass
 class LearnerConfig:
+    backend: str = "torch"
+    """Learner implementation: "torch" (one process) | "deepspeed" (ZeRO, torchrun/Ray)."""
     lr: float = 2e-5
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
@@ -49,6 +70,7 @@ class LearnerConfig:
     """Autocast dtype for forward/backward: "bf16" or "fp32" (master weights stay fp32)."""
     gradient_checkpointing: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
 
 @dataclass
@@ -63,6 +85,14 @@ class LossConfig:
     kl_coef: float = 0.0
     """Weight of the KL penalty to the frozen reference (0 = no reference model needed)."""
     kl_estimator: str = "k3"
+    tis_cap: float = 0.0
+    """Truncated importance sampling against the sampler's logprobs: each token's loss is
+    weighted by ``min(exp(logp_old - logp_sampler), tis_cap)`` (rl.algos.truncated_is_weights);
+    0 disables it. ``logp_old``, the "old" policy of the clipped ratio, is always the learner's
+    own: the current weights detached when fully on-policy (ppo_epochs = mini_batches = 1),
+    else its recomputation before the first optimizer step. The sampler's logprobs only enter
+    through this weight, which corrects for stale weights (async rollout) and engine/learner
+    numeric mismatch."""
 
 
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
@@ -128,6 +158,33 @@ class TorchLearner:
         self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
         for g in self.optimizer.param_groups:
             g["lr"] = lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+
+    # -- checkpoint protocol (rl/checkpoint.py uses only these; DeepSpeedLearner has the same) --
+    def save_pretrained(self, path) -> None:
+        """Collective: rank 0 writes an HF folder (full weights, or the PEFT adapter with LoRA)."""
+        from rl.learner import dist
+
+        if dist.is_main():
+            self.model.save_pretrained(path, safe_serialization=True)
+
+    def load_pretrained(self, path) -> None:
+        """Collective: load a folder written by :meth:`save_pretrained` into the model."""
+        from pathlib import Path
+
+        from rl.build import load_weights_into
+
+        load_weights_into(self.model, Path(path))
+
+    def state_dict(self) -> dict[str, Any]:
+        """This process's optimizer, scheduler and step counter (weights: save_pretrained)."""
+        return {"optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "optimizer_steps": self.optimizer_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.optimizer_steps = int(state["optimizer_steps"])
 
     # -- helpers -------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -198,6 +255,7 @@ class TorchLearner:
         temp = temperature if temperature > 0 else 1.0
         on_policy = self.cfg.ppo_epochs == 1 and self.cfg.mini_batches == 1
         if not on_policy:
+            batch.sampler_logprobs = batch.old_logprobs
             batch.old_logprobs = self.compute_logprobs(batch, temp)
         if loss_cfg.kl_coef > 0 and batch.ref_logprobs is None:
             batch.ref_logprobs = self.compute_ref_logprobs(batch, temp)
@@ -212,12 +270,17 @@ class TorchLearner:
                     lp = self._logprobs(mb, temp)
                     old = lp.detach() if on_policy else mb.old_logprobs
                     mask = mb.loss_mask
+                    is_w, tis_m = None, {}
+                    if loss_cfg.tis_cap > 0:
+                        sampler = mb.old_logprobs if on_policy else mb.sampler_logprobs
+                        assert sampler is not None
+                        is_w, tis_m = truncated_is_weights(old, sampler, mask, loss_cfg.tis_cap)
                     loss, m = policy_loss(
                         lp, old, mb.advantages, mask, clip_low=loss_cfg.clip_low,
                         clip_high=loss_cfg.clip_high, dual_clip=loss_cfg.dual_clip,
-                        agg=loss_cfg.agg, norm=norm,
+                        agg=loss_cfg.agg, norm=norm, is_weights=is_w,
                     )
-                    metrics = {f"actor/{k}": float(v) for k, v in m.items()}
+                    metrics = {f"actor/{k}": float(v) for k, v in {**m, **tis_m}.items()}
                     if loss_cfg.kl_coef > 0:
                         assert mb.ref_logprobs is not None
                         kl = kl_penalty(lp, mb.ref_logprobs, loss_cfg.kl_estimator) * mask
