@@ -1,9 +1,12 @@
-"""Scoring: reward functions ``fn(traj) -> float`` in one registry (``rewards.compose``),
-combined by ``rewards.compose.compose(traj, weights)``.
+"""Scoring at three levels: episode rewards ``fn(traj) -> float`` and turn rewards
+``fn(traj) -> list[float]`` (one registry each, in ``rewards.compose``), combined by
+``compose`` / ``compose_turns``; the learned critic is ``rewards.critic``.
 
-Importing the package registers every reward function ("outcome", "format", "tool_use").
+Importing the package registers every reward function: episode "outcome", "format", "tool_use",
+"call_match_outcome", "env_success"; turn "tool_success", "env_progress", "call_match".
 """
 
-from rewards import compose as compose  # noqa: F401  (the registry; imported first)
+from rewards import compose as compose  # noqa: F401  (the registries; imported first)
 from rewards import format as format  # noqa: F401  (registers "format")
-from rewards import outcome as outcome  # noqa: F401  (registers "outcome", "tool_use")
+from rewards import outcome as outcome  # noqa: F401  (registers the outcome rewards)
+from rewards import turn as turn  # noqa: F401  (registers the turn rewards)

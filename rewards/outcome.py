@@ -1,4 +1,18 @@
-"""Outcome reward: does the final answer match the task's reference answer?
+"""Outcome (episode-level) rewards.
+
+- ``outcome``: does the final answer match the task's reference answer (below)?
+- ``call_match_outcome``: the episode's executed tool calls against the reference calls
+  (``task.data["reference_calls"]``), paired by maximum-weight matching
+  (:mod:`rewards.matching`): matched similarity / max(#executed calls, #reference calls), so
+  1.0 iff exactly the reference calls ran (in any order); extra and missing calls cost credit.
+- ``env_success``: the env's own terminal verdict (``info["success"]`` of the trajectory or of
+  its last step), 0.0 when the env reported none.
+- ``tool_use``: at least one tool call succeeded (shaping, off by default).
+
+:func:`success` is the one success criterion of evaluation and logging: the env's verdict when
+it gives one, else ``outcome >= 1``.
+
+Answer matching:
 
 Numeric answers are compared as numbers with relative tolerance 1e-6 (absolute 1e-9 near zero)
 after a forgiving parse: thousands separators ("1,234"), currency signs ("$12"), units or words
@@ -15,6 +29,7 @@ import re
 from typing import Any
 
 from rewards.compose import register_reward
+from rewards.matching import match_calls
 from rl.rollout.parsers import find_answers
 from rl.types import Trajectory
 
@@ -89,3 +104,47 @@ def outcome_reward(traj: Trajectory) -> float:
 def tool_use_reward(traj: Trajectory) -> float:
     """1.0 when at least one tool call succeeded (small shaping; off by default)."""
     return 1.0 if any(c.error is None for t in traj.turns for c in t.tool_calls) else 0.0
+
+
+def reference_calls(traj: Trajectory) -> list[dict[str, Any]]:
+    """The task's reference calls (``task.data["reference_calls"]``); a clear error if absent."""
+    refs = traj.task.data.get("reference_calls")
+    if not isinstance(refs, list):
+        raise ValueError(
+            f"task {traj.task.id} has no data['reference_calls'] (a list of "
+            '{"name": ..., "arguments": {...}}); call-matching rewards need one'
+        )
+    return refs
+
+
+@register_reward("call_match_outcome")
+def call_match_outcome_reward(traj: Trajectory) -> float:
+    """Matched similarity of executed calls vs reference calls / max(#executed, #reference)."""
+    refs = reference_calls(traj)
+    ran = [c for t in traj.turns for c in t.tool_calls if c.error is None]
+    denom = max(len(ran), len(refs))
+    if denom == 0:
+        return 1.0  # nothing was to be called and nothing was
+    return sum(w for _, _, w in match_calls(ran, refs)) / denom
+
+
+def env_verdict(traj: Trajectory) -> bool | None:
+    """The env's success flag: ``traj.info["success"]``, else the last step info that has one."""
+    if "success" in traj.info:
+        return bool(traj.info["success"])
+    for turn in reversed(traj.turns):
+        if "success" in turn.info:
+            return bool(turn.info["success"])
+    return None
+
+
+@register_reward("env_success")
+def env_success_reward(traj: Trajectory) -> float:
+    """1.0 when the env reported success at the end of the episode, else 0.0."""
+    return 1.0 if env_verdict(traj) else 0.0
+
+
+def success(traj: Trajectory) -> bool:
+    """Whether the episode solved its task: the env's verdict if any, else ``outcome >= 1``."""
+    verdict = env_verdict(traj)
+    return verdict if verdict is not None else outcome_reward(traj) >= 1.0

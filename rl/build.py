@@ -31,6 +31,20 @@ class TaskStream:
     def batch(self, step: int, n: int) -> list[Task]:
         return [self.tasks[(step * n + i) % len(self.tasks)] for i in range(n)]
 
+    # The position is the trainer's step (batches are a function of it); a checkpoint records
+    # which task list it indexes, so a resume on a different list is reported.
+    def state_dict(self) -> dict[str, Any]:
+        import hashlib
+
+        h = hashlib.sha256("\x1f".join(f"{t.id}\x1e{t.prompt}" for t in self.tasks).encode())
+        return {"num_tasks": len(self.tasks), "fingerprint": h.hexdigest()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state != self.state_dict():
+            print(f"[turnrl] resume: the train task list differs from the checkpoint's "
+                  f"({state.get('num_tasks')} tasks then, {len(self.tasks)} now): later "
+                  "batches will not be the ones the interrupted run would have seen")
+
 
 @dataclass
 class Parts:
@@ -120,6 +134,7 @@ def evaluate(cfg: Config, parts: Parts, engine: Engine,
              tasks: Sequence[Task] | None = None) -> dict[str, float]:
     """Held-out success rate, mean reward, tool-call rate, turns and tool calls per episode."""
     from rewards.compose import compose
+    from rewards.outcome import success as solved
 
     rollout = RolloutConfig(**{**vars(cfg.rollout), "temperature": cfg.eval.temperature})
     loop = AgentLoop(engine, parts.tokenizer, parts.env_factory, rollout,
@@ -130,7 +145,7 @@ def evaluate(cfg: Config, parts: Parts, engine: Engine,
     for t in trajs:
         total, terms = compose(t, cfg.algorithm.reward_weights)
         rewards.append(total)
-        success.append(compose(t, {"outcome": 1.0})[0] >= 1.0)
+        success.append(solved(t))  # the env's verdict, else outcome >= 1
         called.append(any(c.error is None for turn in t.turns for c in turn.tool_calls))
     n = max(len(trajs), 1)
     stats = trajectory_stats(trajs)
