@@ -1,9 +1,25 @@
-"""Atomic checkpoints: write to a temporary folder, fsync, then rename.
+"""Atomic, multi-process checkpoints and exact resume.
 
-A checkpoint folder ``step_000012/`` holds ``model/`` (HF folder: full weights, or the PEFT
-adapter), ``state.pt`` (optimizer, scheduler, RNG states, trainer counters), ``config.yaml`` and
-``manifest.json`` (written last: file sizes and sha256). A folder whose manifest is missing or
-does not match its files is incomplete and is skipped, with a message, for the previous good one.
+A checkpoint folder ``step_000012/`` holds:
+
+- ``model/``      the policy as an HF folder (full weights, or the PEFT adapter with LoRA), written
+                  by the learner's collective ``save_pretrained``, plus the tokenizer;
+- ``state.pt``    the run's global state (rank 0): step, stage, eval results, world size, the
+                  byte offsets of the run's log files at save time;
+- ``rank{r}.pt``  one per process: its RNG states (python, numpy, torch, CUDA), its learner state
+                  (optimizer, scheduler, counters) and the state of every registered stateful part
+                  (engine sampling generator, data stream, a critic with its optimizer...);
+- ``config.yaml`` the resolved config;
+- ``manifest.json`` written last: step, world size, and size + sha256 of every file.
+
+Writes go to a hidden ``.tmp-step_...`` folder that rank 0 renames to its final name only after
+every rank has written its files and the manifest is on disk, so a crash at any moment leaves
+either the previous complete checkpoint or a new complete one. A folder whose manifest is
+missing or does not match its files is incomplete: :func:`latest_checkpoint` reports it and
+falls back to the previous good one; loading it explicitly raises :class:`CheckpointError`.
+
+Checkpoints are ``torch.load``-ed with ``weights_only=False`` (RNG states are numpy/python
+objects): load only checkpoints you or your run wrote.
 """
 
 from __future__ import annotations
@@ -13,14 +29,82 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
+from rl.learner import dist
+
 MANIFEST = "manifest.json"
+STATE = "state.pt"
+LOG_FILES = ("metrics.jsonl", "samples.txt")
+"""Run-dir files rewound to their size at the checkpoint on resume (no duplicate/missing rows)."""
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: incomplete, corrupt, or from another world size."""
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Learner(Protocol):
+    """What checkpointing needs from a learner (TorchLearner, DeepSpeedLearner)."""
+
+    def save_pretrained(self, path: Path) -> None: ...
+
+    def load_pretrained(self, path: Path) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+# -- RNG -----------------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """This process's global RNG states (python, numpy, torch CPU, and CUDA when present)."""
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class GeneratorState:
+    """A ``torch.Generator`` owned by something else (e.g. ``engine.generator``) as a stateful
+    part; ``get`` returns None when the owner has no generator (vLLM seeds per request)."""
+
+    def __init__(self, get: Callable[[], torch.Generator | None]) -> None:
+        self.get = get
+
+    def state_dict(self) -> dict[str, Any]:
+        gen = self.get()
+        return {"state": gen.get_state() if gen is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        gen = self.get()
+        if gen is not None and state.get("state") is not None:
+            gen.set_state(state["state"])
+
+
+# -- files -----------------------------------------------------------------------------------------
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -34,101 +118,307 @@ def _fsync_tree(root: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+    _fsync_dir(root)
 
 
-def rng_state() -> dict[str, Any]:
-    import numpy as np
-
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+def log_offsets(run_dir: Path) -> dict[str, int]:
+    """Current sizes of the run's log files (recorded in a checkpoint)."""
+    return {name: (run_dir / name).stat().st_size if (run_dir / name).exists() else 0
+            for name in LOG_FILES}
 
 
+def rewind_logs(run_dir: Path, offsets: Mapping[str, int], *, log=print) -> list[dict[str, Any]]:
+    """Cut the run's log files back to their size at the checkpoint: rows written after it (by
+    the run that was killed) would otherwise appear twice once the resumed run writes them
+    again. Returns the metrics rows that remain (for the logger's history / plot)."""
+    for name in LOG_FILES:
+        p, size = run_dir / name, int(offsets.get(name, 0))
+        have = p.stat().st_size if p.exists() else 0
+        if have > size:
+            with open(p, "r+b") as f:
+                f.truncate(size)
+        elif have < size:
+            log(f"[turnrl] resume: {p} is shorter ({have} bytes) than at the checkpoint "
+                f"({size} bytes); rows before the checkpoint are missing from it")
+    return _metrics_rows(run_dir)
+
+
+def _metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return []
+    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+
+
+def run_dir_of(path: Path) -> Path:
+    """The run dir a checkpoint (``<run>/checkpoints/step_N``) or run dir belongs to."""
+    path = Path(path)
+    if path.parent.name == "checkpoints":
+        return path.parent.parent
+    return path
+
+
+def resume_logs(run_dir: Path, path: Path, state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rewind ``run_dir``'s logs to the checkpoint when the checkpoint is this run's own; a
+    checkpoint from another run starts this run's logs where they are."""
+    if run_dir_of(path).resolve() != Path(run_dir).resolve():
+        return _metrics_rows(Path(run_dir))
+    return rewind_logs(Path(run_dir), state.get("logs", {}))
+
+
+# -- save ------------------------------------------------------------------------------------------
 def save_checkpoint(
     root: Path,
     step: int,
     *,
-    model,
+    learner: Learner,
     tokenizer,
-    state: dict[str, Any],
-    config_yaml: str,
+    trainer_state: dict[str, Any],
+    parts: Mapping[str, Stateful] | None = None,
+    config_yaml: str = "",
     keep_last: int = 2,
 ) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
+    """Collective: every rank calls it. Returns the final checkpoint folder.
+
+    Rank 0 creates the temporary folder; the learner writes ``model/`` (collective); every rank
+    writes ``rank{r}.pt``; after a barrier rank 0 writes ``state.pt``, ``config.yaml`` and, last,
+    the manifest, fsyncs and renames. A second barrier keeps ranks from racing ahead (and, e.g.,
+    pruning or resuming) before the rename.
+    """
+    root = Path(root)
     final = root / f"step_{step:06d}"
-    tmp = root / f".tmp-step_{step:06d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    model.save_pretrained(tmp / "model", safe_serialization=True)
-    tokenizer.save_pretrained(tmp / "model")
-    torch.save(state, tmp / "state.pt")
-    (tmp / "config.yaml").write_text(config_yaml)
-    files = {
-        str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted(tmp.rglob("*")) if p.is_file()
+    tmp = None
+    if dist.is_main():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".tmp-step_{step:06d}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    tmp = Path(dist.broadcast_object(str(tmp)))
+    learner.save_pretrained(tmp / "model")
+    if dist.is_main():
+        tokenizer.save_pretrained(tmp / "model")
+    rank_state = {
+        "rng": rng_state(),
+        "learner": learner.state_dict(),
+        "parts": {name: part.state_dict() for name, part in (parts or {}).items()},
     }
-    (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
-    _fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _prune(root, keep_last)
+    torch.save(rank_state, tmp / f"rank{dist.rank()}.pt")
+    dist.barrier()
+    if dist.is_main():
+        world = dist.world_size()
+        torch.save({**trainer_state, "world_size": world}, tmp / STATE)
+        (tmp / "config.yaml").write_text(config_yaml)
+        files = {
+            str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
+        man = {"step": step, "world_size": world, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(man, indent=1))
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        _prune(root, keep_last)
+    dist.barrier()
     return final
 
 
-def verify(path: Path) -> str | None:
-    """None if the checkpoint is complete, else the reason it is not."""
+# -- verify / find -------------------------------------------------------------------------------
+def verify(path: Path, *, deep: bool = False) -> str | None:
+    """None if the checkpoint is complete, else the reason it is not. ``deep`` also checks every
+    file's sha256 (reads everything: a second per 100s of MB); otherwise sizes only."""
+    path = Path(path)
+    if not path.is_dir():
+        return "not a directory"
     man = path / MANIFEST
     if not man.exists():
-        return "no manifest (write did not finish)"
+        return "no manifest.json (the write did not finish, or this is not a checkpoint)"
     try:
         files = json.loads(man.read_text())["files"]
-    except (ValueError, KeyError) as e:
-        return f"unreadable manifest: {e}"
+    except (ValueError, KeyError, TypeError) as e:
+        return f"unreadable manifest: {e!r}"
     for rel, meta in files.items():
         p = path / rel
-        if not p.exists():
+        if not p.is_file():
             return f"missing {rel}"
-        if p.stat().st_size != meta["size"]:
-            return f"{rel} is {p.stat().st_size} bytes, expected {meta['size']} (truncated)"
+        size = p.stat().st_size
+        if size != meta["size"]:
+            return f"{rel} is {size} bytes, expected {meta['size']} (truncated)"
+        if deep and _sha256(p) != meta["sha256"]:
+            return f"{rel} does not match its sha256 (corrupt)"
     return None
 
 
 def list_checkpoints(root: Path) -> list[Path]:
+    """Complete-named checkpoint folders (``step_*``), oldest first; ``.tmp-*`` are never listed."""
+    root = Path(root)
     if not root.exists():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
 
 
-def latest_checkpoint(root: Path, *, log=print) -> Path | None:
+def latest_checkpoint(root: Path, *, deep: bool = False, log=print) -> Path | None:
     """Newest complete checkpoint under ``root``; incomplete ones are reported and skipped."""
     for p in reversed(list_checkpoints(root)):
-        problem = verify(p)
+        problem = verify(p, deep=deep)
         if problem is None:
             return p
-        log(f"[turnrl] skipping checkpoint {p}: {problem}")
+        log(f"[turnrl] skipping checkpoint {p}: {problem}; trying the previous one")
     return None
 
 
+def resume_spec(value: Any) -> str | None:
+    """Normalise a ``resume`` setting: None/false -> None, true/"latest" -> "latest", else a path.
+
+    Hydra hands a ``str`` field ``true`` as "True"; both spellings are accepted."""
+    if value is None or value is False:
+        return None
+    s = str(value).strip()
+    if s.lower() in ("", "false", "none", "null", "no", "0"):
+        return None
+    if s.lower() in ("true", "latest", "yes", "1"):
+        return "latest"
+    return s
+
+
+def config_resume(cfg) -> str | None:
+    """The run's resume spec: ``trainer.resume``, else the top-level alias ``resume``."""
+    return resume_spec(cfg.trainer.resume) or resume_spec(getattr(cfg, "resume", None))
+
+
+# Keys that may change between the interrupted run and its resume without changing the result.
+_RESUME_FREE_KEYS = ("resume", "trainer.resume", "trainer.steps", "trainer.run_dir",
+                     "trainer.save_every", "trainer.keep_last", "trainer.wandb",
+                     "trainer.wandb_project", "trainer.samples_to_log", "trainer.num_threads")
+
+
+def check_resume_config(path: Path, state: Mapping[str, Any], cfg, config_yaml: str = "",
+                        *, log=print) -> list[str]:
+    """Report config keys that differ from the checkpoint's (the resumed run then does not
+    continue exactly as the interrupted one would have). Returns the differing keys."""
+    changed: list[str] = []
+    saved_n = state.get("tasks_per_step")
+    if saved_n is not None and saved_n != cfg.trainer.tasks_per_step:
+        changed.append("trainer.tasks_per_step")
+    saved_yaml = Path(path) / "config.yaml"
+    if config_yaml and saved_yaml.exists() and saved_yaml.read_text():
+        from omegaconf import OmegaConf
+
+        def flat(text: str) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+
+            def walk(node: Any, prefix: str) -> None:
+                if isinstance(node, dict):
+                    for k, v in node.items():
+                        walk(v, f"{prefix}{k}.")
+                else:
+                    out[prefix[:-1]] = node
+
+            walk(OmegaConf.to_container(OmegaConf.create(text)), "")
+            return out
+
+        old, new = flat(saved_yaml.read_text()), flat(config_yaml)
+        changed += sorted(k for k in set(old) | set(new)
+                          if old.get(k) != new.get(k) and k not in _RESUME_FREE_KEYS
+                          and k not in changed)
+    if changed:
+        log(f"[turnrl] resume: config differs from the checkpoint's in {changed}; the run "
+            "continues with the new values")
+    return changed
+
+
+def resolve_resume(spec: Any, run_dir: Path, *, log=print) -> Path | None:
+    """The checkpoint to resume from, or None (start fresh).
+
+    ``"latest"``: the newest complete checkpoint of ``run_dir`` (sha256-verified; broken ones
+    are skipped with a message). A path: that checkpoint, or the newest one of a run dir; an
+    explicit checkpoint that is incomplete or corrupt is an error, never silently replaced.
+    """
+    spec = resume_spec(spec)
+    if spec is None:
+        return None
+    if spec == "latest":
+        return latest_checkpoint(Path(run_dir) / "checkpoints", deep=True, log=log)
+    p = Path(spec)
+    if not p.exists():
+        raise CheckpointError(f"resume: {p} does not exist")
+    if not (p / MANIFEST).exists() and (p / "checkpoints").is_dir():  # a run dir
+        found = latest_checkpoint(p / "checkpoints", deep=True, log=log)
+        if found is None:
+            raise CheckpointError(f"resume: no complete checkpoint under {p / 'checkpoints'}")
+        return found
+    problem = verify(p, deep=True)
+    if problem is not None:
+        raise CheckpointError(f"cannot resume from {p}: {problem}")
+    return p
+
+
+# -- load ------------------------------------------------------------------------------------------
 def load_state(path: Path) -> dict[str, Any]:
+    """The run's global state (``state.pt``) of a complete checkpoint."""
+    path = Path(path)
     problem = verify(path)
     if problem is not None:
-        raise ValueError(f"checkpoint {path} is incomplete: {problem}")
-    return torch.load(path / "state.pt", weights_only=False)
+        raise CheckpointError(f"checkpoint {path} is incomplete: {problem}")
+    try:
+        return torch.load(path / STATE, weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path}: cannot read {STATE}: {e}") from e
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    learner: Learner,
+    parts: Mapping[str, Stateful] | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Collective: restore weights, this rank's learner state, parts and RNG states from a
+    complete checkpoint (verify it first). Returns the run's global state (``state.pt``)."""
+    path = Path(path)
+    state = load_state(path)
+    saved_world, world = int(state.get("world_size", 1)), dist.world_size()
+    if saved_world != world:
+        raise CheckpointError(
+            f"checkpoint {path} was written by {saved_world} process(es) but this run has "
+            f"{world}: resume with the same number of processes (per-rank optimizer shards and "
+            f"RNG states cannot be redistributed)"
+        )
+    rank_file = path / f"rank{dist.rank()}.pt"
+    try:
+        rank_state = torch.load(rank_file, weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path}: cannot read {rank_file.name}: {e}") from e
+    learner.load_pretrained(path / "model")
+    learner.load_state_dict(rank_state["learner"])
+    saved_parts = rank_state.get("parts", {})
+    for name, part in (parts or {}).items():
+        if name not in saved_parts:
+            raise CheckpointError(f"checkpoint {path} holds no state for '{name}' (saved by a run "
+                                  f"without it; it has: {sorted(saved_parts)})")
+        part.load_state_dict(saved_parts[name])
+    extra = sorted(set(saved_parts) - set(parts or {}))
+    if extra:
+        log(f"[turnrl] resume: checkpoint state for {extra} is not used by this run")
+    set_rng_state(rank_state["rng"])
+    return state
 
 
 def _prune(root: Path, keep_last: int) -> None:
+    """Delete leftovers of killed writers (``.tmp-*``) and all but the newest ``keep_last``
+    complete checkpoints (0 keeps all)."""
+    for p in root.glob(".tmp-step_*"):
+        shutil.rmtree(p, ignore_errors=True)
     if keep_last <= 0:
         return
     complete = [p for p in list_checkpoints(root) if verify(p) is None]

@@ -29,10 +29,15 @@ def _config(overrides: list[str]):
 def _run_dir(cfg) -> Path:
     if cfg.trainer.run_dir:
         return Path(cfg.trainer.run_dir)
-    if cfg.trainer.resume == "latest":
+    from rl.checkpoint import config_resume, run_dir_of
+
+    spec = config_resume(cfg)
+    if spec == "latest":
         runs = sorted(p for p in Path("runs").glob("*") if p.is_dir())
         if runs:
             return runs[-1]
+    elif spec is not None:  # a checkpoint or run dir: continue that run
+        return run_dir_of(Path(spec))
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 

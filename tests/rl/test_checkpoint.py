@@ -1,55 +1,207 @@
-"""Atomic checkpoints: complete ones verify, truncated or unfinished ones are skipped."""
+"""Atomic checkpoints: a round trip restores everything; truncated, corrupt or unfinished ones
+are skipped for the previous good one (or refused when named explicitly)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from rl import checkpoint as ckpt
-from rl.build import load_weights_into
+from rl.learner.torch import LearnerConfig, TorchLearner
+from rl.types import Batch, Task, Trajectory
 
 
-def _save(root, step, model, tokenizer, keep_last=3):
-    return ckpt.save_checkpoint(root, step, model=model, tokenizer=tokenizer,
-                                state={"step": step, "rng": ckpt.rng_state()},
-                                config_yaml="a: 1\n", keep_last=keep_last)
+class Counter:
+    """A stand-in for a registered stateful part (e.g. a critic)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
 
 
-def test_save_load_round_trip(tmp_path, tiny_model, tokenizer, tiny_model_dir):
+def _learner(model) -> TorchLearner:
+    return TorchLearner(model, LearnerConfig(lr=1e-2, autocast="fp32"))
+
+
+def _train_once(learner: TorchLearner) -> None:
+    trajs = [Trajectory(Task(str(i), ""), [5, 6, 7, 8 + i], [0, 0, 1, 1], [0.0] * 4, 2)
+             for i in range(2)]
+    learner.sft_update(Batch.from_trajectories(trajs, torch.zeros(2), 0))
+
+
+def _save(root, step, learner, tokenizer, parts=None, keep_last=3):
+    return ckpt.save_checkpoint(root, step, learner=learner, tokenizer=tokenizer,
+                                trainer_state={"step": step, "stage": "rl", "results": {}},
+                                parts=parts or {}, config_yaml="a: 1\n", keep_last=keep_last)
+
+
+def test_round_trip_restores_weights_optimizer_rng_and_parts(tmp_path, tiny_model_dir,
+                                                              tokenizer):
     from transformers import AutoModelForCausalLM
 
-    with torch.no_grad():
-        next(tiny_model.parameters()).add_(1.0)
-    path = _save(tmp_path, 3, tiny_model, tokenizer)
-    assert ckpt.verify(path) is None and ckpt.load_state(path)["step"] == 3
-    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    load_weights_into(fresh, path / "model")
-    for (n, a), (_, b) in zip(tiny_model.state_dict().items(), fresh.state_dict().items()):
+    def fresh():
+        return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+
+    learner, part = _learner(fresh()), Counter()
+    _train_once(learner)
+    part.n = 7
+    path = _save(tmp_path, 3, learner, tokenizer, {"critic": part})
+    assert ckpt.verify(path, deep=True) is None
+    assert sorted(p.name for p in path.iterdir()) == [
+        "config.yaml", "manifest.json", "model", "rank0.pt", "state.pt"]
+    expect_draw = torch.rand(4)  # the RNG stream right after the save
+
+    other, other_part = _learner(fresh()), Counter()
+    torch.manual_seed(123)
+    state = ckpt.load_checkpoint(path, learner=other, parts={"critic": other_part})
+    assert state["step"] == 3 and state["world_size"] == 1 and other_part.n == 7
+    assert torch.equal(torch.rand(4), expect_draw)
+    for (n, a), (_, b) in zip(learner.model.named_parameters(), other.model.named_parameters()):
+        assert torch.equal(a, b), n
+    sa, sb = learner.state_dict(), other.state_dict()
+    assert sb["optimizer_steps"] == sa["optimizer_steps"] == 1
+    assert sa["scheduler"] == sb["scheduler"]
+    for k, st in sa["optimizer"]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(st[name], sb["optimizer"]["state"][k][name])
+    # Both continue identically.
+    _train_once(learner)
+    _train_once(other)
+    for (n, a), (_, b) in zip(learner.model.named_parameters(), other.model.named_parameters()):
         assert torch.equal(a, b), n
 
 
 def test_truncated_checkpoint_is_skipped_for_the_previous_good_one(tmp_path, tiny_model,
                                                                     tokenizer):
-    good = _save(tmp_path, 1, tiny_model, tokenizer)
-    bad = _save(tmp_path, 2, tiny_model, tokenizer)
-    weights = next((bad / "model").glob("*.safetensors"))
+    learner = _learner(tiny_model)
+    good = _save(tmp_path / "checkpoints", 1, learner, tokenizer)
+    bad = _save(tmp_path / "checkpoints", 2, learner, tokenizer)
+    weights = bad / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # crash mid-write
-    messages = []
+    messages: list[str] = []
+    assert ckpt.resolve_resume("latest", tmp_path, log=messages.append) == good
+    assert len(messages) == 1 and str(bad) in messages[0]
+    assert "model/model.safetensors" in messages[0] and "truncated" in messages[0]
+    with pytest.raises(ckpt.CheckpointError, match="truncated"):
+        ckpt.resolve_resume(str(bad), tmp_path)
+    with pytest.raises(ckpt.CheckpointError, match="incomplete"):
+        ckpt.load_checkpoint(bad, learner=learner)
+
+
+def test_corrupt_bytes_of_the_same_size_are_caught_by_sha256(tmp_path, tiny_model, tokenizer):
+    learner = _learner(tiny_model)
+    good = _save(tmp_path / "checkpoints", 1, learner, tokenizer)
+    bad = _save(tmp_path / "checkpoints", 2, learner, tokenizer)
+    f = bad / "rank0.pt"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    assert ckpt.verify(bad) is None  # sizes match
+    assert "sha256" in ckpt.verify(bad, deep=True)
+    messages: list[str] = []
+    assert ckpt.resolve_resume("true", tmp_path, log=messages.append) == good
+    assert "rank0.pt" in messages[0] and "corrupt" in messages[0]
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        ckpt.resolve_resume(str(bad), tmp_path)
+
+
+def test_unfinished_writes_are_skipped_and_cleaned_up(tmp_path, tiny_model, tokenizer):
+    learner = _learner(tiny_model)
+    good = _save(tmp_path, 1, learner, tokenizer)
+    leftover = tmp_path / ".tmp-step_000002-123"
+    leftover.mkdir()  # a writer killed before its rename
+    (leftover / "rank0.pt").write_bytes(b"partial")
+    (tmp_path / "step_000003").mkdir()  # a folder without a manifest
+    messages: list[str] = []
     assert ckpt.latest_checkpoint(tmp_path, log=messages.append) == good
-    assert "truncated" in messages[0] and str(bad) in messages[0]
-    with pytest.raises(ValueError, match="incomplete"):
-        ckpt.load_state(bad)
-
-
-def test_unfinished_write_leaves_no_complete_checkpoint(tmp_path, tiny_model, tokenizer):
-    good = _save(tmp_path, 1, tiny_model, tokenizer)
-    (tmp_path / ".tmp-step_000002-123").mkdir()  # a writer killed before its rename
-    half = tmp_path / "step_000003"
-    half.mkdir()  # a folder without a manifest
-    assert ckpt.latest_checkpoint(tmp_path, log=lambda m: None) == good
+    assert "no manifest.json" in messages[0]
+    _save(tmp_path, 4, learner, tokenizer)
+    assert not leftover.exists()  # the next complete save removes dead writers' leftovers
 
 
 def test_keep_last_prunes_older_complete_checkpoints(tmp_path, tiny_model, tokenizer):
+    learner = _learner(tiny_model)
     for step in (1, 2, 3):
-        _save(tmp_path, step, tiny_model, tokenizer, keep_last=2)
+        _save(tmp_path, step, learner, tokenizer, keep_last=2)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_000002", "step_000003"]
+
+
+def test_world_size_and_missing_parts_are_clear_errors(tmp_path, tiny_model, tokenizer,
+                                                       monkeypatch):
+    learner = _learner(tiny_model)
+    path = _save(tmp_path, 1, learner, tokenizer)
+    with pytest.raises(ckpt.CheckpointError, match="holds no state for 'critic'"):
+        ckpt.load_checkpoint(path, learner=learner, parts={"critic": Counter()})
+    monkeypatch.setattr(ckpt.dist, "world_size", lambda: 2)
+    with pytest.raises(ckpt.CheckpointError, match="written by 1 process.*this run has 2"):
+        ckpt.load_checkpoint(path, learner=learner)
+
+
+def test_unreadable_state_is_a_clear_error(tmp_path, tiny_model, tokenizer):
+    learner = _learner(tiny_model)
+    path = _save(tmp_path, 1, learner, tokenizer)
+    (path / "state.pt").write_bytes(b"x" * (path / "state.pt").stat().st_size)
+    man = json.loads((path / "manifest.json").read_text())
+    man["files"]["state.pt"]["sha256"] = ckpt._sha256(path / "state.pt")  # consistent, unreadable
+    (path / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ckpt.CheckpointError, match="cannot read state.pt"):
+        ckpt.load_checkpoint(path, learner=learner)
+
+
+@pytest.mark.parametrize("value,expected", [
+    (None, None), (False, None), ("False", None), ("", None), ("null", None),
+    (True, "latest"), ("True", "latest"), ("true", "latest"), ("latest", "latest"),
+    ("runs/x/checkpoints/step_000002", "runs/x/checkpoints/step_000002"),
+])
+def test_resume_spec(value, expected):
+    assert ckpt.resume_spec(value) == expected
+
+
+def test_resolve_resume_paths(tmp_path, tiny_model, tokenizer):
+    learner = _learner(tiny_model)
+    run = tmp_path / "run"
+    _save(run / "checkpoints", 1, learner, tokenizer)
+    second = _save(run / "checkpoints", 2, learner, tokenizer)
+    assert ckpt.resolve_resume(str(run), tmp_path) == second  # a run dir: its newest
+    assert ckpt.resolve_resume(str(second), tmp_path) == second
+    assert ckpt.resolve_resume("latest", tmp_path / "empty", log=lambda m: None) is None
+    assert ckpt.run_dir_of(second) == run and ckpt.run_dir_of(run) == run
+    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+        ckpt.resolve_resume(str(tmp_path / "nope"), tmp_path)
+    with pytest.raises(ckpt.CheckpointError, match="no manifest"):
+        ckpt.resolve_resume(str(second / "model"), tmp_path)
+
+
+def test_rewind_logs_drops_rows_written_after_the_checkpoint(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [json.dumps({"step": s, "reward/mean": s / 10}) + "\n" for s in range(4)]
+    metrics.write_text("".join(rows[:2]))
+    offsets = ckpt.log_offsets(tmp_path)
+    assert offsets == {"metrics.jsonl": len("".join(rows[:2])), "samples.txt": 0}
+    with open(metrics, "a") as f:  # the killed run got further, and died mid-line
+        f.write(rows[2] + rows[3][:5])
+    kept = ckpt.rewind_logs(tmp_path, offsets)
+    assert [r["step"] for r in kept] == [0, 1]
+    assert metrics.read_text() == "".join(rows[:2])
+
+
+def test_check_resume_config_reports_changed_keys(tmp_path):
+    from rl.config import Config
+
+    (tmp_path / "config.yaml").write_text(
+        "trainer:\n  steps: 4\n  tasks_per_step: 2\nlearner:\n  lr: 0.1\n")
+    cfg = Config()
+    cfg.trainer.tasks_per_step = 2
+    now = "trainer:\n  steps: 8\n  tasks_per_step: 2\nlearner:\n  lr: 0.2\n"
+    msgs: list[str] = []
+    assert ckpt.check_resume_config(Path(tmp_path), {"tasks_per_step": 2}, cfg, now,
+                                    log=msgs.append) == ["learner.lr"]  # steps may change
+    assert "learner.lr" in msgs[0]
