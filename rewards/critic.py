@@ -66,8 +66,10 @@ class _Encoder(nn.Module):
     def forward(self, ids: Tensor, attn: Tensor) -> Tensor:
         L = ids.shape[1]
         x = self.tok(ids) + self.pos(torch.arange(L, device=ids.device))[None]
-        causal = torch.triu(torch.full((L, L), float("-inf"), device=ids.device), diagonal=1)
-        h = self.blocks(x, mask=causal, src_key_padding_mask=attn == 0, is_causal=True)
+        neg = torch.full((L, L), float("-inf"), device=ids.device)
+        causal = torch.triu(neg, diagonal=1)
+        pad = torch.zeros(attn.shape, device=ids.device).masked_fill(attn == 0, float("-inf"))
+        h = self.blocks(x, mask=causal, src_key_padding_mask=pad, is_causal=True)
         return self.norm(h)
 
 
