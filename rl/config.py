@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rl.algos.archer import ArcherConfig
 from rl.distributed.config import LauncherConfig
 from rl.learner.torch import LearnerConfig, LossConfig
 from rl.rollout.agent_loop import RolloutConfig
@@ -36,13 +37,15 @@ class EnvConfig:
 @dataclass
 class TasksConfig:
     source: str = "mixed"
-    """Task source for envs.tasks.math.make_tasks (own generator or a reasoning-gym name)."""
+    """Task source of the env's make_tasks (envs.tasks.TASK_MAKERS): math: an own generator or a
+    reasoning-gym name; guess: listed | open; simuser: mixed | restaurant | pizza | transfer."""
     train_size: int = 2000
     eval_size: int = 64
     """Held-out tasks for evaluation (disjoint from train)."""
     seed: int = 0
     kwargs: dict[str, Any] = field(default_factory=dict)
-    """Difficulty knobs for the generator."""
+    """Extra knobs for the env's make_tasks (math: difficulty; guess: n_candidates, max_turns;
+    simuser: max_turns)."""
 
 
 @dataclass
@@ -65,6 +68,17 @@ class AlgorithmConfig:
     """Turn-level rewards (rewards.compose turn registry: tool_success, env_progress,
     call_match) and their weights; their weighted sum per model turn is
     ``Trajectory.turn_rewards`` (all zeros when empty), read by turn-level advantages."""
+    turn_level: bool = False
+    """GRPO with turn-level credit (rl/algos/turn_advantages.py): each turn's discounted return
+    of ``turn_rewards`` (outcome added at the last turn), normalised within the group, on that
+    turn's tokens; instead of one outcome advantage per trajectory."""
+    gamma: float = 1.0
+    """Discount between turns for ``turn_level`` returns."""
+    turn_norm: str = "index"
+    """``turn_level`` baseline: "index" (turns with the same index in the group) or "group"
+    (all turns of the group pooled)."""
+    archer: ArcherConfig = field(default_factory=ArcherConfig)
+    """ArCHer hierarchical actor-critic (rl/algos/archer.py); on with ``archer.enabled``."""
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch
 
 from rl import checkpoint as ckpt
 from rl.algos import ADVANTAGES, AdvantageConfig
+from rl.algos.archer import build_credit
 from rl.config import Config
 from rl.learner.torch import TorchLearner
 from rl.rollout.agent_loop import AgentLoop, trajectory_stats
@@ -47,6 +48,11 @@ class Trainer:
             "engine_rng": ckpt.GeneratorState(lambda: getattr(self.engine, "generator", None)),
             "data": self.parts.train_tasks,
         }
+        # Turn-level credit (ArCHer's critic, turn-level GRPO); None = outcome advantages.
+        self.credit = build_credit(cfg, self.learner.model, self.tokenizer, self.engine,
+                                   self.loop.sampling())
+        if self.credit is not None:
+            self.stateful["credit"] = self.credit
 
     def fit(self) -> dict[str, dict[str, float]]:
         self.maybe_resume()
@@ -76,10 +82,12 @@ class Trainer:
             trajs = self.rollout(step)
         with timer("reward"):
             rewards = self.score(trajs)
+        with timer("critic"):  # ArCHer: replay the turns, TD-update the utterance critic
+            critic_metrics = self.credit.critic_update(trajs) if self.credit else {}
         with timer("advantage"):
             batch = self.make_batch(trajs, rewards)
         with timer("update"):
-            metrics = self.update(batch)
+            metrics = {**self.update(batch), **critic_metrics}
         with timer("sync"):
             self.engine.update_weights(self.learner.named_weights())
         return trajs, rewards, metrics, timer
@@ -97,7 +105,7 @@ class Trainer:
     def make_batch(self, trajs: list[Trajectory], rewards: torch.Tensor) -> Batch | None:
         """Advantages for every trajectory; the update batch (None when nothing to learn)."""
         return make_update_batch(trajs, rewards, self.cfg, self.advantage,
-                                 self.tokenizer.pad_token_id)
+                                 self.tokenizer.pad_token_id, credit=self.credit)
 
     def update(self, batch: Batch | None) -> dict[str, float]:
         if batch is None:  # every group uniform: no signal this step
@@ -236,15 +244,21 @@ def score_trajectories(trajs: list[Trajectory], cfg: Config) -> torch.Tensor:
 
 
 def make_update_batch(trajs: list[Trajectory], rewards: torch.Tensor, cfg: Config, advantage,
-                      pad_id: int) -> Batch | None:
+                      pad_id: int, credit=None) -> Batch | None:
     """Advantages for every trajectory; the update batch (None when nothing to learn).
 
     Shared by the local Trainer and the Ray controller (rl/distributed/controller.py).
+    ``credit`` (rl/algos/archer.py:build_credit) gives per-token ``(B, L)`` advantages instead.
     """
     groups = torch.tensor([t.group_id for t in trajs], dtype=torch.long)
-    adv_cfg = AdvantageConfig(estimator=cfg.algorithm.advantage, norm_std=cfg.algorithm.norm_std)
-    adv = advantage(rewards, groups, adv_cfg)
-    keep = list(range(len(trajs)))
+    if credit is not None:  # turn-level credit; rows without signal (e.g. critic warm-up) skip
+        adv = credit.advantages(trajs, groups.tolist())
+        keep = [i for i in range(len(trajs)) if bool(adv[i].any())]
+    else:
+        adv_cfg = AdvantageConfig(estimator=cfg.algorithm.advantage,
+                                  norm_std=cfg.algorithm.norm_std)
+        adv = advantage(rewards, groups, adv_cfg)
+        keep = list(range(len(trajs)))
     if cfg.algorithm.drop_uniform_groups:
         keep = [i for i in keep if bool((rewards[groups == groups[i]] != rewards[i]).any())]
     if not keep:

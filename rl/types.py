@@ -155,6 +155,6 @@ class Batch:
             lp[i, :n] = torch.tensor(t.logprobs, dtype=torch.float32)
         if advantages.dim() == 1:
             adv = advantages[:, None].expand(B, L) * mask
-        else:
-            adv = advantages * mask
+        else:  # (B, L') with L' >= L: a subset of a wider batch keeps its first L columns
+            adv = advantages[:, :L] * mask
         return Batch(ids, attn, mask, lp, adv.contiguous())

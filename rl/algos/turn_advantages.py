@@ -86,7 +86,7 @@ def normalise_turn_returns(
         centred = vals - vals.mean()
         if norm_std:
             centred = centred / (vals.std(unbiased=False) + eps)
-        if len(members) == 1:
+        if bool((vals == vals[0]).all()):  # one member, or no spread: exactly 0, no rounding
             centred = torch.zeros_like(centred)
         for (i, t), a in zip(members, centred):
             out[i][t] = a

@@ -30,6 +30,7 @@ def _trainer(drop: bool) -> Trainer:
 
     t.advantage = ADVANTAGES.get("grpo")
     t.tokenizer = _Tok()
+    t.credit = None  # outcome advantages (no turn-level credit)
     return t
 
 
