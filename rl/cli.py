@@ -1,4 +1,4 @@
-"""``turnrl`` command line: train | sft | eval.
+"""``turnrl`` command line: train | sft | eval | export.
 
 Overrides are Hydra syntax on top of ``configs/config.yaml``:
 ``turnrl train trainer.steps=4 algorithm=drgrpo learner=lora``.
@@ -49,7 +49,12 @@ def cmd_train(overrides: list[str]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml_text)
     print(f"[turnrl] run dir: {run_dir}", flush=True)
-    Trainer(cfg, run_dir, yaml_text).fit()
+    if cfg.launcher.kind == "ray":  # same loop, phases in Ray actors (rl/distributed)
+        from rl.distributed.controller import RayController
+
+        RayController(cfg, run_dir, yaml_text).fit()
+    else:
+        Trainer(cfg, run_dir, yaml_text).fit()
     print(f"[turnrl] done: {run_dir}/metrics.jsonl, {run_dir}/progress.png, "
           f"{run_dir}/samples.txt, {run_dir}/checkpoints/", flush=True)
 
@@ -75,6 +80,21 @@ def cmd_eval(checkpoint: str | None, overrides: list[str]) -> None:
         print(f"{k}: {v:.4f}")
 
 
+def cmd_export(args) -> None:
+    from rl.export import ExportError, HubPushError, export_model, push_to_hub
+
+    try:
+        out = export_model(args.source, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    except ExportError as e:
+        raise SystemExit(f"turnrl export: {e}") from None
+    if args.push_to_hub:
+        try:
+            url = push_to_hub(out, args.push_to_hub, private=args.private)
+        except HubPushError as e:
+            raise SystemExit(f"turnrl export: {e}") from None
+        print(f"[turnrl] pushed {out} to {url}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(prog="turnrl", description=__doc__,
@@ -86,7 +106,18 @@ def main(argv: list[str] | None = None) -> None:
     e = sub.add_parser("eval")
     e.add_argument("--checkpoint", default=None, help="checkpoint folder (default: base model)")
     e.add_argument("overrides", nargs="*")
+    x = sub.add_parser("export", help="write a checkpoint as an HF model folder (merged LoRA)")
+    x.add_argument("source", help="checkpoint folder, or a run dir (its newest checkpoint)")
+    x.add_argument("--out", required=True, help="output folder")
+    x.add_argument("--push-to-hub", metavar="REPO", default=None,
+                   help="upload to this hub repo (token: HF_TOKEN or `hf auth login`)")
+    x.add_argument("--private", action="store_true", help="create the hub repo as private")
+    x.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weight dtype of the export (default: as trained, float32)")
+    x.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     args = p.parse_args(argv)
+    if args.cmd == "export":
+        return cmd_export(args)
     if args.cmd == "train":
         cmd_train(args.overrides)
     elif args.cmd == "sft":
