@@ -57,6 +57,49 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """In-place max over ranks (identity in one process); returns ``t``."""
+    if is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on at least one (collective)."""
+    return bool(all_reduce_max(torch.tensor([float(flag)]))[0] > 0)
+
+
+def shard(items: list, rank_: int | None = None, world: int | None = None) -> list:
+    """This rank's contiguous share of ``items`` (sizes differ by at most one; rank order)."""
+    r = rank() if rank_ is None else rank_
+    w = world_size() if world is None else world
+    n, extra = divmod(len(items), w)
+    start = r * n + min(r, extra)
+    return items[start : start + n + (1 if r < extra else 0)]
+
+
+def free_port() -> int:
+    """An unused TCP port on this host (for a single-process group or a test's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_single_process(backend: str | None = None) -> None:
+    """A process group of one (rank 0 of 1), for libraries that insist on one (DeepSpeed)."""
+    if is_initialized():
+        return
+    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                 ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend, rank=0, world_size=1)
+
+
 def broadcast_object(obj, src: int = 0):
     """Rank ``src``'s Python object on every rank (identity in one process)."""
     if not is_initialized():

@@ -1,0 +1,130 @@
+"""One rank of a multi-process DeepSpeed learner test (run by tests/rl/learner/test_*.py).
+
+``python ds_worker.py <scenario> <model_dir> <out_dir> <zero_stage> [lora]`` with RANK,
+WORLD_SIZE, MASTER_ADDR and MASTER_PORT set. Each rank writes ``out_dir/rank<r>.pt``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+ROWS = [  # (length, prompt length): uneven rows so shards differ in tokens and micro-batches
+    (12, 4), (9, 3), (14, 6), (7, 2), (11, 5), (10, 4), (13, 3),
+]
+ADVANTAGES = [1.0, -1.0, 0.5, -0.5, 2.0, -1.5, 0.25]
+SHARD = {2: [[0, 1, 2, 3, 4], [5, 6]], 1: [list(range(len(ROWS)))]}
+"""Rows per rank: rank 0 gets 5 rows (3 micro-batches of 2), rank 1 gets 2 (1 micro-batch)."""
+
+
+def make_batch(rows: list[int], seed: int = 0):
+    """The rows ``rows`` of one fixed full batch (same ids whichever rank builds them)."""
+    from rl.types import Batch, Task, Trajectory
+
+    g = torch.Generator().manual_seed(seed)
+    all_ids = [torch.randint(10, 200, (n,), generator=g).tolist() for n, _ in ROWS]
+    trajs = []
+    for i in rows:
+        n, prompt = ROWS[i]
+        mask = [0] * prompt + [1] * (n - prompt)
+        if i == 3:
+            mask = [0] * n  # a row without loss tokens: must not count as a sequence
+        trajs.append(Trajectory(Task(str(i), ""), all_ids[i], mask, [0.0] * n, prompt))
+    return Batch.from_trajectories(trajs, torch.tensor([ADVANTAGES[i] for i in rows]), pad_id=0)
+
+
+def checksums(named) -> dict[str, tuple[float, float, bool]]:
+    """name -> (sum, sum of squares, all finite) of each full tensor."""
+    out = {}
+    for name, t in named:
+        t = t.detach().float()
+        out[name] = (float(t.sum()), float((t * t).sum()), bool(torch.isfinite(t).all()))
+    return out
+
+
+def capture_grads(learner, store: list) -> None:
+    """Record every parameter's full (reduced over ranks) gradient when ``engine.step()`` has
+    finalised the accumulated gradients, before clipping and the optimizer touch them."""
+    from deepspeed.utils import safe_get_full_grad
+
+    zero = learner.engine.optimizer
+    orig = zero.finalize_gradient_accumulation_boundary
+
+    def finalize(*a, **k):
+        out = orig(*a, **k)
+        store.append({n: safe_get_full_grad(p).detach().float().clone()
+                      for n, p in learner.model.named_parameters() if p.requires_grad})
+        return out
+
+    zero.finalize_gradient_accumulation_boundary = finalize
+
+
+def main() -> None:
+    scenario, model_dir, out_dir, stage = sys.argv[1:5]
+    lora = len(sys.argv) > 5 and sys.argv[5] == "lora"
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    from transformers import AutoModelForCausalLM
+
+    from rl.algos import AGGREGATIONS
+    from rl.learner import dist, make_learner
+    from rl.learner.torch import DeepSpeedConfig, LearnerConfig, LoraConfig, LossConfig
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    cfg = LearnerConfig(
+        backend="deepspeed", lr=0.0 if scenario == "shard" else 1e-2, grad_clip=0.0,
+        micro_batch_size=2, autocast="fp32", lora=LoraConfig(enabled=lora, r=4, alpha=8),
+        deepspeed=DeepSpeedConfig(zero_stage=int(stage), bf16="off"),
+    )
+    learner = make_learner(model, cfg)
+    batch = make_batch(SHARD[world][rank])
+    out: dict = {"rank": rank, "world": world}
+    if scenario == "shard":
+        # lr = 0: the weights never move, so every mode sees the same model
+        grads: list = []
+        capture_grads(learner, grads)
+        out["modes"] = {}
+        for agg in AGGREGATIONS.names():
+            m = learner.update(make_batch(SHARD[world][rank]), LossConfig(agg=agg))
+            out["modes"][agg] = {"loss": m["actor/loss"], "grads": grads.pop(),
+                                 "grad_norm": m["grad_norm"]}
+        m = learner.sft_update(make_batch(SHARD[world][rank]))
+        out["modes"]["sft"] = {"loss": m["sft/loss"], "grads": grads.pop(),
+                               "grad_norm": m["grad_norm"]}
+    elif scenario == "train":
+        out["before"] = checksums(learner.named_weights())
+        metrics = [learner.update(batch, LossConfig()) for _ in range(2)]
+        metrics.append(learner.sft_update(batch))
+        out["metrics"] = metrics
+        out["after"] = checksums(learner.named_weights())
+        out["optimizer_steps"] = learner.optimizer_steps
+        # save -> perturb -> load restores the weights; state_dict round-trips
+        save_dir = Path(out_dir) / "saved"
+        learner.save_pretrained(save_dir)
+        buf = io.BytesIO()  # through bytes, like a checkpoint (the dict holds live tensors)
+        torch.save(learner.state_dict(), buf)
+        learner.update(batch, LossConfig())
+        out["moved"] = checksums(learner.named_weights())
+        learner.load_pretrained(save_dir)
+        buf.seek(0)
+        learner.load_state_dict(torch.load(buf, weights_only=False))
+        out["reloaded"] = checksums(learner.named_weights())
+        learner.update(batch, LossConfig())  # same start, same Adam state: the same step again
+        out["moved_again"] = checksums(learner.named_weights())
+        out["saved_files"] = sorted(p.name for p in save_dir.iterdir()) if rank == 0 else []
+        # an empty shard still joins the update (the other rank has rows)
+        m = learner.update(batch if rank == 0 else None, LossConfig())
+        out["empty_shard_metrics"] = m
+    else:
+        raise SystemExit(f"unknown scenario {scenario}")
+    dist.barrier()
+    torch.save(out, Path(out_dir) / f"rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    main()
