@@ -205,3 +205,79 @@ def test_check_resume_config_reports_changed_keys(tmp_path):
     assert ckpt.check_resume_config(Path(tmp_path), {"tasks_per_step": 2}, cfg, now,
                                     log=msgs.append) == ["learner.lr"]  # steps may change
     assert "learner.lr" in msgs[0]
+
+
+WORKER = r'''
+import json, sys
+from pathlib import Path
+import torch
+from rl import checkpoint as ckpt
+from rl.learner import dist
+from rl.learner.torch import LearnerConfig, TorchLearner
+from rl.models import load_tokenizer
+from rl.types import Batch, Task, Trajectory
+from transformers import AutoModelForCausalLM
+
+model_dir, root, out = (Path(a) for a in sys.argv[1:4])
+assert dist.init_from_env("gloo")
+r = dist.rank()
+
+def learner():
+    m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return TorchLearner(m, LearnerConfig(lr=1e-2, autocast="fp32"))
+
+a = learner()
+trajs = [Trajectory(Task("0", ""), [5, 6, 7, 8 + r, 11 * r + 3], [0, 0, 1, 1, 1], [0.0] * 5, 2)]
+a.sft_update(Batch.from_trajectories(trajs, torch.zeros(1), 0))  # rank-specific optimizer state
+torch.manual_seed(100 + r)
+path = ckpt.save_checkpoint(root, 1, learner=a, tokenizer=load_tokenizer(str(model_dir)),
+                            trainer_state={"step": 1, "stage": "rl", "results": {}})
+draw = torch.rand(3).tolist()
+b = learner()
+state = ckpt.load_checkpoint(ckpt.resolve_resume("latest", root.parent), learner=b)
+sa, sb = a.state_dict()["optimizer"]["state"], b.state_dict()["optimizer"]["state"]
+w0 = next(b.model.parameters()).detach().sum().item()
+json.dump({"rank": r, "draw": draw, "draw_after_load": torch.rand(3).tolist(),
+           "same_opt": all(torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"]) for k in sa),
+           "exp_avg_sum": sum(float(v["exp_avg"].sum()) for v in sa.values()),
+           "weights_sum": w0, "world": state["world_size"], "path": str(path)},
+          open(out / f"rank{r}.json", "w"))
+'''
+
+
+def test_two_processes_write_one_checkpoint_with_a_state_per_rank(tmp_path, tiny_model_dir,
+                                                                  tiny_model):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[2]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONPATH": str(root),
+               "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen(
+            [sys.executable, str(script), str(tiny_model_dir), str(tmp_path / "run" / "checkpoints"),
+             str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    for p in procs:
+        out = p.communicate(timeout=240)[0].decode(errors="replace")
+        assert p.returncode == 0, out[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    path = Path(r0["path"])
+    assert r1["path"] == r0["path"] and r0["world"] == r1["world"] == 2
+    man = json.loads((path / "manifest.json").read_text())
+    assert man["world_size"] == 2 and {"rank0.pt", "rank1.pt"} <= set(man["files"])
+    assert not list(path.parent.glob(".tmp-*"))
+    for r in (r0, r1):  # each rank got its own RNG stream and optimizer state back
+        assert r["draw_after_load"] == r["draw"] and r["same_opt"]
+    assert r0["draw"] != r1["draw"] and r0["exp_avg_sum"] != r1["exp_avg_sum"]
+    assert r0["weights_sum"] == r1["weights_sum"]  # both ranks load rank 0's weights
+    with pytest.raises(ckpt.CheckpointError, match="written by 2 process.*this run has 1"):
+        ckpt.load_checkpoint(path, learner=_learner(tiny_model))
