@@ -70,10 +70,11 @@ def build_env_factory(cfg: Config) -> tuple[Callable[[], Env], bool]:
 
 
 def build_tasks(cfg: Config, split: str, n: int) -> list[Task]:
-    from envs.tasks.math import make_tasks
+    """The configured env's own tasks (envs.tasks.TASK_MAKERS[cfg.env.name])."""
+    from envs.tasks import make_tasks
 
     t = cfg.tasks
-    return make_tasks(t.source, split, n, t.seed, **dict(t.kwargs))
+    return make_tasks(cfg.env.name, t.source, split, n, t.seed, **dict(t.kwargs))
 
 
 def build_parts(cfg: Config, model: torch.nn.Module | None = None) -> Parts:

@@ -1,3 +1,32 @@
-"""Task envs. Importing this package registers every env in it (``make_env("math")``)."""
+"""Task envs. Importing this package registers every env in it (``make_env("math")``) and the
+function that makes its tasks (``make_tasks("guess", source, split, n, seed, **kwargs)``).
 
+Envs: ``math`` (ARTIST-style math with a calculator), ``guess`` (twenty questions against a
+rule-based oracle), ``simuser`` (function calling with a simulated user who reveals details
+when asked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from envs.tasks import guess as guess  # noqa: F401  (registers "guess")
 from envs.tasks import math as math  # noqa: F401  (registers "math")
+from envs.tasks import simuser as simuser  # noqa: F401  (registers "simuser")
+from rl.algos.registry import Registry
+from rl.types import Task
+
+# env name -> make_tasks(source, split, n, seed, **kwargs): the env's train / test task split
+TaskMaker = Callable[..., list[Task]]
+TASK_MAKERS: Registry[TaskMaker] = Registry("task maker")
+TASK_MAKERS.register("math")(math.make_tasks)
+TASK_MAKERS.register("guess")(guess.make_tasks)
+TASK_MAKERS.register("simuser")(simuser.make_tasks)
+
+
+def make_tasks(
+    env: str, source: str, split: str, n: int, seed: int = 0, **kwargs: Any
+) -> list[Task]:
+    """``n`` tasks of ``split`` ("train" | "test") for env ``env`` from its task ``source``."""
+    return TASK_MAKERS.get(env)(source, split, n, seed, **kwargs)
