@@ -1,7 +1,8 @@
 """One rank of a multi-process DeepSpeed learner test (run by tests/rl/learner/test_*.py).
 
-``python ds_worker.py <scenario> <model_dir> <out_dir> <zero_stage> [lora]`` with RANK,
-WORLD_SIZE, MASTER_ADDR and MASTER_PORT set. Each rank writes ``out_dir/rank<r>.pt``.
+``python ds_worker.py <shard,train> <model_dir> <out_dir> <zero_stage> [lora]`` with RANK,
+WORLD_SIZE, MASTER_ADDR and MASTER_PORT set (``launch`` does that). Each rank writes
+``out_dir/rank<r>.pt``.
 """
 
 from __future__ import annotations
@@ -63,67 +64,116 @@ def capture_grads(learner, store: list) -> None:
     zero.finalize_gradient_accumulation_boundary = finalize
 
 
+def run_shard(learner, world: int, rank: int) -> dict:
+    """Loss and full gradient of this rank's shard in every aggregation mode, and for SFT."""
+    from rl.algos import AGGREGATIONS
+    from rl.learner.torch import LossConfig
+
+    learner.set_lr(0.0)  # the weights never move, so every mode sees the same model
+    grads: list = []
+    capture_grads(learner, grads)
+    modes = {}
+    for agg in AGGREGATIONS.names():
+        m = learner.update(make_batch(SHARD[world][rank]), LossConfig(agg=agg))
+        modes[agg] = {"loss": m["actor/loss"], "grads": grads.pop(), "grad_norm": m["grad_norm"]}
+    m = learner.sft_update(make_batch(SHARD[world][rank]))
+    modes["sft"] = {"loss": m["sft/loss"], "grads": grads.pop(), "grad_norm": m["grad_norm"]}
+    return modes
+
+
+def run_train(learner, world: int, rank: int, out_dir: Path) -> dict:
+    """Train a few steps; save -> move -> load -> the same step again; an empty shard."""
+    from rl.learner.torch import LossConfig
+
+    learner.set_lr(1e-2)
+    batch = make_batch(SHARD[world][rank])
+    out: dict = {"before": checksums(learner.named_weights())}
+    out["metrics"] = [learner.update(batch, LossConfig()) for _ in range(2)]
+    out["metrics"].append(learner.sft_update(batch))
+    out["after"] = checksums(learner.named_weights())
+    out["optimizer_steps"] = learner.optimizer_steps
+    save_dir = out_dir / "saved"
+    learner.save_pretrained(save_dir)
+    buf = io.BytesIO()  # through bytes, like a checkpoint (the dict holds live tensors)
+    torch.save(learner.state_dict(), buf)
+    learner.update(batch, LossConfig())
+    out["moved"] = checksums(learner.named_weights())
+    learner.load_pretrained(save_dir)
+    buf.seek(0)
+    learner.load_state_dict(torch.load(buf, weights_only=False))
+    out["reloaded"] = checksums(learner.named_weights())
+    learner.update(batch, LossConfig())  # same weights, same Adam state: the same step again
+    out["moved_again"] = checksums(learner.named_weights())
+    out["saved_files"] = sorted(p.name for p in save_dir.iterdir()) if rank == 0 else []
+    # a rank without rows still joins the update (the other rank has rows)
+    out["empty_shard_metrics"] = learner.update(batch if rank == 0 else None, LossConfig())
+    return out
+
+
 def main() -> None:
-    scenario, model_dir, out_dir, stage = sys.argv[1:5]
+    scenarios, model_dir, out_dir, stage = sys.argv[1].split(","), *sys.argv[2:5]
     lora = len(sys.argv) > 5 and sys.argv[5] == "lora"
     torch.set_num_threads(1)
     torch.manual_seed(0)
     from transformers import AutoModelForCausalLM
 
-    from rl.algos import AGGREGATIONS
     from rl.learner import dist, make_learner
-    from rl.learner.torch import DeepSpeedConfig, LearnerConfig, LoraConfig, LossConfig
+    from rl.learner.torch import DeepSpeedConfig, LearnerConfig, LoraConfig
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     cfg = LearnerConfig(
-        backend="deepspeed", lr=0.0 if scenario == "shard" else 1e-2, grad_clip=0.0,
-        micro_batch_size=2, autocast="fp32", lora=LoraConfig(enabled=lora, r=4, alpha=8),
+        backend="deepspeed", lr=1e-2, grad_clip=0.0, micro_batch_size=2, autocast="fp32",
+        lora=LoraConfig(enabled=lora, r=4, alpha=8),
         deepspeed=DeepSpeedConfig(zero_stage=int(stage), bf16="off"),
     )
     learner = make_learner(model, cfg)
-    batch = make_batch(SHARD[world][rank])
     out: dict = {"rank": rank, "world": world}
-    if scenario == "shard":
-        # lr = 0: the weights never move, so every mode sees the same model
-        grads: list = []
-        capture_grads(learner, grads)
-        out["modes"] = {}
-        for agg in AGGREGATIONS.names():
-            m = learner.update(make_batch(SHARD[world][rank]), LossConfig(agg=agg))
-            out["modes"][agg] = {"loss": m["actor/loss"], "grads": grads.pop(),
-                                 "grad_norm": m["grad_norm"]}
-        m = learner.sft_update(make_batch(SHARD[world][rank]))
-        out["modes"]["sft"] = {"loss": m["sft/loss"], "grads": grads.pop(),
-                               "grad_norm": m["grad_norm"]}
-    elif scenario == "train":
-        out["before"] = checksums(learner.named_weights())
-        metrics = [learner.update(batch, LossConfig()) for _ in range(2)]
-        metrics.append(learner.sft_update(batch))
-        out["metrics"] = metrics
-        out["after"] = checksums(learner.named_weights())
-        out["optimizer_steps"] = learner.optimizer_steps
-        # save -> perturb -> load restores the weights; state_dict round-trips
-        save_dir = Path(out_dir) / "saved"
-        learner.save_pretrained(save_dir)
-        buf = io.BytesIO()  # through bytes, like a checkpoint (the dict holds live tensors)
-        torch.save(learner.state_dict(), buf)
-        learner.update(batch, LossConfig())
-        out["moved"] = checksums(learner.named_weights())
-        learner.load_pretrained(save_dir)
-        buf.seek(0)
-        learner.load_state_dict(torch.load(buf, weights_only=False))
-        out["reloaded"] = checksums(learner.named_weights())
-        learner.update(batch, LossConfig())  # same start, same Adam state: the same step again
-        out["moved_again"] = checksums(learner.named_weights())
-        out["saved_files"] = sorted(p.name for p in save_dir.iterdir()) if rank == 0 else []
-        # an empty shard still joins the update (the other rank has rows)
-        m = learner.update(batch if rank == 0 else None, LossConfig())
-        out["empty_shard_metrics"] = m
-    else:
-        raise SystemExit(f"unknown scenario {scenario}")
+    if "shard" in scenarios:
+        out["modes"] = run_shard(learner, world, rank)
+    if "train" in scenarios:
+        out.update(run_train(learner, world, rank, Path(out_dir)))
     dist.barrier()
     torch.save(out, Path(out_dir) / f"rank{rank}.pt")
+
+
+def launch(scenarios: str, model_dir, out_dir, stage: int, world: int = 2, lora: bool = False,
+           timeout: float = 300) -> list[dict]:
+    """Run this script as ``world`` ranks (one process each, gloo, a free port); every rank's
+    results, in rank order. Raises with the ranks' output if one fails."""
+    import subprocess
+
+    from rl.learner.dist import free_port
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    repo = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, str(Path(__file__).resolve()), scenarios, str(model_dir),
+           str(out_dir), str(stage)] + (["lora"] if lora else [])
+    procs, logs = [], []
+    for r in range(world):
+        log = open(out_dir / f"log{r}.txt", "w")  # noqa: SIM115 (closed below)
+        logs.append(log)
+        procs.append(subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                                      stdout=log, stderr=subprocess.STDOUT, cwd=repo))
+    try:
+        codes = [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for log in logs:
+            log.close()
+    if any(codes):
+        tails = "\n".join(f"--- rank {r} (exit {c}) ---\n" +
+                          (out_dir / f"log{r}.txt").read_text()[-3000:]
+                          for r, c in enumerate(codes))
+        raise RuntimeError(f"a rank failed:\n{tails}")
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
 if __name__ == "__main__":
