@@ -1,0 +1,299 @@
+"""The single controller for ``launcher=ray``: the driver owns the step loop, every heavy phase
+runs in an actor (rollout workers, env workers, the learner group; rl/distributed/pool.py).
+
+Pipeline. The learner's weights after ``k`` updates are policy version ``k``; a trajectory
+records the version that sampled it, and its staleness is ``(learner version when it is trained)
+- (its version)``. Rollouts of step ``s`` are submitted as soon as the newest published version
+``P`` satisfies ``s - P <= bound`` (``bound = max_staleness`` in async mode, 0 in sync mode), so a
+worker, which loads versions in order before its next rollout, samples step ``s`` with a version
+``>= s - bound``. With ``bound = 1`` the rollout of step ``k+1`` runs while the learner updates on
+step ``k``. The loss corrects for the gap with truncated importance sampling against the
+sampler's logprobs (``algorithm.loss.tis_cap``; rl.algos.truncated_is_weights).
+
+Long tail. ``launcher.trajectory_timeout_s`` truncates a slow episode (rl.distributed.envs);
+turn limits are ``rollout.max_turns``. With ``launcher.carry_partial`` a step's task groups are
+separate jobs and the step trains once ``partial_fraction`` of them are in; the rest keep
+sampling and join the next step's batch (dropped, and counted, if staleness would exceed the
+bound). Departure from token-level partial rollouts (Kimi k1.5, AReaL): the carried unit is a
+whole group, finished under the weights it started with, because GRPO needs complete groups.
+
+Faults. A rollout job whose worker died (or whose env worker died) is re-run on a fresh worker
+with the same tasks and seeds: the step still gets all its trajectories (``dist/restarts``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rl.config import Config
+from rl.distributed.pool import WorkerPool
+from rl.distributed.workers import RolloutJob, RolloutResult
+from rl.tracking import RunLogger, Timer
+from rl.types import Trajectory
+
+
+@dataclass
+class _Inflight:
+    job: RolloutJob
+    worker: int
+    restarts_at_submit: int  # a failure after a later restart is the dead worker's, re-run it
+
+
+class RayController:
+    """``fit()`` mirrors :meth:`rl.trainer.Trainer.fit` with the phases in actors.
+
+    ``pool``: run on existing actors (several runs, e.g. tests, share one start-up; the caller
+    shuts it down). ``learner_delay_s`` slows each learner update (latency injection: staleness test, bench);
+    ``fault_hook(controller, step)`` runs right after a step's rollouts are submitted (fault
+    injection in tests). Both are for tests and benchmarks; real runs leave them unset.
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path, config_yaml: str = "", *,
+                 pool: WorkerPool | None = None, learner_delay_s: float = 0.0,
+                 fault_hook: Callable[[RayController, int], None] | None = None) -> None:
+        import ray
+
+        from rl.algos import ADVANTAGES
+        from rl.build import TaskStream, build_tasks
+        from rl.distributed.pool import init_ray
+        from rl.models import load_tokenizer
+
+        cfg.launcher.validate()
+        self.cfg, self.run_dir, self.lc = cfg, Path(run_dir), cfg.launcher
+        self.bound = self.lc.staleness_bound
+        self._own_ray = not ray.is_initialized()
+        init_ray(self.lc)
+        self.tokenizer = load_tokenizer(cfg.model.name)
+        self.tasks = TaskStream(build_tasks(cfg, "train", cfg.tasks.train_size))
+        self.eval_tasks = build_tasks(cfg, "test", cfg.tasks.eval_size)
+        self.advantage = ADVANTAGES.get(cfg.algorithm.advantage)
+        self._own_pool = pool is None
+        self.pool = pool or WorkerPool(cfg, str(run_dir), config_yaml)
+        ray.get([lr.set_delay.remote(learner_delay_s) for lr in self.pool.learners])
+        self.restarts0 = self.pool.stats.restarts
+        self.logger = RunLogger(self.run_dir, asdict(cfg), cfg.trainer.wandb,
+                                cfg.trainer.wandb_project)
+        self.fault_hook = fault_hook
+        self.step, self.stage, self.results = 0, "start", {}
+        self.inflight: dict[Any, _Inflight] = {}
+        self.next_submit = 0
+        self.busy = {"rollout": 0.0, "learner": 0.0}
+        self.counters = {"stale_dropped": 0, "carried_groups": 0, "regenerated_jobs": 0}
+        self.history: list[dict[str, Any]] = []  # every logged RL row (tests, bench)
+        self.last_trajectories: list[Trajectory] = []
+
+    # -- the loop --------------------------------------------------------------------------------
+    def fit(self) -> dict[str, dict[str, float]]:
+        import ray
+
+        self.resume()
+        if self.stage == "start":
+            if self.cfg.eval.compare_stages:
+                self.results["base"] = self.evaluate("base")
+            if self.cfg.sft.enabled:
+                ray.get([lr.run_sft.remote() for lr in self.pool.learners])
+                self.pool.publish(self.step)
+                if self.cfg.eval.compare_stages:
+                    self.results["sft"] = self.evaluate("sft")
+            self.stage = "rl"
+        if self.pool.latest is None or self.pool.latest.version != self.step:
+            self.pool.publish(self.step)
+        self.next_submit, self.t_start = self.step, time.perf_counter()
+        for step in range(self.step, self.cfg.trainer.steps):
+            timer = Timer()
+            self.pool.check_all()  # health check: ping every worker, restart the dead
+            self.fill_pipeline(step)
+            if self.fault_hook is not None:
+                self.fault_hook(self, step)
+            with timer("rollout_wait"):
+                trajs, info = self.collect(step)
+            self.last_trajectories = trajs
+            with timer("reward"):
+                from rl.trainer import make_update_batch, score_trajectories
+
+                rewards = score_trajectories(trajs, self.cfg)
+            with timer("advantage"):
+                batch = make_update_batch(trajs, rewards, self.cfg, self.advantage,
+                                          self.tokenizer.pad_token_id)
+            with timer("update"):
+                metrics = self.update(batch)
+            with timer("sync"):
+                w = self.pool.publish(step + 1)
+            self.step = step + 1
+            info["dist/weights_publish_s"] = w.publish_s
+            self.log_step(step, trajs, rewards, metrics, timer, info)
+            self.maybe_save()
+        self.pool.drain_acks(wait=True)
+        if self.cfg.eval.compare_stages:
+            self.results[self.cfg.algorithm.name] = self.evaluate(self.cfg.algorithm.name)
+        self.save()
+        self.finish()
+        return self.results
+
+    def fill_pipeline(self, step: int) -> None:
+        """Submit rollouts of steps the staleness bound allows (always at least ``step``'s)."""
+        assert self.pool.latest is not None
+        published = self.pool.latest.version
+        while (self.next_submit < self.cfg.trainer.steps
+               and (self.next_submit <= step or self.next_submit - published <= self.bound)):
+            for i, job in enumerate(self.jobs(self.next_submit)):
+                self.submit(job, i % len(self.pool.rollouts))
+            self.next_submit += 1
+
+    def jobs(self, step: int) -> list[RolloutJob]:
+        """A step's task groups as rollout jobs: one per worker, or one per group when partial
+        rollouts are carried (finer long-tail and restart granularity, less batching)."""
+        n, c = self.cfg.trainer.tasks_per_step, self.cfg
+        tasks = self.tasks.batch(step, n)
+        k = n if self.lc.carry_partial else min(n, len(self.pool.rollouts))
+        bounds = [round(i * n / k) for i in range(k + 1)]
+        base = c.trainer.seed * 100_003 + step
+        return [RolloutJob(step, list(range(a, b)), tasks[a:b], c.algorithm.group_size,
+                           seed=base + 7919 * a, group_offset=step * n + a)
+                for a, b in zip(bounds, bounds[1:]) if b > a]
+
+    def submit(self, job: RolloutJob, worker: int) -> None:
+        handle = self.pool.rollouts[worker]
+        self.inflight[handle.rollout.remote(job)] = _Inflight(job, worker,
+                                                              self.pool.stats.restarts)
+
+    def collect(self, step: int) -> tuple[list[Trajectory], dict[str, float]]:
+        """Wait for step ``step``'s groups (and carried ones); restart workers that die and
+        re-run their jobs (same tasks and seeds: the step keeps its size)."""
+        import ray
+
+        n = self.cfg.trainer.tasks_per_step
+        need = math.ceil(self.lc.partial_fraction * n) if self.lc.carry_partial else n
+        results: list[RolloutResult] = []
+        done_own = 0
+        while done_own < need or not self.lc.carry_partial:
+            mine = [r for r, x in self.inflight.items() if x.job.step <= step]
+            if not mine:
+                break
+            ready, _ = ray.wait(mine, num_returns=1, timeout=self.lc.health_check_timeout_s)
+            if not ready:  # nobody finished in a while: make sure everyone is alive
+                self.pool.check_all()
+                continue
+            x = self.inflight.pop(ready[0])
+            try:
+                res: RolloutResult = ray.get(ready[0])
+            except Exception:
+                self.pool.check_all()
+                if self.pool.stats.restarts == x.restarts_at_submit:
+                    raise  # no worker died since it was sent: a real error in the rollout
+                x.job.attempt += 1
+                self.counters["regenerated_jobs"] += 1
+                self.submit(x.job, x.worker)
+                continue
+            results.append(res)
+            self.busy["rollout"] += res.busy_s
+            if res.job.step == step:
+                done_own += len(res.job.groups)
+        carried = sum(len(x.job.groups) for x in self.inflight.values() if x.job.step <= step)
+        self.counters["carried_groups"] += carried
+        fresh = [r for r in results if step - r.policy_version <= self.bound]
+        self.counters["stale_dropped"] += sum(len(r.job.groups) for r in results) - sum(
+            len(r.job.groups) for r in fresh)
+        trajs = [t for r in fresh for t in r.trajectories]
+        stale = [step - t.info["policy_version"] for t in trajs]
+        info = {"dist/staleness_mean": sum(stale) / max(len(stale), 1),
+                "dist/staleness_max": float(max(stale, default=0)),
+                "dist/carried_groups": float(carried),
+                "dist/groups": float(sum(len(r.job.groups) for r in fresh)),
+                "dist/trajectories": float(len(trajs))}
+        return trajs, info
+
+    def update(self, batch) -> dict[str, float]:
+        import ray
+
+        if batch is None:  # every group uniform: no signal this step
+            return {"update/trained_seqs": 0.0, "update/tokens": 0.0}
+        ranks = self.pool.learners
+        shards = batch.split(math.ceil(len(batch) / len(ranks)))
+        outs = ray.get([lr.update.remote(s) for lr, s in zip(ranks, shards)])
+        m = outs[0]
+        self.busy["learner"] += m.pop("time/learner_update")
+        return {**m, "update/trained_seqs": float(len(batch)),
+                "update/tokens": float(batch.attention_mask.sum())}
+
+    def evaluate(self, label: str) -> dict[str, float]:
+        import ray
+
+        t0 = time.perf_counter()
+        res = ray.get(self.pool.rollouts[0].evaluate.remote(self.eval_tasks))
+        res["seconds"] = time.perf_counter() - t0
+        self.logger.log(self.step, {f"eval_{label}/{k}": v for k, v in res.items()})
+        print(f"[eval:{label}] " + "  ".join(f"{k}={v:.3f}" for k, v in res.items()), flush=True)
+        return res
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def log_step(self, step: int, trajs: list[Trajectory], rewards: torch.Tensor,
+                 metrics: dict[str, float], timer: Timer, info: dict[str, float]) -> None:
+        from rl.rollout.agent_loop import trajectory_stats
+
+        wall = time.perf_counter() - self.t_start
+        loads = self.pool.drain_acks()
+        success = [t.reward_terms.get("outcome", 0.0) >= 1.0 for t in trajs]
+        row: dict[str, Any] = {
+            "stage": "rl", "reward/mean": float(rewards.mean()),
+            "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            "reward/success": sum(success) / max(len(success), 1),
+            **{f"episode/{k}": v for k, v in trajectory_stats(trajs).items()},
+            **metrics, **timer.metrics(), **info,
+            "dist/policy_version": float(self.step),
+            "dist/restarts": float(self.pool.stats.restarts - self.restarts0),
+            "dist/rollout_busy_frac": self.busy["rollout"] / (wall * len(self.pool.rollouts)),
+            "dist/learner_busy_frac": self.busy["learner"] / wall,
+            "dist/steps_per_s": (len(self.history) + 1) / wall,
+            **{f"dist/{k}": float(v) for k, v in self.counters.items()},
+        }
+        if loads:
+            row["dist/weights_load_s"] = max(loads)
+        self.history.append(row)
+        self.logger.log(step, row)
+        self.logger.samples(step, trajs[: self.cfg.trainer.samples_to_log], self.tokenizer)
+        print(f"[ray] step {step}: reward {row['reward/mean']:.3f} staleness "
+              f"{info['dist/staleness_mean']:.2f} (max {info['dist/staleness_max']:.0f}) "
+              f"restarts {row['dist/restarts']:.0f} step_s {sum(timer.times.values()):.1f}",
+              flush=True)
+
+    def resume(self) -> None:
+        import ray
+
+        if not self.cfg.trainer.resume:
+            return
+        state = ray.get([lr.resume.remote() for lr in self.pool.learners])[0]
+        self.step, self.stage, self.results = state["step"], state["stage"], state["results"]
+
+    def save(self) -> None:
+        import ray
+
+        ray.get([lr.save.remote(self.step, self.stage, self.results)
+                 for lr in self.pool.learners[:1]])
+
+    def maybe_save(self) -> None:
+        every = self.cfg.trainer.save_every
+        if every > 0 and self.step % every == 0 and self.step < self.cfg.trainer.steps:
+            self.save()
+
+    def finish(self) -> None:
+        import ray
+
+        from rl.trainer import stage_table
+
+        if self.results:
+            print(stage_table(self.results), flush=True)
+            (self.run_dir / "results.md").write_text(stage_table(self.results) + "\n")
+        self.logger.plot()
+        self.logger.close()
+        if self._own_pool:
+            self.pool.shutdown()
+        if self._own_ray:
+            ray.shutdown()
