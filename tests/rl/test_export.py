@@ -231,8 +231,9 @@ def test_vllm_serves_a_merged_lora_export_of_the_135m_model(tmp_path, tokenizer)
     run, _ = _run(tmp_path, Path(resolve_model_path("smollm2-135m-instruct")), tokenizer,
                   lora=True)
     out = export_model(run, tmp_path / "hf", log=lambda m: None)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 17 + 25?"}],
-                                           add_generation_prompt=True)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 17 + 25?"}],
+                                         add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.encode(text, add_special_tokens=False)
     cont = tokenizer.encode("17 + 25 = 42.", add_special_tokens=False)
     ids = torch.tensor([prompt + cont])
     with torch.no_grad():
