@@ -54,7 +54,8 @@ class Parts:
     native_tools: bool
     train_tasks: TaskStream
     eval_tasks: list[Task]
-    make_engine: Callable[[torch.nn.Module], Engine]
+    make_engine: Callable[..., Engine]
+    """``make_engine(policy, shared=True)``: shared = generate with the learner's own module."""
 
 
 def build_env_factory(cfg: Config) -> tuple[Callable[[], Env], bool]:
@@ -85,11 +86,11 @@ def build_parts(cfg: Config, model: torch.nn.Module | None = None) -> Parts:
         model = load_model(cfg.model.name, cfg.model.dtype)
     env_factory, native = build_env_factory(cfg)
 
-    def make_engine(policy: torch.nn.Module) -> Engine:
+    def make_engine(policy: torch.nn.Module, shared: bool = True) -> Engine:
         if cfg.engine == "hf":
             from rl.rollout.engines.hf import HFEngine
 
-            return HFEngine(policy, tokenizer, shared=True, seed=cfg.trainer.seed)
+            return HFEngine(policy, tokenizer, shared=shared, seed=cfg.trainer.seed)
         if cfg.engine == "vllm":
             from rl.models import resolve_model_path
             from rl.rollout.engines.vllm import VLLMEngine

@@ -42,21 +42,26 @@ def _run_dir(cfg) -> Path:
 
 
 def cmd_train(overrides: list[str]) -> None:
+    from rl.learner import dist
     from rl.trainer import Trainer
 
     cfg, yaml_text = _config(overrides)
-    run_dir = _run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml_text)
-    print(f"[turnrl] run dir: {run_dir}", flush=True)
+    dist.init_from_env()  # under torchrun: one run dir, rank 0's (timestamps differ per rank)
+    run_dir = Path(dist.broadcast_object(str(_run_dir(cfg))))
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml_text)
+        print(f"[turnrl] run dir: {run_dir}", flush=True)
+    dist.barrier()
     if cfg.launcher.kind == "ray":  # same loop, phases in Ray actors (rl/distributed)
         from rl.distributed.controller import RayController
 
         RayController(cfg, run_dir, yaml_text).fit()
     else:
         Trainer(cfg, run_dir, yaml_text).fit()
-    print(f"[turnrl] done: {run_dir}/metrics.jsonl, {run_dir}/progress.png, "
-          f"{run_dir}/samples.txt, {run_dir}/checkpoints/", flush=True)
+    if dist.is_main():
+        print(f"[turnrl] done: {run_dir}/metrics.jsonl, {run_dir}/progress.png, "
+              f"{run_dir}/samples.txt, {run_dir}/checkpoints/", flush=True)
 
 
 def cmd_sft(overrides: list[str]) -> None:

@@ -18,7 +18,7 @@ from rl import checkpoint as ckpt
 from rl.algos import ADVANTAGES, AdvantageConfig
 from rl.algos.archer import build_credit
 from rl.config import Config
-from rl.learner.torch import TorchLearner
+from rl.learner import dist, make_learner, rollout_policy
 from rl.rollout.agent_loop import AgentLoop, trajectory_stats
 from rl.tracking import RunLogger, Timer
 from rl.types import Batch, Trajectory
@@ -32,15 +32,18 @@ class Trainer:
         if cfg.trainer.num_threads > 0:
             torch.set_num_threads(cfg.trainer.num_threads)
         seed_everything(cfg.trainer.seed)
+        dist.check_data_parallel(cfg, dist.init_from_env())  # under torchrun: join the group
         self.parts = build_parts(cfg)
         self.tokenizer = self.parts.tokenizer
-        self.learner = TorchLearner(self.parts.model, cfg.learner)
-        self.engine = self.parts.make_engine(self.learner.model)
+        self.learner = make_learner(self.parts.model, cfg.learner)
+        self.engine = self.parts.make_engine(*rollout_policy(self.learner))
         self.loop = AgentLoop(self.engine, self.tokenizer, self.parts.env_factory, cfg.rollout,
                               native_tools=self.parts.native_tools)
         self.advantage = ADVANTAGES.get(cfg.algorithm.advantage)
+        # only rank 0 writes the run's logs; other ranks keep theirs under ranks/ (wandb off)
         self.logger = RunLogger(run_dir, _plain_config(cfg), cfg.trainer.wandb,
-                                cfg.trainer.wandb_project)
+                                cfg.trainer.wandb_project) if dist.is_main() else RunLogger(
+            run_dir / "ranks" / f"rank{dist.rank()}", {}, "disabled", "")
         self.step, self.stage, self.results = 0, "start", {}  # restored by resume
         # Named parts whose state a checkpoint holds besides the learner's (each has
         # state_dict / load_state_dict); e.g. a critic registers itself here.
@@ -94,10 +97,13 @@ class Trainer:
 
     # -- phases ----------------------------------------------------------------------------------
     def rollout(self, step: int) -> list[Trajectory]:
+        """This rank's share of the step's tasks (all of them in one process), whole groups."""
         n = self.cfg.trainer.tasks_per_step
         tasks = self.parts.train_tasks.batch(step, n)
-        return self.loop.run(tasks, n_samples=self.cfg.algorithm.group_size,
-                             seed=self.cfg.trainer.seed * 100_003 + step, group_offset=step * n)
+        mine = dist.shard(list(range(n)))
+        return self.loop.run([tasks[i] for i in mine], n_samples=self.cfg.algorithm.group_size,
+                             seed=self.cfg.trainer.seed * 100_003 + step + mine[0],
+                             group_offset=step * n + mine[0])
 
     def score(self, trajs: list[Trajectory]) -> torch.Tensor:
         return score_trajectories(trajs, self.cfg)
@@ -108,11 +114,14 @@ class Trainer:
                                  self.tokenizer.pad_token_id, credit=self.credit)
 
     def update(self, batch: Batch | None) -> dict[str, float]:
-        if batch is None:  # every group uniform: no signal this step
+        # data parallel: a rank without signal still joins the update if any rank has some
+        if not dist.any_rank(batch is not None):  # every group uniform: no signal this step
             return {"update/trained_seqs": 0.0, "update/tokens": 0.0}
         m = self.learner.update(batch, self.cfg.algorithm.loss, self.cfg.rollout.temperature)
-        return {**m, "update/trained_seqs": float(len(batch)),
-                "update/tokens": float(batch.attention_mask.sum())}
+        counts = torch.tensor([0.0, 0.0] if batch is None else
+                              [float(len(batch)), float(batch.attention_mask.sum())])
+        seqs, tokens = dist.all_reduce_sum(counts).tolist()
+        return {**m, "update/trained_seqs": seqs, "update/tokens": tokens}
 
     def run_sft(self) -> None:
         from rl.build import sft_trajectories
@@ -126,37 +135,45 @@ class Trainer:
             order = list(range(len(trajs)))
             rng.shuffle(order)
             for s in range(0, len(order), c.batch_size):
-                chunk = [trajs[i] for i in order[s : s + c.batch_size]]
+                chunk = dist.shard([trajs[i] for i in order[s : s + c.batch_size]])
                 batch = Batch.from_trajectories(chunk, torch.zeros(len(chunk)),
-                                                self.tokenizer.pad_token_id)
+                                                self.tokenizer.pad_token_id) if chunk else None
                 m = self.learner.sft_update(batch)
                 steps += 1
                 self.logger.log(-1, {"stage": "sft", "sft/step": steps, "sft/epoch": epoch, **m})
-                print(f"[sft] epoch {epoch} step {steps}: nll {m['sft/nll']:.3f}", flush=True)
+                if dist.is_main():
+                    print(f"[sft] epoch {epoch} step {steps}: nll {m['sft/nll']:.3f}", flush=True)
         self.learner.set_lr(self.cfg.learner.lr)
         # Fresh optimizer moments for RL: SFT's Adam state is tuned to a different objective.
         self.learner.optimizer.state.clear()
         self.engine.update_weights(self.learner.named_weights())
 
     def evaluate(self, label: str) -> dict[str, float]:
+        """Held-out evaluation on rank 0 (the others wait); every rank gets the results."""
         from rl.build import evaluate
 
-        t0 = time.perf_counter()
-        res = evaluate(self.cfg, self.parts, self.engine)
-        res["seconds"] = time.perf_counter() - t0
-        self.logger.log(self.step, {f"eval_{label}/{k}": v for k, v in res.items()})
-        print(f"[eval:{label}] " + "  ".join(f"{k}={v:.3f}" for k, v in res.items()), flush=True)
-        return res
+        res = None
+        if dist.is_main():
+            t0 = time.perf_counter()
+            res = evaluate(self.cfg, self.parts, self.engine)
+            res["seconds"] = time.perf_counter() - t0
+            self.logger.log(self.step, {f"eval_{label}/{k}": v for k, v in res.items()})
+            print(f"[eval:{label}] " + "  ".join(f"{k}={v:.3f}" for k, v in res.items()),
+                  flush=True)
+        return dist.broadcast_object(res)
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def progress(self, steps: range):
         from tqdm.auto import tqdm
 
         self._bar = tqdm(steps, desc="grpo", dynamic_ncols=True, initial=steps.start,
-                         total=steps.stop)
+                         total=steps.stop, disable=not dist.is_main())
         return self._bar
 
     def log_step(self, step, trajs, rewards, metrics, timer: Timer) -> None:
+        trajs, rewards = dist.gather_rollouts(trajs, rewards)  # all ranks' episodes, on rank 0
+        if not dist.is_main():
+            return
         stats = trajectory_stats(trajs)
         from rewards.compose import reward_metrics
         from rewards.outcome import success as solved
@@ -206,17 +223,19 @@ class Trainer:
         if path is None:
             if spec is not None:  # a run killed before its first checkpoint: start clean
                 print("[turnrl] resume: no complete checkpoint found, starting fresh")
-                self.logger.history = ckpt.rewind_logs(self.run_dir, {})
+                if dist.is_main():
+                    self.logger.history = ckpt.rewind_logs(self.run_dir, {})
             return
         state = ckpt.load_checkpoint(path, learner=self.learner, parts=self.stateful)
         ckpt.check_resume_config(path, state, self.cfg, self.config_yaml)
         self.step, self.stage, self.results = state["step"], state["stage"], state["results"]
-        self.logger.history = ckpt.resume_logs(self.run_dir, path, state)
+        if dist.is_main():  # the run's logs are rank 0's
+            self.logger.history = ckpt.resume_logs(self.run_dir, path, state)
         self.engine.update_weights(self.learner.named_weights())
         print(f"[turnrl] resumed from {path} at step {self.step} ({self.stage})")
 
     def finish(self) -> None:
-        if self.results:
+        if self.results and dist.is_main():
             print(stage_table(self.results), flush=True)
             (self.run_dir / "results.md").write_text(stage_table(self.results) + "\n")
         self.logger.close()

@@ -116,3 +116,30 @@ def gather_objects(obj) -> list:
     out: list = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def check_data_parallel(cfg, multi: bool) -> None:
+    """Refuse data-parallel setups (``cfg``: rl.config.Config) that would silently train
+    something else."""
+    if not multi:
+        return
+    world = world_size()
+    if cfg.learner.backend != "deepspeed":
+        raise SystemExit(f"turnrl: {world} processes need a data-parallel learner: "
+                         "learner=deepspeed_zero2 or learner=deepspeed_zero3")
+    if cfg.trainer.tasks_per_step < world:
+        raise SystemExit(f"turnrl: trainer.tasks_per_step={cfg.trainer.tasks_per_step} < "
+                         f"{world} processes: every rank needs at least one task (group)")
+    if cfg.algorithm.archer.enabled:  # its critic and replay buffer are not sharded
+        raise SystemExit("turnrl: algorithm=archer runs in one process only")
+
+
+def gather_rollouts(trajs: list, rewards: torch.Tensor) -> tuple[list, torch.Tensor]:
+    """All ranks' trajectories and rewards, in rank order, on rank 0 (collective; identity in
+    one process). Other ranks get theirs back unchanged."""
+    if world_size() == 1:
+        return trajs, rewards
+    parts = gather_objects((trajs, rewards))
+    if not is_main():
+        return trajs, rewards
+    return [t for p in parts for t in p[0]], torch.cat([p[1] for p in parts])

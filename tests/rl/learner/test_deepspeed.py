@@ -55,6 +55,25 @@ def test_shard_splits_contiguously_and_completely():
     assert dist.shard(items, 0, 1) == items and dist.shard([], 1, 2) == []
 
 
+def test_data_parallel_runs_refuse_what_would_silently_diverge(monkeypatch):
+    from rl.config import Config
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = Config()
+    dist.check_data_parallel(cfg, multi=False)  # one process: anything goes
+    with pytest.raises(SystemExit, match="learner=deepspeed_zero2"):
+        dist.check_data_parallel(cfg, multi=True)  # torch learner: each rank its own model
+    cfg.learner.backend = "deepspeed"
+    dist.check_data_parallel(cfg, multi=True)
+    cfg.trainer.tasks_per_step = 1
+    with pytest.raises(SystemExit, match="tasks_per_step=1 < 2"):
+        dist.check_data_parallel(cfg, multi=True)
+    cfg.trainer.tasks_per_step = 8
+    cfg.algorithm.archer.enabled = True
+    with pytest.raises(SystemExit, match="archer"):
+        dist.check_data_parallel(cfg, multi=True)
+
+
 # -- two processes ------------------------------------------------------------------------------
 STEPS_IN_RUN = len(AGGREGATIONS.names()) + 1 + 3  # shard: every mode + SFT; train: 2 RL + 1 SFT
 
@@ -120,3 +139,36 @@ def test_zero2_and_zero3_train_like_single_process_torch(ds_run, tiny_model_dir)
         for n, (s, sq) in ref.items():
             assert got[n][0] == pytest.approx(s, rel=1e-4, abs=1e-3), (stage, n)
             assert got[n][1] == pytest.approx(sq, rel=1e-4), (stage, n)
+
+
+def test_torchrun_cli_train_zero2(tiny_model_dir, tmp_path):
+    """The launch path users run: torchrun with 2 ranks, rl.cli train learner=deepspeed_zero2.
+    3 tasks over 2 ranks (uneven shards), a cold-start SFT of 3 demonstrations (2 + 1 rows),
+    uniform groups kept so the update really runs every step."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "rl.cli", "train", "learner=deepspeed_zero2", f"model.name={tiny_model_dir}",
+           "sft.enabled=true", "sft.num_examples=3", "sft.batch_size=3",
+           "eval.compare_stages=false", "trainer.steps=2", "trainer.tasks_per_step=3",
+           "algorithm.group_size=2", "algorithm.drop_uniform_groups=false",
+           "rollout.max_tokens_per_turn=8", "rollout.max_turns=1", f"trainer.run_dir={run_dir}",
+           "trainer.wandb=disabled"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    sft = [r for r in rows if r.get("stage") == "sft"]
+    rl = [r for r in rows if r.get("stage") == "rl"]
+    assert len(sft) == 1 and len(rl) == 2  # rank 0 alone writes the run's log
+    assert all(r["update/trained_seqs"] == 6.0 for r in rl)  # both ranks' groups: 3 tasks x 2
+    assert all(math.isfinite(r["grad_norm"]) for r in rl + sft)
+    ckpt = run_dir / "checkpoints" / "step_000002"
+    assert (ckpt / "rank0.pt").exists() and (ckpt / "rank1.pt").exists()
+    assert (ckpt / "model" / "model.safetensors").exists()
+    assert res.stdout.count("[turnrl] done") == 1
