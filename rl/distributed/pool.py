@@ -204,9 +204,12 @@ class WorkerPool:
         import ray
 
         self._count_restart(f"rollout worker {i}")
+        t0 = time.perf_counter()
         ray.kill(self.rollouts[i], no_restart=True)
         self.rollouts[i] = self._new_rollout(i)
         ray.get(self.rollouts[i].ping.remote())  # started (a health check must not race it)
+        print(f"[turnrl] rollout worker {i} restarted in {time.perf_counter() - t0:.1f} s",
+              flush=True)
         if self.latest is not None:
             self._acks.append(self.rollouts[i].set_weights.remote(self.latest.version,
                                                                   [self.latest.ref]))

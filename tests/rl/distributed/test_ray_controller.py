@@ -4,6 +4,7 @@ and the staleness bound holds with a slow learner."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,11 @@ def pool(tiny_model_dir, tmp_path_factory):
     controller on them."""
     from rl.distributed.pool import WorkerPool
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The machine is shared: Ray's memory monitor would kill our actors when *other* processes
+    # fill the RAM (it acts at 95% node usage); the kernel's OOM killer still guards the box.
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 1024**2)
     run_dir = tmp_path_factory.mktemp("learner")
     pool = WorkerPool(_cfg(tiny_model_dir, run_dir), str(run_dir))
     yield pool
