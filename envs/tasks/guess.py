@@ -329,9 +329,9 @@ class GuessEnv:
     def _progress(self, before: int) -> float:
         return (before - len(self.candidates)) / self.n0
 
-    def _end(self, reply: str, won: bool, final: str | None, reward: float = 0.0) -> StepResult:
-        self.done = True
-        return StepResult([{"role": "user", "content": reply}], reward, terminated=True,
+    def _end(self, reply: str, won: bool, final: str | None) -> StepResult:
+        self.done = True  # the guess itself earns no progress: the outcome pays for it
+        return StepResult([{"role": "user", "content": reply}], 0.0, terminated=True,
                           info={"success": won, "final_answer": final, "turn": self.turn})
 
     async def step(self, action_text: str) -> StepResult:
