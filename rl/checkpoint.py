@@ -153,9 +153,13 @@ def rewind_logs(run_dir: Path, offsets: Mapping[str, int], *, log=print) -> list
 
 def _metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
     metrics = run_dir / "metrics.jsonl"
-    if not metrics.exists():
-        return []
-    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line cut short by a killed writer
+            continue
+    return rows
 
 
 def run_dir_of(path: Path) -> Path:
