@@ -113,6 +113,31 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+class _HashingWriter:
+    """File wrapper for ``torch.save`` that hashes what it writes (no second read)."""
+
+    def __init__(self, f) -> None:
+        self.f, self.h, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.h.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _save_hashed(obj: Any, path: Path) -> dict[str, Any]:
+    """``torch.save`` + fsync; returns the manifest entry (size, sha256)."""
+    with open(path, "wb") as f:
+        w = _HashingWriter(f)
+        torch.save(obj, w)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"size": w.size, "sha256": w.h.hexdigest()}
+
+
 def _fsync_tree(root: Path) -> None:
     for p in sorted(root.rglob("*")):
         if p.is_file():
@@ -215,16 +240,20 @@ def save_checkpoint(
         "learner": learner.state_dict(),
         "parts": {name: part.state_dict() for name, part in (parts or {}).items()},
     }
-    torch.save(rank_state, tmp / f"rank{dist.rank()}.pt")
+    # Each rank hashes its own file as it writes it; rank 0 hashes the shared ones.
+    name = f"rank{dist.rank()}.pt"
+    hashed = dist.gather_objects({name: _save_hashed(rank_state, tmp / name)})
     dist.barrier()
     if dist.is_main():
         world = dist.world_size()
-        torch.save({**trainer_state, "world_size": world}, tmp / STATE)
+        files = {k: v for d in hashed for k, v in d.items()}
+        files[STATE] = _save_hashed({**trainer_state, "world_size": world}, tmp / STATE)
         (tmp / "config.yaml").write_text(config_yaml)
-        files = {
-            str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-            for p in sorted(tmp.rglob("*")) if p.is_file()
-        }
+        for p in sorted(tmp.rglob("*")):
+            rel = str(p.relative_to(tmp))
+            if p.is_file() and rel not in files:
+                files[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+        files = dict(sorted(files.items()))
         man = {"step": step, "world_size": world, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(man, indent=1))
         _fsync_tree(tmp)
@@ -342,12 +371,29 @@ def check_resume_config(path: Path, state: Mapping[str, Any], cfg, config_yaml: 
 
 
 def resolve_resume(spec: Any, run_dir: Path, *, log=print) -> Path | None:
-    """The checkpoint to resume from, or None (start fresh).
+    """The checkpoint to resume from, or None (start fresh). Collective when several processes
+    run: rank 0 verifies (reads every file once) and tells the others, errors included.
 
     ``"latest"``: the newest complete checkpoint of ``run_dir`` (sha256-verified; broken ones
     are skipped with a message). A path: that checkpoint, or the newest one of a run dir; an
     explicit checkpoint that is incomplete or corrupt is an error, never silently replaced.
     """
+    if dist.world_size() == 1 or not dist.is_initialized():
+        return _resolve_resume(spec, Path(run_dir), log)
+    answer: tuple[str, str | None] = ("ok", None)
+    if dist.is_main():
+        try:
+            found = _resolve_resume(spec, Path(run_dir), log)
+            answer = ("ok", str(found) if found is not None else None)
+        except CheckpointError as e:
+            answer = ("error", str(e))
+    kind, value = dist.broadcast_object(answer)
+    if kind == "error":
+        raise CheckpointError(value)
+    return Path(value) if value is not None else None
+
+
+def _resolve_resume(spec: Any, run_dir: Path, log) -> Path | None:
     spec = resume_spec(spec)
     if spec is None:
         return None
