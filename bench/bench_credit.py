@@ -1,7 +1,7 @@
 """Credit assignment on the guessing game: held-out success after the same wall-clock RL budget
 for GRPO (outcome reward only), GRPO with turn-level rewards, and ArCHer, over seeds.
 
-    nice .venv/bin/python bench/bench_credit.py --budget 180 --seeds 0 1
+    nice .venv/bin/python bench/bench_credit.py   # = --budget 240 --seeds 0 1 (the defaults)
 
 All three start from the same cold-start SFT checkpoint (env demonstrations, made once), use the
 same rollout settings and the same tasks per step; each run trains until ``--budget`` seconds of
@@ -14,6 +14,7 @@ alternately within each seed so machine load hits them alike. Writes ``results.j
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ def _common(args) -> list[str]:
         f"trainer.tasks_per_step={args.tasks_per_step}", f"algorithm.group_size={args.group}",
         f"trainer.num_threads={args.threads}", "trainer.wandb=disabled", "trainer.samples_to_log=0",
         "eval.compare_stages=false", "trainer.steps=100000", f"learner.lr={args.lr}",
+        f"rollout={args.engine}", f"rollout.max_tokens_per_turn={args.turn_tokens}",
     ]
 
 
@@ -111,16 +113,18 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--budget", type=float, default=180.0, help="RL seconds per run")
+    p.add_argument("--budget", type=float, default=240.0, help="RL seconds per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--eval-tasks", type=int, default=32)
-    p.add_argument("--tasks-per-step", type=int, default=4)
+    p.add_argument("--eval-tasks", type=int, default=16)
+    p.add_argument("--tasks-per-step", type=int, default=2)
     p.add_argument("--group", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--sft-examples", type=int, default=96)
-    p.add_argument("--sft-lr", type=float, default=5e-5)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sft-examples", type=int, default=32)
+    p.add_argument("--sft-lr", type=float, default=1e-4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="rollout engine")
+    p.add_argument("--turn-tokens", type=int, default=24, help="rollout.max_tokens_per_turn")
     p.add_argument("--out", default="runs/bench_credit")
     args = p.parse_args()
     out = Path(args.out)
@@ -135,6 +139,7 @@ def main() -> None:
     for seed in args.seeds:
         for method in args.methods:
             results["runs"].append(run_one(args, out, model, method, seed))
+            gc.collect()  # the finished run's model and optimizer
             (out / "results.json").write_text(json.dumps(results, indent=1))
     results["total_seconds"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -67,8 +67,17 @@ def test_archer_two_steps_train_actor_and_critic(tmp_path, tiny_model_dir):
     assert len(t.credit.buffer) == n_turns  # every turn of both steps was replayed into it
     # the critic is a named stateful part, so checkpoints carry it
     assert t.stateful["credit"] is t.credit
-    state = t.credit.state_dict()
-    assert state["iterations"] == 2 and len(state["buffer"]["items"]) == len(t.credit.buffer)
+    from rl import checkpoint as ckpt
+    from rl.algos.archer import build_credit
+
+    path = t.save()
+    fresh = build_credit(t.cfg, t.learner.model, t.tokenizer)
+    ckpt.load_checkpoint(path, learner=t.learner, parts={"credit": fresh})
+    assert fresh.iterations == 2 and fresh.buffer.items == t.credit.buffer.items
+    for a, b in zip(fresh.critic.state_dict().values(), t.credit.critic.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(fresh.target.state_dict().values(), t.credit.target.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_turn_level_grpo_feeds_per_turn_credit(tmp_path, tiny_model_dir):
