@@ -252,6 +252,7 @@ class RayController:
             "dist/rollout_busy_frac": self.busy["rollout"] / (wall * len(self.pool.rollouts)),
             "dist/learner_busy_frac": self.busy["learner"] / wall,
             "dist/steps_per_s": (len(self.history) + 1) / wall,
+            "dist/elapsed_s": wall,
             **{f"dist/{k}": float(v) for k, v in self.counters.items()},
         }
         if loads:
