@@ -25,6 +25,9 @@ medians are reported.
    template has none, so for TRL's tool rows the tokenizer gets TRL's Qwen2.5 ChatML template
    (same special tokens, Hermes ``<tool_call>`` syntax as our format).
 3. weight sync: seconds of ``engine.update_weights`` per step and its share of the step.
+4. latency (``--parts latency``): the vLLM engine's two schedules when tools are slow and
+   uneven (every env step sleeps an exponential time, mean ``--tool-latency`` s, seeded by task
+   and turn, so both schedules see the same delays), as with search or code-execution tools.
 """
 
 from __future__ import annotations
@@ -84,6 +87,29 @@ def grpo_step(trainer, step: int) -> dict[str, float]:
         "tool_calls": sum(x.num_tool_calls for x in trajs) / len(trajs),
         "reward": float(rewards.mean()),
     }
+
+
+class SlowTools:
+    """Wraps an env: each ``step`` first sleeps a seeded exponential delay (a slow tool)."""
+
+    def __init__(self, env, mean_s: float) -> None:
+        self.env, self.mean_s, self.turn, self.key = env, mean_s, 0, ""
+        self.tools = getattr(env, "tools", [])
+
+    async def reset(self, task, *, seed=None):
+        self.turn, self.key = 0, f"{task.id}/{seed}"
+        return await self.env.reset(task, seed=seed)
+
+    async def step(self, action_text: str):
+        import asyncio
+        import random
+
+        self.turn += 1
+        await asyncio.sleep(random.Random(f"{self.key}/{self.turn}").expovariate(1 / self.mean_s))
+        return await self.env.step(action_text)
+
+    async def close(self) -> None:
+        await self.env.close()
 
 
 def rollout_round(trainer, tasks, seed: int) -> dict[str, float]:
@@ -239,6 +265,7 @@ def main() -> None:
         help="torch threads for every system (1: robust to a busy machine)",
     )
     ap.add_argument("--sft-steps", type=int, default=0, help="0 = one SFT epoch")
+    ap.add_argument("--tool-latency", type=float, default=1.0, help="latency part: mean s")
     a = ap.parse_args()
     parts = set(a.parts.split(","))
     torch.set_num_threads(a.threads)
@@ -256,6 +283,36 @@ def main() -> None:
     vl = make_trainer("vllm", multi, run_dir)
     print(f"[bench] vLLM engine up in {time.perf_counter() - t0:.0f}s", flush=True)
     load_policy_state(vl, sft_state)
+
+    if "latency" in parts:
+        from rl.rollout.agent_loop import AgentLoop
+
+        inner = vl.parts.env_factory
+        tasks = hf.parts.train_tasks.batch(0, a.rollout_tasks)
+        lat: dict[str, list[dict]] = {"per_trajectory": [], "rounds": []}
+        for rep in range(a.repeats):
+            order = list(lat) if rep % 2 == 0 else list(lat)[::-1]
+            for schedule in order:
+                cfg = type(vl.cfg.rollout)(**{**vars(vl.cfg.rollout), "schedule": schedule})
+                loop = AgentLoop(vl.engine, vl.tokenizer,
+                                 lambda: SlowTools(inner(), a.tool_latency), cfg,
+                                 native_tools=vl.parts.native_tools)
+                t0 = time.perf_counter()
+                trajs = loop.run(tasks, n_samples=4, seed=100 + rep)
+                dt = time.perf_counter() - t0
+                toks = sum(x.num_model_tokens for x in trajs)
+                lat[schedule].append({"s": dt, "tok_s": toks / dt, "tokens": toks,
+                                      "turns": sum(len(x.turns) for x in trajs) / len(trajs)})
+                print(f"[latency] {schedule} rep {rep}: {lat[schedule][-1]}", flush=True)
+        report += ["", f"vLLM schedules with slow tools (exp. delay, mean {a.tool_latency} s per "
+                   f"env step), {a.rollout_tasks} tasks x 4 (medians of {a.repeats})", "",
+                   "| schedule | s/round | gen tokens/s | turns/ep |", "|---|---|---|---|"]
+        for name, rs in lat.items():
+            report.append(f"| {name} | {med(rs, 's'):.1f} | {med(rs, 'tok_s'):.1f} | "
+                          f"{med(rs, 'turns'):.2f} |")
+        report.append(f"\nper-trajectory/rounds: "
+                      f"{med(lat['rounds'], 's') / med(lat['per_trajectory'], 's'):.2f}x")
+        print("\n".join(report), flush=True)
 
     if "rollout" in parts:
         tasks = hf.parts.train_tasks.batch(0, a.rollout_tasks)
