@@ -139,3 +139,21 @@ def test_replayed_trajectory_scores(tokenizer) -> None:
     good = replay(tokenizer, SimUserEnv, TASK, SimUserEnv().demonstration(TASK))
     assert compose(good, {"env_success": 1.0, "call_match_outcome": 1.0})[1] == {
         "env_success": 1.0, "call_match_outcome": 1.0}
+
+
+@pytest.mark.parametrize("env, source", [("simuser", "mixed"), ("guess", "listed"),
+                                         ("math", "mixed")])
+def test_build_tasks_asks_the_configured_env(env: str, source: str) -> None:
+    from envs.base import make_env
+    from rl.build import build_tasks
+    from rl.config import load_config, to_dataclass
+
+    cfg = to_dataclass(load_config([f"env={env}"]))
+    assert cfg.tasks.source == source
+    tasks = build_tasks(cfg, "test", 3)
+    assert len(tasks) == 3
+    fresh = make_env(env)  # each env resets with its own tasks and demonstrates them
+    asyncio.run(check_env(fresh, tasks[0]))
+    cfg.tasks.source = "nope"
+    with pytest.raises(KeyError, match="nope"):
+        build_tasks(cfg, "test", 1)
