@@ -41,6 +41,8 @@ def init_from_env(backend: str | None = None) -> bool:
         return False
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":  # NCCL collectives (object ones too) run on this rank's device
+        torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend)
     return True
 
@@ -50,18 +52,26 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
+    if not is_initialized():
+        return t
+    if dist.get_backend() == "nccl" and not t.is_cuda:  # NCCL reduces device tensors only
+        dev = t.to(f"cuda:{torch.cuda.current_device()}")
+        dist.all_reduce(dev, op=op)
+        t.copy_(dev.cpu())
+    else:
+        dist.all_reduce(t, op=op)
+    return t
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """In-place sum over ranks (identity in one process); returns ``t``."""
-    if is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    return _all_reduce(t, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     """In-place max over ranks (identity in one process); returns ``t``."""
-    if is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
+    return _all_reduce(t, dist.ReduceOp.MAX)
 
 
 def any_rank(flag: bool) -> bool:
@@ -97,6 +107,8 @@ def init_single_process(backend: str | None = None) -> None:
     os.environ.setdefault("MASTER_PORT", str(free_port()))
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend, rank=0, world_size=1)
 
 
