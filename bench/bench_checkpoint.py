@@ -72,7 +72,7 @@ def main() -> None:
                      ("load (sha256 verify + weights + optimizer + RNG)", load_s),
                      ("  of which sha256 verify", verify_s),
                      ("export (HF folder + card)", export_s)):
-        print(f"{name:50s} median {statistics.median(xs):6.2f} s   "
+        print(f"{name:50s} median {statistics.median(xs):6.2f} s  min {min(xs):6.2f} s  "
               f"runs {' '.join(f'{x:.2f}' for x in xs)}   {total / statistics.median(xs):.0f} MB/s")
     if args.dir is None:
         shutil.rmtree(root)
