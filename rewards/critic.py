@@ -26,7 +26,7 @@ moved towards the online critic by :func:`rl.algos.archer.polyak_update`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -92,25 +92,26 @@ class TokenCritic(nn.Module):
             raise ValueError("critic backbone 'policy' needs the policy model")
         if max_tokens < 2:
             raise ValueError(f"critic max_tokens must be >= 2, got {max_tokens}")
-        self.args = dict(vocab_size=vocab_size, backbone=backbone, hidden=hidden, layers=layers,
+        self.args: dict[str, Any] = dict(vocab_size=vocab_size, backbone=backbone, hidden=hidden, layers=layers,
                          heads=heads, max_tokens=max_tokens)
         self.backbone, self.max_tokens = backbone, max_tokens
         # the policy is referenced, not owned: no parameters, no state_dict entries
+        self._policy: Any
         object.__setattr__(self, "_policy", policy)
         if backbone == "encoder":
             self.encoder: _Encoder | None = _Encoder(vocab_size, hidden, layers, heads, max_tokens)
             feat = hidden
         else:
             self.encoder = None
-            feat = int(policy.config.hidden_size)  # type: ignore[union-attr]
+            feat = int(self._policy.config.hidden_size)
         self.q_heads = nn.ModuleList([_mlp(2 * feat, hidden) for _ in range(2)])
         self.v_heads = nn.ModuleList([_mlp(feat, hidden) for _ in range(2)])
 
     def clone(self) -> TokenCritic:
         """A copy with the same backbone reference and equal weights (the target network)."""
-        twin = TokenCritic(**self.args, policy=self._policy)  # type: ignore[arg-type]
+        twin = TokenCritic(**self.args, policy=self._policy)
         twin.load_state_dict(self.state_dict())
-        return twin
+        return twin.to(self._device())
 
     def _device(self) -> torch.device:
         return next(self.q_heads.parameters()).device
@@ -119,7 +120,7 @@ class TokenCritic(nn.Module):
         if self.encoder is not None:
             return self.encoder(ids, attn)
         with torch.no_grad():  # frozen policy backbone: the critic never backprops into it
-            dec = self._policy.get_decoder()  # type: ignore[attr-defined]
+            dec = self._policy.get_decoder()
             return dec(input_ids=ids, attention_mask=attn).last_hidden_state.float()
 
     def features(

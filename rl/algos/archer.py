@@ -154,8 +154,8 @@ def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
         raise ValueError(f"tau must be in [0, 1], got {tau}")
     for t, o in zip(target.parameters(), online.parameters(), strict=True):
         t.mul_(1.0 - tau).add_(o.detach(), alpha=tau)
-    for t, o in zip(target.buffers(), online.buffers(), strict=True):
-        t.copy_(o)
+    for tb, ob in zip(target.buffers(), online.buffers(), strict=True):
+        tb.copy_(ob)
 
 
 # -- replay ----------------------------------------------------------------------------------------
@@ -239,15 +239,17 @@ class Archer:
     warm-up, so the trainer skips the actor update).
     """
 
-    def __init__(self, cfg: ArcherConfig, critic: nn.Module, *, seed: int = 0,
+    def __init__(self, cfg: ArcherConfig, critic: Any, *, seed: int = 0,
                  action_sampler: ActionSampler | None = None) -> None:
+        """``critic``: a module like ``rewards.critic.TokenCritic``: ``critic(states, actions)
+        -> CriticValues``, ``critic.state_values(states) -> (V1, V2)``, ``critic.clone()``."""
         if cfg.advantage not in ADVANTAGE_MODES:
             raise ValueError(f"archer.advantage must be one of {ADVANTAGE_MODES}, "
                              f"got {cfg.advantage!r}")
         if cfg.fresh_actions and action_sampler is None:
             raise ValueError("archer.fresh_actions needs an action sampler (the rollout engine)")
         self.cfg, self.critic = cfg, critic
-        self.target = critic.clone() if hasattr(critic, "clone") else _copy_module(critic)
+        self.target = critic.clone()
         for p in self.target.parameters():
             p.requires_grad_(False)
         self.optimizer = torch.optim.Adam([p for p in critic.parameters() if p.requires_grad],
@@ -343,12 +345,6 @@ class Archer:
         self.iterations = int(state["iterations"])
 
 
-def _copy_module(m: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(m)
-
-
 def engine_action_sampler(engine, sampling) -> ActionSampler:
     """``states -> actions``: one sampled turn per state from the rollout engine (fresh a')."""
     from rl.rollout.engines.base import GenerationRequest
@@ -369,7 +365,7 @@ def build_credit(cfg, policy: nn.Module, tokenizer, engine=None, sampling=None):
         c: ArcherConfig = a.archer
         critic = TokenCritic(len(tokenizer), backbone=c.critic_backbone, hidden=c.critic_hidden,
                              layers=c.critic_layers, max_tokens=c.critic_max_tokens,
-                             policy=policy)
+                             policy=policy).to(next(policy.parameters()).device)
         sampler = engine_action_sampler(engine, sampling) if c.fresh_actions else None
         return Archer(c, critic, seed=cfg.trainer.seed, action_sampler=sampler)
     if a.turn_level:
