@@ -126,8 +126,13 @@ def main() -> None:
     p.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="rollout engine")
     p.add_argument("--turn-tokens", type=int, default=24, help="rollout.max_tokens_per_turn")
     p.add_argument("--out", default="runs/bench_credit")
+    p.add_argument("--report", action="store_true",
+                   help="only print the table and redraw the plot from --out/results.json")
     args = p.parse_args()
     out = Path(args.out)
+    if args.report:
+        report(json.loads((out / "results.json").read_text()), out)
+        return
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = cold_start(args, out)
@@ -136,6 +141,7 @@ def main() -> None:
                "sft": base.evaluate("sft"), "runs": []}
     base.logger.close()
     del base
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     for seed in args.seeds:
         for method in args.methods:
             results["runs"].append(run_one(args, out, model, method, seed))
@@ -143,14 +149,24 @@ def main() -> None:
             (out / "results.json").write_text(json.dumps(results, indent=1))
     results["total_seconds"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    report(results, out)
+
+
+def report(results: dict, out: Path) -> None:
+    """Markdown table and plot of (possibly partial) results."""
     plot(results, out / "credit.png")
     print(f"\nSFT start: held-out success {results['sft']['success']:.3f}")
-    print("| method | seeds | RL steps (mean) | held-out success (mean) | per seed |")
-    print("|---|---|---|---|---|")
-    for m in args.methods:
+    print("| method | runs (seeds) | RL steps / run | RL s / run | held-out success: mean | "
+          "per seed |")
+    print("|---|---|---|---|---|---|")
+    for m in METHODS:
         rs = [r for r in results["runs"] if r["method"] == m]
+        if not rs:
+            continue
         succ = [r["eval"]["success"] for r in rs]
-        print(f"| {m} | {len(rs)} | {sum(r['steps'] for r in rs) / len(rs):.1f} | "
+        print(f"| {m} | {len(rs)} ({', '.join(str(r['seed']) for r in rs)}) | "
+              f"{sum(r['steps'] for r in rs) / len(rs):.1f} | "
+              f"{sum(r['train_seconds'] for r in rs) / len(rs):.0f} | "
               f"{sum(succ) / len(succ):.3f} | {', '.join(f'{s:.3f}' for s in succ)} |")
     print(f"plot: {out / 'credit.png'}  results: {out / 'results.json'}")
 
