@@ -391,3 +391,43 @@ class GuessEnv:
             actions.append(attr.question)
             cands = consistent(self.world, cands, attr.name, self.world.answer(hidden, attr.name))
         return [*actions, self.format.format_answer(cands[0])]
+
+
+# ---------------------------------------------------------------------------------------------
+# Scripted baselines on held-out listed tasks:
+# python -c "from envs.tasks.guess import print_baselines; print_baselines(500)"
+
+
+def fixed_order_actions(world: World, task: Task, k: int) -> list[str]:
+    """A non-adaptive player: the first ``k`` attribute questions whatever the candidates, then
+    the first candidate consistent with the answers."""
+    hidden, cands = str(task.answer), list(task.data["candidates"])
+    actions = []
+    for a in world.attributes[:k]:
+        actions.append(a.question)
+        cands = consistent(world, cands, a.name, world.answer(hidden, a.name))
+    return [*actions, f"<answer>{cands[0]}</answer>"]
+
+
+def print_baselines(n: int = 500) -> None:
+    import asyncio
+
+    from envs.base import replay_actions
+
+    env, world = GuessEnv(), load_world()
+    tasks = make_tasks("listed", "test", n)
+    policies = {
+        "guess at once (first listed)": lambda t: [f"<answer>{t.data['candidates'][0]}</answer>"],
+        "4 fixed questions, then guess": lambda t: fixed_order_actions(world, t, 4),
+        "demonstration (minimax questions)": env.demonstration,
+    }
+    print(f"| policy ({n} held-out listed tasks, 8 candidates, 5 turns) | success | turns |")
+    print("|---|---|---|")
+    for name, policy in policies.items():
+        wins = turns = 0
+        for t in tasks:
+            _, res = asyncio.run(replay_actions(env, t, policy(t)))
+            wins += bool(res[-1].info.get("success"))
+            turns += len(res)
+        print(f"| {name} | {wins / n:.3f} | {turns / n:.2f} |")
+

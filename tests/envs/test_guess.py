@@ -191,3 +191,14 @@ def test_train_env_guess_builds_its_parts(tmp_path, tiny_model_dir) -> None:
         assert len(t.turn_rewards) == len(t.turns) >= 1
         assert t.turn_rewards == [turn.reward for turn in t.turns]  # env_progress weight 1
         assert t.reward_terms.keys() == {"outcome"}
+
+
+def test_which_questions_were_asked_decides_the_outcome() -> None:
+    """Credit assignment is real: a player who asks 4 questions in a fixed order and then
+    guesses right whenever it can loses about half the games the adaptive questioner wins."""
+    from envs.tasks.guess import fixed_order_actions
+
+    env, tasks = GuessEnv(), make_tasks("listed", "test", 100)
+    fixed = [run(env, t, fixed_order_actions(WORLD, t, 4))[1][-1].info["success"] for t in tasks]
+    assert 0.2 < sum(fixed) / len(tasks) < 0.8
+    assert all(run(env, t, env.demonstration(t))[1][-1].info["success"] for t in tasks)
