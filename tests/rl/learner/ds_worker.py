@@ -1,6 +1,6 @@
 """One rank of a multi-process DeepSpeed learner test (run by tests/rl/learner/test_*.py).
 
-``python ds_worker.py <shard,train> <model_dir> <out_dir> <zero_stage> [lora]`` with RANK,
+``python ds_worker.py <shard,train> <model_dir> <out_dir> <zero_stage> [lora] [gc]`` with RANK,
 WORLD_SIZE, MASTER_ADDR and MASTER_PORT set (``launch`` does that). Each rank writes
 ``out_dir/rank<r>.pt``.
 """
@@ -112,7 +112,7 @@ def run_train(learner, world: int, rank: int, out_dir: Path) -> dict:
 
 def main() -> None:
     scenarios, model_dir, out_dir, stage = sys.argv[1].split(","), *sys.argv[2:5]
-    lora = len(sys.argv) > 5 and sys.argv[5] == "lora"
+    flags = set(sys.argv[5:])  # "lora", "gc" (gradient checkpointing)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     from transformers import AutoModelForCausalLM
@@ -124,7 +124,8 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     cfg = LearnerConfig(
         backend="deepspeed", lr=1e-2, grad_clip=0.0, micro_batch_size=2, autocast="fp32",
-        lora=LoraConfig(enabled=lora, r=4, alpha=8),
+        lora=LoraConfig(enabled="lora" in flags, r=4, alpha=8),
+        gradient_checkpointing="gc" in flags,
         deepspeed=DeepSpeedConfig(zero_stage=int(stage), bf16="off"),
     )
     learner = make_learner(model, cfg)
@@ -138,7 +139,7 @@ def main() -> None:
 
 
 def launch(scenarios: str, model_dir, out_dir, stage: int, world: int = 2, lora: bool = False,
-           timeout: float = 300) -> list[dict]:
+           timeout: float = 300, gc: bool = False) -> list[dict]:
     """Run this script as ``world`` ranks (one process each, gloo, a free port); every rank's
     results, in rank order. Raises with the ranks' output if one fails."""
     import subprocess
@@ -153,7 +154,7 @@ def launch(scenarios: str, model_dir, out_dir, stage: int, world: int = 2, lora:
            "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, str(Path(__file__).resolve()), scenarios, str(model_dir),
-           str(out_dir), str(stage)] + (["lora"] if lora else [])
+           str(out_dir), str(stage)] + (["lora"] if lora else []) + (["gc"] if gc else [])
     procs, logs = [], []
     for r in range(world):
         log = open(out_dir / f"log{r}.txt", "w")  # noqa: SIM115 (closed below)
