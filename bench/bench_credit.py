@@ -64,13 +64,14 @@ def run_one(args, out: Path, model: Path, method: str, seed: int) -> dict:
                   f"trainer.seed={seed}"], out / tag)
     curve, step, t0 = [], 0, time.perf_counter()
     while time.perf_counter() - t0 < args.budget:
-        trajs, rewards, metrics, _ = t.train_step(step)
+        trajs, rewards, metrics, timer = t.train_step(step)
         step += 1
         t.step = step
         wins = [x.reward_terms.get("outcome", 0.0) >= 1.0 for x in trajs]
         curve.append({"step": step, "seconds": time.perf_counter() - t0,
                       "train_success": sum(wins) / len(wins), "reward": float(rewards.mean()),
-                      **{k: v for k, v in metrics.items() if k.startswith("critic/")}})
+                      **{k: v for k, v in metrics.items() if k.startswith("critic/")},
+                      **timer.metrics()})
         print(f"[{tag}] step {step} t={curve[-1]['seconds']:.0f}s "
               f"train_success={curve[-1]['train_success']:.2f}", flush=True)
     train_seconds = time.perf_counter() - t0
