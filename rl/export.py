@@ -41,12 +41,15 @@ def find_checkpoint(source: Path, *, log=print) -> Path:
     source = Path(source)
     if not source.exists():
         raise ExportError(f"{source} does not exist")
-    try:
-        found = ckpt.resolve_resume(str(source), source, log=log)
-    except ckpt.CheckpointError as e:
-        raise ExportError(f"cannot export {source}: {e}") from None
-    assert found is not None
-    return found
+    if not (source / ckpt.MANIFEST).exists() and (source / "checkpoints").is_dir():  # a run dir
+        found = ckpt.latest_checkpoint(source / "checkpoints", deep=True, log=log)
+        if found is None:
+            raise ExportError(f"no complete checkpoint under {source / 'checkpoints'}")
+        return found
+    problem = ckpt.verify(source, deep=True)
+    if problem is not None:
+        raise ExportError(f"{source} is not a complete checkpoint: {problem}")
+    return source
 
 
 def load_run_config(checkpoint: Path):
