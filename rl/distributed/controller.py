@@ -61,11 +61,18 @@ class RayController:
         import ray
 
         from rl.algos import ADVANTAGES
+        from rl.algos.archer import build_credit
         from rl.build import TaskStream, build_tasks
         from rl.distributed.pool import init_ray
         from rl.models import load_tokenizer
 
         cfg.launcher.validate()
+        if cfg.algorithm.archer.enabled:  # its critic trains beside the policy, in one process
+            raise ValueError("algorithm=archer is not supported with launcher=ray (yet): its "
+                             "utterance critic is not an actor; use launcher=local")
+        if cfg.launcher.learner_ranks > 1 and cfg.learner.backend != "deepspeed":
+            raise ValueError("launcher.learner_ranks > 1 needs a data-parallel learner: "
+                             "learner=deepspeed_zero2 (or zero3)")
         self.cfg, self.run_dir, self.lc = cfg, Path(run_dir), cfg.launcher
         self.bound = self.lc.staleness_bound
         self._own_ray = not ray.is_initialized()
@@ -74,6 +81,9 @@ class RayController:
         self.tasks = TaskStream(build_tasks(cfg, "train", cfg.tasks.train_size))
         self.eval_tasks = build_tasks(cfg, "test", cfg.tasks.eval_size)
         self.advantage = ADVANTAGES.get(cfg.algorithm.advantage)
+        # turn-level GRPO (algorithm.turn_level) needs no model: it runs here like the outcome
+        # estimators; None = outcome advantages
+        self.credit = build_credit(cfg, None, self.tokenizer)
         self._own_pool = pool is None
         self.pool = pool or WorkerPool(cfg, str(run_dir), config_yaml)
         ray.get([lr.set_delay.remote(learner_delay_s) for lr in self.pool.learners])
@@ -121,7 +131,7 @@ class RayController:
                 rewards = score_trajectories(trajs, self.cfg)
             with timer("advantage"):
                 batch = make_update_batch(trajs, rewards, self.cfg, self.advantage,
-                                          self.tokenizer.pad_token_id)
+                                          self.tokenizer.pad_token_id, credit=self.credit)
             with timer("update"):
                 metrics = self.update(batch)
             with timer("sync"):

@@ -26,7 +26,7 @@ if "test_last_token" not in registered_rewards():
 @pytest.fixture(scope="module")
 def pool(tiny_model_dir, tmp_path_factory):
     """One Ray instance and one set of actors for the module (actor start-up dominates): a
-    learner, 2 rollout workers and an env worker hosting the envs; each test runs its own
+    learner, a rollout worker and an env worker hosting the envs; each test runs its own
     controller on them."""
     from rl.distributed.pool import WorkerPool
 
@@ -50,7 +50,7 @@ def _cfg(model_dir: Path, run_dir: Path, *extra: str):
         "tasks.eval_size=2", "rollout.max_turns=2", "rollout.max_tokens_per_turn=6",
         "learner.lr=1e-3", "learner.autocast=fp32",
         "++algorithm.reward_weights={test_last_token: 1.0}",
-        "launcher.num_rollout_workers=2", "launcher.num_env_workers=1",
+        "launcher.num_rollout_workers=1", "launcher.num_env_workers=1",
         "launcher.cpus_per_rollout_worker=0.5", "launcher.cpus_per_learner=0.5", *extra,
     ]
     return to_dataclass(load_config(overrides))
