@@ -250,8 +250,12 @@ class RayController:
 
         wall = time.perf_counter() - self.t_start
         loads = self.pool.drain_acks()
-        success = [t.reward_terms.get("outcome", 0.0) >= 1.0 for t in trajs]
+        from rewards.compose import reward_metrics
+        from rewards.outcome import success as solved
+
+        success = [solved(t) for t in trajs]  # the env's verdict where it gives one
         row: dict[str, Any] = {
+            **reward_metrics(trajs),  # reward/<name>: each episode and turn term
             "stage": "rl", "reward/mean": float(rewards.mean()),
             "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
             "reward/success": sum(success) / max(len(success), 1),
@@ -278,7 +282,9 @@ class RayController:
     def resume(self) -> None:
         import ray
 
-        if not self.cfg.trainer.resume:
+        from rl.checkpoint import config_resume
+
+        if not config_resume(self.cfg):  # trainer.resume or the top-level alias, "false" = off
             return
         state = ray.get([lr.resume.remote() for lr in self.pool.learners])[0]
         self.step, self.stage, self.results = state["step"], state["stage"], state["results"]
