@@ -159,6 +159,19 @@ def evaluate(cfg: Config, parts: Parts, engine: Engine,
     }
 
 
+def read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the ``*.safetensors`` files (shards) in an HF folder, by name."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no safetensors weights in {folder}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
 def load_weights_into(model: torch.nn.Module, folder: Path) -> None:
     """Load a checkpoint's ``model/`` folder (full weights or a PEFT adapter) into ``model``."""
     from safetensors.torch import load_file
@@ -169,13 +182,7 @@ def load_weights_into(model: torch.nn.Module, folder: Path) -> None:
 
         set_peft_model_state_dict(model, load_file(str(adapter)))
         return
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no safetensors weights in {folder}")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(read_safetensors_folder(folder), strict=False)
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
     missing = [k for k in missing if not (tied and k.endswith("lm_head.weight"))]
     if missing or unexpected:

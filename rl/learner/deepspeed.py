@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from rl.algos import LossNorm, kl_penalty, policy_loss, sft_loss, truncated_is_weights
+from rl.algos import LossNorm, sft_loss
 from rl.learner import dist
-from rl.learner.torch import LearnerConfig, LossConfig, apply_lora, token_logprobs
+from rl.learner.torch import LearnerConfig, LossConfig, apply_lora, rl_loss, token_logprobs
 from rl.types import Batch
 
 BF16_MODES = ("auto", "on", "off")
@@ -323,33 +323,10 @@ class DeepSpeedLearner:
         return {k: sum(h[k] for h in history) / len(history) for k in history[0]}
 
     def _rl_loss(self, loss_cfg: LossConfig, norm: LossNorm, temp: float, on_policy: bool):
-        # Mirrors TorchLearner.update's loss (same pure functions), with the global ``norm``.
+        # TorchLearner's objective (rl_loss) with the global ``norm``.
         def loss_fn(mb: Batch) -> tuple[torch.Tensor, dict[str, float]]:
             lp = self._logprobs(mb, temp)
-            mb = self._device(mb)
-            old = lp.detach() if on_policy else mb.old_logprobs
-            mask = mb.loss_mask
-            is_w, tis_m = None, {}
-            if loss_cfg.tis_cap > 0:
-                sampler = mb.old_logprobs if on_policy else mb.sampler_logprobs
-                assert sampler is not None
-                is_w, tis_m = truncated_is_weights(old, sampler, mask, loss_cfg.tis_cap)
-            loss, m = policy_loss(
-                lp, old, mb.advantages, mask, clip_low=loss_cfg.clip_low,
-                clip_high=loss_cfg.clip_high, dual_clip=loss_cfg.dual_clip, agg=loss_cfg.agg,
-                norm=norm, is_weights=is_w,
-            )
-            metrics = {f"actor/{k}": float(v) for k, v in {**m, **tis_m}.items()}
-            if loss_cfg.kl_coef > 0:
-                assert mb.ref_logprobs is not None
-                kl = kl_penalty(lp, mb.ref_logprobs, loss_cfg.kl_estimator) * mask
-                kl_loss = kl.sum() / max(norm.num_tokens or 1.0, 1.0)
-                loss = loss + loss_cfg.kl_coef * kl_loss
-                metrics["actor/kl"] = float(kl_loss.detach())
-            n_tok = mask.sum().clamp(min=1)
-            metrics["actor/sampler_logprob_diff"] = float(
-                ((lp.detach() - mb.old_logprobs).abs() * mask).sum() / n_tok
-            ) if on_policy else 0.0
+            loss, metrics = rl_loss(lp, self._device(mb), loss_cfg, norm, on_policy)
             # keeps every parameter in the graph even when the mask is empty (padding rows)
             return loss + 0.0 * lp.sum(), metrics
 
@@ -433,12 +410,9 @@ class DeepSpeedLearner:
             with self._gather(lora, modifier_rank=0):
                 set_peft_model_state_dict(self.model, load_file(str(adapter)))
         else:
-            files = sorted(path.glob("*.safetensors"))
-            if not files:
-                raise FileNotFoundError(f"no safetensors weights in {path}")
-            state: dict[str, torch.Tensor] = {}
-            for f in files:
-                state.update(load_file(str(f)))
+            from rl.build import read_safetensors_folder
+
+            state = read_safetensors_folder(path)
             base = self.model.get_base_model() if self.cfg.lora.enabled else self.model
             params = {n.replace("base_layer.", ""): p for n, p in base.named_parameters()
                       if "lora_" not in n}
