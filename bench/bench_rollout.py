@@ -142,7 +142,7 @@ class TRLStepper:
         from envs.tools.calculator import calculator
         from rewards.outcome import answers_match
         from rl.models import load_tokenizer, resolve_model_path
-        from rl.rollout.parsers import find_answers
+        from envs.formats import find_answers
 
         cfg = trainer.cfg
         n_tasks, group = cfg.trainer.tasks_per_step, cfg.algorithm.group_size

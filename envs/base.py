@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from rl.algos.registry import Registry
-from rl.rollout.parsers import ToolCallFormat, get_format
+from rl.registry import Registry
+from envs.formats import ToolCallFormat, get_format
 from rl.types import Message, Task, ToolCall
 
 

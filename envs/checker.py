@@ -26,7 +26,7 @@ import math
 from typing import Any
 
 from envs.base import Env, HasDemonstrations, StepResult
-from rl.rollout.parsers import ToolCallFormat
+from envs.formats import ToolCallFormat
 from rl.types import Message, Task
 
 ROLES = ("system", "user", "assistant", "tool")

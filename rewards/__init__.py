@@ -1,6 +1,6 @@
 """Scoring at three levels: episode rewards ``fn(traj) -> float`` and turn rewards
 ``fn(traj) -> list[float]`` (one registry each, in ``rewards.compose``), combined by
-``compose`` / ``compose_turns``; the learned critic is ``rewards.critic``.
+``compose`` / ``compose_turns``; the learned critic is ``rl.algos.critic``.
 
 Importing the package registers every reward function: episode "outcome", "format", "tool_use",
 "call_match_outcome", "env_success"; turn "tool_success", "env_progress", "call_match".

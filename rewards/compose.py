@@ -9,7 +9,7 @@ Turn rewards have one signature too, ``fn(traj) -> list[float]``: one number per
 (``len == len(traj.turns)``). ``compose_turns`` returns the weighted per-turn sum and, for
 logging, each component's (unweighted) sum over the episode's turns.
 
-The third level, a learned critic, lives in ``rewards/critic.py``. :func:`score` fills a
+The third level, a learned critic, lives in ``rl/algos/critic.py``. :func:`score` fills a
 trajectory's ``outcome_reward``, ``reward_terms`` and ``turn_rewards`` from the two weight dicts;
 :func:`reward_metrics` gives the per-component means a trainer logs (``reward/<name>``).
 A name lives in one registry only, so ``reward/<name>`` is unambiguous.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from rl.algos.registry import Registry
+from rl.registry import Registry
 from rl.types import Trajectory
 
 RewardFn = Callable[[Trajectory], float]

@@ -16,7 +16,7 @@ Answer tags are the same in every tool-call format, so this reads ``turn.text`` 
 from __future__ import annotations
 
 from rewards.compose import register_reward
-from rl.rollout.parsers import find_answers
+from envs.formats import find_answers
 from rl.types import Trajectory
 
 

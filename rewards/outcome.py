@@ -3,7 +3,7 @@
 - ``outcome``: does the final answer match the task's reference answer (below)?
 - ``call_match_outcome``: the episode's executed tool calls against the reference calls
   (``task.data["reference_calls"]``), paired by maximum-weight matching
-  (:mod:`rewards.matching`): matched similarity / max(#executed calls, #reference calls), so
+  (:mod:`envs.matching`): matched similarity / max(#executed calls, #reference calls), so
   1.0 iff exactly the reference calls ran (in any order); extra and missing calls cost credit.
 - ``env_success``: the env's own terminal verdict (``info["success"]`` of the trajectory or of
   its last step), 0.0 when the env reported none.
@@ -29,8 +29,8 @@ import re
 from typing import Any
 
 from rewards.compose import register_reward
-from rewards.matching import match_calls
-from rl.rollout.parsers import find_answers
+from envs.matching import match_calls
+from envs.formats import find_answers
 from rl.types import Trajectory
 
 REL_TOL = 1e-6

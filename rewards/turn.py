@@ -5,7 +5,7 @@
 - ``env_progress``: the env's own step reward (``Turn.reward``): e.g. the guessing game's share
   of candidates a question eliminated, the simulated user's newly revealed requirement.
 - ``call_match``: MatchTIR-style. The turn's calls (all of them, as written) are matched by
-  maximum-weight bipartite matching (:mod:`rewards.matching`) to the reference calls
+  maximum-weight bipartite matching (:mod:`envs.matching`) to the reference calls
   (``task.data["reference_calls"]``) that earlier turns have not matched yet; the turn earns the
   mean similarity over its calls (an unmatched call earns 0), 0.0 when it made no call.
   References are episode-level, consumed in turn order: a call repeated in a later turn earns
@@ -17,7 +17,7 @@ Weights: ``algorithm.turn_reward_weights``; :func:`rewards.compose.compose_turns
 from __future__ import annotations
 
 from rewards.compose import register_turn_reward
-from rewards.matching import match_calls
+from envs.matching import match_calls
 from rewards.outcome import reference_calls
 from rl.types import Trajectory
 

@@ -59,7 +59,7 @@ class Parts:
 
 
 def build_env_factory(cfg: Config) -> tuple[Callable[[], Env], bool]:
-    from rl.rollout.parsers import get_format
+    from envs.formats import get_format
 
     native = get_format(cfg.env.format).native_tools
     kwargs = dict(cfg.env.kwargs)

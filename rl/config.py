@@ -29,7 +29,7 @@ class EnvConfig:
     name: str = "math"
     """Registered env name (envs.base.registered_envs())."""
     format: str = "hermes-prompt"
-    """Tool-call format (rl.rollout.parsers registry)."""
+    """Tool-call format (envs.formats registry)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the env factory."""
 

@@ -14,7 +14,7 @@ from typing import Any
 from envs.tasks import guess as guess  # noqa: F401  (registers "guess")
 from envs.tasks import math as math  # noqa: F401  (registers "math")
 from envs.tasks import simuser as simuser  # noqa: F401  (registers "simuser")
-from rl.algos.registry import Registry
+from rl.registry import Registry
 from rl.types import Task
 
 # env name -> make_tasks(source, split, n, seed, **kwargs): the env's train / test task split

@@ -30,7 +30,7 @@ from typing import Any
 from envs.base import StepResult, ToolEnv, ToolError, register_env
 from envs.tools import get_tool
 from envs.tools.calculator import calculator, evaluate, format_number
-from rl.algos.registry import Registry
+from rl.registry import Registry
 from rl.types import Message, Task
 
 SPLITS = ("train", "test")
@@ -470,7 +470,7 @@ class MathEnv:
     """Math problems solved with tools (default: the calculator) in the hermes-prompt format.
 
     ``tools`` names tools from :mod:`envs.tools`; ``tool_format`` names a format from
-    :mod:`rl.rollout.parsers`. Episodes end on ``<answer>`` or a turn without tool calls
+    :mod:`envs.formats`. Episodes end on ``<answer>`` or a turn without tool calls
     (see :class:`~envs.base.ToolEnv`); the step reward is 0 and scoring is in ``rewards/``.
     """
 

@@ -13,7 +13,7 @@ is deterministic and rule-based:
   goes on. The first call that runs ends the episode (``terminated``): the action has been taken.
   ``info["success"]`` is whether it equals the reference call (same tool, every argument equal
   after light normalisation: case and spacing of strings, 4 == 4.0; see
-  :mod:`rewards.matching`); calls after it in the same turn are not run;
+  :mod:`envs.matching`); calls after it in the same turn are not run;
 - ``<answer>`` (ending the conversation without acting) ends the episode unsuccessfully;
 - after ``max_turns`` turns (default 6) without a call: ``truncated``.
 
@@ -40,7 +40,7 @@ from typing import Any
 
 from envs.base import StepResult, ToolEnv, register_env
 from envs.tasks.math import SPLITS, split_of
-from rewards.matching import calls_equal
+from envs.matching import calls_equal
 from rl.types import Message, Task
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from rl.algos.losses import (
     truncated_is_weights,
 )
 from rl.algos.metrics import masked_max, masked_mean, masked_sum
-from rl.algos.registry import Registry
+from rl.registry import Registry
 
 __all__ = [
     "ADVANTAGES",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rl.algos.registry import Registry
+from rl.registry import Registry
 
 AdvantageFn = Callable[[Tensor, Tensor, "AdvantageConfig"], Tensor]
 ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")

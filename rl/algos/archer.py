@@ -1,7 +1,7 @@
 """ArCHer: hierarchical actor-critic for multi-turn agents (Zhou et al. 2024, "ArCHer: Training
 Language Model Agents via Hierarchical Multi-Turn RL", Algorithm 1).
 
-High level: an off-policy, utterance-level double critic (``rewards.critic.TokenCritic``: heads
+High level: an off-policy, utterance-level double critic (``rl.algos.critic.TokenCritic``: heads
 Q1, Q2, V1, V2 and a Polyak-averaged target copy) trained by TD on turns ``(s, a, r, s', done)``
 replayed uniformly from a buffer:
 
@@ -49,7 +49,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from rewards.critic import CriticValues, TokenCritic
+from rl.algos.critic import CriticValues, TokenCritic
 from rl.algos.turn_advantages import spread_over_turns, turn_rewards
 from rl.types import Trajectory
 
@@ -241,7 +241,7 @@ class Archer:
 
     def __init__(self, cfg: ArcherConfig, critic: Any, *, seed: int = 0,
                  action_sampler: ActionSampler | None = None) -> None:
-        """``critic``: a module like ``rewards.critic.TokenCritic``: ``critic(states, actions)
+        """``critic``: a module like ``rl.algos.critic.TokenCritic``: ``critic(states, actions)
         -> CriticValues``, ``critic.state_values(states) -> (V1, V2)``, ``critic.clone()``."""
         if cfg.advantage not in ADVANTAGE_MODES:
             raise ValueError(f"archer.advantage must be one of {ADVANTAGE_MODES}, "

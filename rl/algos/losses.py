@@ -35,7 +35,7 @@ from torch import Tensor
 
 from rl.algos.kl import k3
 from rl.algos.metrics import masked_fill_zero, masked_max, masked_mean, safe_divide
-from rl.algos.registry import Registry
+from rl.registry import Registry
 
 MAX_LOG_RATIO = 20.0
 """``logp - old_logp`` is clamped into ``[-20, 20]`` before ``exp`` (ratio in [2e-9, 4.9e8]),

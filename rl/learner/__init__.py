@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from rl.algos.registry import Registry
+from rl.registry import Registry
 from rl.learner.torch import LearnerConfig
 
 LEARNERS: Registry[Callable[[torch.nn.Module, LearnerConfig], Any]] = Registry("learner backend")

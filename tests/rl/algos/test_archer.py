@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from rewards.critic import CriticValues
+from rl.algos.critic import CriticValues
 from rl.algos.archer import (
     Archer,
     ArcherConfig,
@@ -146,7 +146,7 @@ def _analytic() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class TabularCritic(nn.Module):
-    """Two Q tables and two V tables; the same interface as rewards.critic.TokenCritic."""
+    """Two Q tables and two V tables; the same interface as rl.algos.critic.TokenCritic."""
 
     def __init__(self) -> None:
         super().__init__()

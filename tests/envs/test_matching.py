@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from rewards.matching import (
+from envs.matching import (
     call_similarity,
     calls_equal,
     match_calls,

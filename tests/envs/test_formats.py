@@ -10,7 +10,7 @@ import pytest
 
 from envs.base import ToolEnv
 from envs.tools.calculator import calculator
-from rl.rollout.parsers import (
+from envs.formats import (
     ParsedAction,
     ToolCallFormat,
     find_answers,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rewards.critic import TokenCritic
+from rl.algos.critic import TokenCritic
 from rl.algos.archer import Archer, ArcherConfig, Transition
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from rl.algos.registry import Registry
+from rl.registry import Registry
 from rl.types import Message, ToolCall
 
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
