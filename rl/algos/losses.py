@@ -8,8 +8,10 @@ loss token, and ``M`` a constant token budget:
 * ``token-mean``               ``sum(x*m) / T``  (DAPO's token-level loss)
 * ``seq-mean-token-sum``       ``sum_i sum_t x*m / S``
 * ``seq-mean-token-mean``      ``sum_i (sum_t x*m / T_i) / S``  (the original GRPO loss)
-* ``seq-mean-token-sum-norm``  ``sum(x*m) / (S * M)``  (Dr. GRPO: a constant normaliser, e.g.
-  the generation budget, instead of each sequence's length)
+* ``seq-mean-token-sum-norm``  ``sum(x*m) / (S * M)``  (Dr. GRPO: a constant normaliser
+  instead of each sequence's length). ``M`` must not depend on the batch: take the generation
+  budget, :func:`generation_budget` (model tokens only), never the padded width of the batch,
+  which counts the prompt and tool tokens and changes with the longest row.
 
 Sequences whose mask is all zero contribute nothing and are not counted in ``S`` (so padding
 rows added to balance shards change nothing); an all-zero mask gives a loss of 0, never NaN.
@@ -58,7 +60,11 @@ class LossNorm:
     max_tokens: float | None = None
     """Constant per-sequence token budget (``seq-mean-token-sum-norm``, required there), e.g. the
     maximum number of generated tokens. Not the batch's longest sequence: that varies between
-    batches and shards, which is the length bias Dr. GRPO removes."""
+    batches and shards, which is the length bias Dr. GRPO removes. See :func:`generation_budget`."""
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and not self.max_tokens > 0:
+            raise ValueError(f"LossNorm max_tokens must be > 0, got {self.max_tokens}")
 
     @classmethod
     def from_mask(cls, mask: Tensor, max_tokens: float | None = None) -> LossNorm:
@@ -69,6 +75,26 @@ class LossNorm:
             num_seqs=float((per_seq > 0).sum()),
             max_tokens=max_tokens,
         )
+
+
+def generation_budget(
+    max_turns: int, max_tokens_per_turn: int, max_total_tokens: int | None = None
+) -> int:
+    """The most model (loss-mask) tokens one trajectory can hold, a constant of the rollout
+    config: ``max_turns * max_tokens_per_turn``, capped by ``max_total_tokens`` (the whole
+    context, prompt and tool outputs included) when given. The Dr. GRPO normaliser ``M`` when
+    ``loss.max_tokens`` is unset."""
+    for name, value in (("max_turns", max_turns), ("max_tokens_per_turn", max_tokens_per_turn)):
+        if value < 1:
+            raise ValueError(f"generation_budget: {name} must be >= 1, got {value}")
+    budget = max_turns * max_tokens_per_turn
+    if max_total_tokens is not None:
+        if max_total_tokens < 1:
+            raise ValueError(
+                f"generation_budget: max_total_tokens must be >= 1, got {max_total_tokens}"
+            )
+        budget = min(budget, max_total_tokens)
+    return budget
 
 
 # (per-token loss already zeroed off-mask (B, L), mask weights (B, L), normalisers) -> ()
@@ -104,8 +130,8 @@ def _seq_mean_token_mean(values: Tensor, weights: Tensor, norm: LossNorm) -> Ten
 def _seq_mean_token_sum_norm(values: Tensor, weights: Tensor, norm: LossNorm) -> Tensor:
     if norm.max_tokens is None:
         raise ValueError(
-            "aggregation 'seq-mean-token-sum-norm' needs a constant token budget: "
-            "pass norm=LossNorm(max_tokens=...)"
+            "aggregation 'seq-mean-token-sum-norm' needs a constant token budget: pass "
+            "norm=LossNorm(max_tokens=...), e.g. rl.algos.losses.generation_budget(...)"
         )
     return safe_divide((values * weights).sum(), _num_seqs(weights, norm) * norm.max_tokens)
 

@@ -124,8 +124,9 @@ def test_expected_gradients_against_exact_kl(seed: int) -> None:
     g_kl_ref_pi = _exact_kl_grad(logits, ref_logp, reverse=False)
     assert not torch.allclose(g_kl_pi_ref, g_kl_ref_pi, atol=1e-3)  # the two really differ
     # k1: zero expected gradient (sum_x pi grad log pi = grad sum_x pi = 0), a silent no-op
-    torch.testing.assert_close(_expected_loss_grad("k1", logits, ref_logp),
-                               torch.zeros(7, dtype=F64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        _expected_loss_grad("k1", logits, ref_logp), torch.zeros(7, dtype=F64), atol=1e-12, rtol=0
+    )
     # k2: the gradient of KL(pi || ref)
     torch.testing.assert_close(_expected_loss_grad("k2", logits, ref_logp), g_kl_pi_ref)
     # k3: the gradient of KL(ref || pi), not of KL(pi || ref)
@@ -140,8 +141,9 @@ def test_expected_gradients_by_hand_two_outcomes() -> None:
     ref_logp = torch.tensor([0.25, 0.75], dtype=F64).log()
     g2 = _expected_loss_grad("k2", logits, ref_logp)
     g3 = _expected_loss_grad("k3", logits, ref_logp)
-    torch.testing.assert_close(g2, torch.tensor([0.25 * math.log(3), -0.25 * math.log(3)],
-                                                dtype=F64))
+    torch.testing.assert_close(
+        g2, torch.tensor([0.25 * math.log(3), -0.25 * math.log(3)], dtype=F64)
+    )
     torch.testing.assert_close(g3, torch.tensor([0.25, -0.25], dtype=F64))
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from rl.algos import AGGREGATIONS, LossNorm, aggregate, policy_loss, sft_loss
+from rl.algos.losses import generation_budget
 
 F64 = torch.float64
 MAX_TOKENS = 12.0  # the constant budget used for seq-mean-token-sum-norm throughout
@@ -68,6 +69,35 @@ def test_loss_norm_from_mask() -> None:
 def test_budget_mode_needs_max_tokens() -> None:
     with pytest.raises(ValueError, match="max_tokens"):
         aggregate(VALUES, MASK, "seq-mean-token-sum-norm")
+
+
+def test_dr_grpo_normaliser_is_the_generation_budget_not_the_padded_length() -> None:
+    # Two trajectories, 2 turns of at most 3 model tokens each: budget 2 * 3 = 6 model tokens.
+    # Row 0: 3 prompt tokens, model tokens 1, 2; row 1: 2 prompt tokens, model tokens 3, 4, 5.
+    # seq-mean-token-sum-norm = (1 + 2 + 3 + 4 + 5) / (2 seqs * 6) = 15 / 12 = 1.25, whatever
+    # the padding; the padded length (8 or 12 here, prompt included) is not a constant.
+    budget = generation_budget(max_turns=2, max_tokens_per_turn=3)
+    assert budget == 6
+    for width in (8, 12):
+        values = torch.zeros(2, width, dtype=F64)
+        mask = torch.zeros(2, width)
+        values[0, 3:5], mask[0, 3:5] = torch.tensor([1.0, 2.0], dtype=F64), 1
+        values[1, 2:5], mask[1, 2:5] = torch.tensor([3.0, 4.0, 5.0], dtype=F64), 1
+        norm = LossNorm.from_mask(mask, max_tokens=budget)
+        got = aggregate(values, mask, "seq-mean-token-sum-norm", norm)
+        assert got.item() == pytest.approx(1.25, abs=1e-12)
+        padded = LossNorm.from_mask(mask, max_tokens=width)  # the old fallback
+        assert aggregate(values, mask, "seq-mean-token-sum-norm", padded).item() == pytest.approx(
+            15 / (2 * width)
+        )
+    # the total-token cap (prompt + model + tool tokens) bounds the model tokens too
+    assert generation_budget(max_turns=4, max_tokens_per_turn=64, max_total_tokens=200) == 200
+    with pytest.raises(ValueError, match="max_turns"):
+        generation_budget(max_turns=0, max_tokens_per_turn=3)
+    with pytest.raises(ValueError, match="max_tokens_per_turn"):
+        generation_budget(max_turns=2, max_tokens_per_turn=0)
+    with pytest.raises(ValueError, match="max_tokens"):
+        LossNorm(max_tokens=0)
 
 
 def test_unknown_aggregation_lists_names() -> None:
