@@ -92,26 +92,89 @@ class ConversationEnv:
         return None
 
 
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class SFTDataError(ValueError):
+    """A row of ``sft.data_path`` that cannot be trained on; the message names file and line."""
+
+
+def _check_message(m: Any, i: int) -> str | None:
+    """Why message ``i`` of a row cannot be replayed, or None."""
+    if not isinstance(m, dict):
+        return f"message {i} is a JSON {_kind(m)}, expected an object with 'role' and 'content'"
+    role = m.get("role")
+    if role not in ROLES:
+        return (f"message {i} has role {role!r}, expected one of {', '.join(ROLES)}"
+                if "role" in m else f"message {i} has no 'role'")
+    if "content" not in m:
+        return f"message {i} ({role}) has no 'content'"
+    if m.get("tool_calls"):  # the agent loop replays text: calls are written in the content
+        return (f"message {i} ({role}) has structured 'tool_calls', which are not replayed: "
+                f"write each call in 'content' in the env's tool-call format (e.g. "
+                f"<tool_call>{{\"name\": ..., \"arguments\": {{...}}}}</tool_call>)")
+    if not isinstance(m["content"], str):
+        return f"message {i} ({role}) has {_kind(m['content'])} content, expected a string"
+    return None
+
+
+def _kind(v: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean",
+            type(None): "null"}.get(type(v), "number")
+
+
 def load_jsonl_conversations(path: str | Path) -> list[dict[str, Any]]:
+    """Every row of a JSONL file of conversations, validated before any model loads.
+
+    A row is ``{"messages": [{"role": ..., "content": "..."}, ...], "tools": [...]}`` (``tools``
+    optional); roles are system | user | assistant | tool, contents are strings (tool calls
+    written in the content, in the env's format), and at least one turn is the assistant's.
+    Blank lines are skipped. Raises :class:`SFTDataError` naming ``path:line`` and what to fix.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SFTDataError(f"sft.data_path: {p} " + (
+            "is not a file" if p.exists() else "does not exist"))
     rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-            msgs = row.get("messages")
-            if not isinstance(msgs, list) or not any(
-                isinstance(m, dict) and m.get("role") == "assistant" for m in msgs
-            ):
-                raise ValueError(f"{path}:{n}: needs a 'messages' list with an assistant turn")
-            for m in msgs:
-                if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                    raise ValueError(f"{path}:{n}: every message needs 'role' and 'content'")
-            rows.append(row)
+    try:
+        with open(p, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                rows.append(_check_row(line, f"{p}:{n}"))
+    except UnicodeDecodeError as e:
+        raise SFTDataError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not rows:
+        raise SFTDataError(f"{p}: no conversations (the file is empty); write one JSON object "
+                           f"per line with a 'messages' list")
     return rows
+
+
+def _check_row(line: str, where: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise SFTDataError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(row, dict):
+        raise SFTDataError(f"{where}: the row is a JSON {_kind(row)}, expected an object "
+                           f"with a 'messages' list")
+    msgs = row.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        got = "missing" if "messages" not in row else f"a JSON {_kind(msgs)}" if not \
+            isinstance(msgs, list) else "empty"
+        raise SFTDataError(f"{where}: needs a non-empty 'messages' list ({got})")
+    for i, m in enumerate(msgs):
+        problem = _check_message(m, i)
+        if problem is not None:
+            raise SFTDataError(f"{where}: {problem}")
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise SFTDataError(f"{where}: no assistant turn (nothing to train on); 'messages' "
+                           f"needs at least one message with role 'assistant'")
+    tools = row.get("tools")
+    if tools is not None and not (isinstance(tools, list)
+                                  and all(isinstance(t, dict) for t in tools)):
+        raise SFTDataError(f"{where}: 'tools' must be a list of JSON schema objects")
+    return row
 
 
 def conversation_trajectory(tokenizer, row: dict[str, Any], *, native_tools: bool) -> Trajectory:

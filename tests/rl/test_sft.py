@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -10,7 +11,7 @@ import envs.tasks  # noqa: F401
 from envs.base import make_env
 from envs.tasks.math import make_tasks
 from rewards.compose import compose
-from rl.sft import conversation_trajectory, load_jsonl_conversations, replay
+from rl.sft import SFTDataError, conversation_trajectory, load_jsonl_conversations, replay
 
 
 def _assistant_tokens(traj):
@@ -71,13 +72,56 @@ def test_jsonl_conversations_take_the_same_path(tokenizer, tmp_path):
 
 @pytest.mark.parametrize(("line", "msg"), [
     ("{not json", "not valid JSON"),
-    ('{"messages": [{"role": "user", "content": "hi"}]}', "assistant turn"),
-    ('{"messages": [{"role": "assistant"}]}', "'role' and 'content'"),
-    ('{"text": "no messages"}', "'messages' list"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant turn"),
+    ('{"messages": [{"role": "assistant"}]}', "message 0 (assistant) has no 'content'"),
+    ('{"text": "no messages"}', "needs a non-empty 'messages' list (missing)"),
+    ('{"messages": []}', "needs a non-empty 'messages' list (empty)"),
+    ('{"messages": "hi"}', "needs a non-empty 'messages' list (a JSON string)"),
+    ('[{"role": "assistant", "content": "x"}]', "the row is a JSON array, expected an object"),
+    ('{"messages": [{"role": "bot", "content": "x"}]}',
+     "message 0 has role 'bot', expected one of system, user, assistant, tool"),
+    ('{"messages": [{"content": "x"}]}', "message 0 has no 'role'"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": null}]}',
+     "message 1 (assistant) has null content, expected a string"),
+    ('{"messages": [{"role": "assistant", "content": [{"type": "text", "text": "x"}]}]}',
+     "message 0 (assistant) has array content"),
+    ('{"messages": [{"role": "assistant", "content": "", "tool_calls": [{"name": "f"}]}]}',
+     "structured 'tool_calls', which are not replayed"),
+    ('{"messages": ["hi", {"role": "assistant", "content": "x"}]}', "message 0 is a JSON string"),
+    ('{"messages": [{"role": "assistant", "content": "x"}], "tools": {"a": 1}}',
+     "'tools' must be a list"),
 ])
 def test_malformed_jsonl_rows_fail_with_line_numbers(tmp_path, line, msg):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"messages": [{"role": "assistant", "content": "ok"}]}\n' + line + "\n")
-    with pytest.raises(ValueError, match=msg) as info:
+    with pytest.raises(SFTDataError, match=re.escape(msg)) as info:
         load_jsonl_conversations(path)
-    assert ":2:" in str(info.value)
+    assert str(info.value).startswith(f"{path}:2: ")
+    assert "\n" not in str(info.value)
+
+
+def test_empty_missing_and_binary_files_are_errors(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    with pytest.raises(SFTDataError, match=r"empty\.jsonl: no conversations \(the file is empty"):
+        load_jsonl_conversations(empty)
+    with pytest.raises(SFTDataError, match=r"sft.data_path: .*nope\.jsonl does not exist"):
+        load_jsonl_conversations(tmp_path / "nope.jsonl")
+    with pytest.raises(SFTDataError, match="is not a file"):
+        load_jsonl_conversations(tmp_path)
+    binary = tmp_path / "bin.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00garbage\n")
+    with pytest.raises(SFTDataError, match="not UTF-8 text"):
+        load_jsonl_conversations(binary)
+
+
+def test_valid_rows_with_tool_messages_and_tools_pass(tmp_path):
+    rows = [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                          {"role": "assistant", "content": "<tool_call>{}</tool_call>"},
+                          {"role": "tool", "name": "calculator", "content": "4"},
+                          {"role": "assistant", "content": "<answer>4</answer>"}],
+             "tools": [{"type": "function", "function": {"name": "calculator"}}], "id": "a"},
+            {"messages": [{"role": "assistant", "content": ""}]}]
+    path = tmp_path / "ok.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert load_jsonl_conversations(path) == rows
