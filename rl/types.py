@@ -30,6 +30,7 @@ class ToolCall:
     name: str
     arguments: dict[str, Any]
     error: str | None = None  # set when the call could not be parsed / validated
+    lenient: bool = False  # found by a format's lenient option, not its strict syntax
 
 
 @dataclass

