@@ -1,0 +1,572 @@
+"""Compositional multi-turn function calling, BUTTON-style and procedural (no LLM needed).
+
+Atomic functions (:mod:`envs.tasks.compose_lib`: a store / members / cities world with a stateful
+backend) are composed bottom-up into tasks:
+
+- **sequential**: a call's output is an argument of the next (``find_member("Ana") -> M-104``,
+  ``member_city("M-104") -> Oslo``, ``rain_chance("Oslo", "Friday")``); a chain is a tree of
+  height ``1..depth``, so ``create_shipment`` may need both ``lookup_sku`` and ``find_member``;
+- **parallel**: ``1..width`` independent chains in one user turn; calls of the same level go in one
+  assistant message (LLMCompiler-style), the demonstration writes them that way;
+- **multi-turn**: ``turns`` user turns per task over one backend, so state carries over (a
+  restock in turn 1 changes the stock read in turn 2);
+- **distractors**: ``distractors`` library functions the task does not need are offered too;
+- **unanswerable** turns (probability ``unanswerable``): a request for a library function that is
+  not offered, or for something outside the library. The right behaviour is no call and a reply.
+
+Episode: ``reset`` gives the system prompt (the task's tools) and user turn 1. A step with tool
+calls runs them (observations); a step without calls (plain text or ``<answer>``) is the reply
+that closes the user turn: the turn is checked, and the next user turn follows (or the episode
+ends, ``terminated``). More than ``len(steps) + 2`` call actions in one user turn: ``truncated``.
+
+Turn check (the closing step's ``reward`` is ``turn_score / turns``, so a perfect episode sums
+to 1.0; ``info["turn_passed"]``; at the end ``info["success"]`` = every turn passed):
+
+- calls: the turn's executed calls against its reference calls, order-free, by maximum-weight
+  matching (:func:`envs.matching.match_calls`); omitted optional arguments count as their default.
+  ``call_score = sum(similarity of matched pairs) / max(calls attempted, reference calls)``;
+  exact when every reference is matched with similarity 1 and nothing else was attempted
+  (malformed and failed calls count as attempts). Unanswerable turns: exact iff no call at all;
+- state: the backend after the turn equals a copy of the backend at the turn's start with the
+  reference calls replayed on it (per-turn, so one wrong turn does not fail every later one);
+- reply: non-empty and mentions the result of every question in the turn (numbers by value);
+- ``turn_score = (call_score + state_ok + reply_ok) / 3``; passed = exact and state_ok and reply_ok.
+
+``Task.data["reference_calls"]`` (all turns, in order) feeds ``rewards/``' ``call_match``.
+
+Tasks: ``make_tasks("mixed", split, n, seed, depth=, width=, turns=, distractors=,
+unanswerable=)``: task ``k`` depends only on ``(seed, k, knobs)``; the split hashes the turn texts
+(``envs.tasks.math.split_of``). User turns come from templates, or from a frozen LLM conditioned on
+the hidden goal (``user_model``, :mod:`envs.tasks.llm_user`).
+
+Reused: ``envs.matching`` (Hungarian call matching), ``envs.base.ToolEnv`` (parsing, validation
+against the typed schemas, timeouts, error observations), transformers' ``get_json_schema``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from envs.base import StepResult, ToolEnv, ToolError, register_env
+from envs.formats import ToolCallFormat, get_format
+from envs.matching import match_calls
+from envs.tasks.compose_lib import (CITIES, DAYS, FUNCTIONS, RATES, Backend, schema, tools_for,
+                                    with_defaults)
+from envs.tasks.math import SPLITS, split_of
+from rl.types import Message, Task, ToolCall
+
+# ---------------------------------------------------------------------------------------------
+# Composition grammar: argument types, producers, phrases
+
+ARG_TYPES: dict[str, dict[str, str]] = {
+    "lookup_sku": {"product": "product"},
+    "sku_price": {"sku": "sku"},
+    "sku_stock": {"sku": "sku"},
+    "restock_sku": {"sku": "sku", "units": "units"},
+    "create_shipment": {"sku": "sku", "units": "ship_units", "member_id": "member_id"},
+    "find_member": {"name": "name"},
+    "member_city": {"member_id": "member_id"},
+    "member_points": {"member_id": "member_id"},
+    "add_points": {"member_id": "member_id", "points": "points"},
+    "rain_chance": {"city": "city", "day": "day"},
+    "city_timezone": {"city": "city"},
+    "exchange_amount": {"amount": "amount", "currency": "currency"},
+}
+PRODUCER = {"sku": "lookup_sku", "member_id": "find_member", "city": "member_city",
+            "amount": "sku_price"}
+QUERIES = frozenset(FUNCTIONS) - {"restock_sku", "create_shipment", "add_points"}
+ROOT_TEXT = {
+    "lookup_sku": "What is the SKU code of {product}?",
+    "sku_price": "How much does {sku} cost?",
+    "sku_stock": "How many units of {sku} are in stock?",
+    "restock_sku": "Restock {sku} with {units} units.",
+    "create_shipment": "Ship {units} units of {sku} to {member_id}.",
+    "find_member": "What is the member id of {name}?",
+    "member_city": "Which city does {member_id} live in?",
+    "member_points": "How many points does {member_id} have?",
+    "add_points": "Give {member_id} {points} points.",
+    "rain_chance": "What is the chance of rain in {city} on {day}?",
+    "city_timezone": "What time zone is {city} in?",
+    "exchange_amount": "What is {amount} in {currency}?",
+}
+OUT_OF_LIBRARY = ("Book a flight to {city} on {day}.", "Cancel shipment SH-{n}.",
+                  "Delete {name}'s member account.", "Change the price of the {product} to {n} USD.",
+                  "Email {name} a discount code.")
+MAX_PARALLEL = 4  # calls in one message (the env's default max_calls_per_turn)
+CANNOT = "Sorry, I can't do that with the tools I have."
+INSTRUCTIONS = ("You are a store assistant with tools. Call the tools the user's request needs "
+                "(independent calls together in one message). When done, reply in plain text "
+                "with the results. If no tool can do it, say so and call nothing.")
+
+
+def max_height(fn: str) -> int:
+    below = [max_height(PRODUCER[t]) for t in ARG_TYPES[fn].values() if t in PRODUCER]
+    return 1 + max(below, default=0)
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Difficulty of generated tasks (``tasks.kwargs``)."""
+
+    depth: int = 2  # chain height: each chain's is drawn from 1..depth (1-3)
+    width: int = 2  # independent chains per user turn: drawn from 1..width (1-3)
+    turns: int = 2  # user turns per task (1-4)
+    distractors: int = 2  # unneeded library functions offered with the needed ones (0-9)
+    unanswerable: float = 0.1  # probability that a user turn cannot be done with the tools
+
+    def __post_init__(self) -> None:
+        bad = [f"{k}={v!r} (want {lo}..{hi})" for k, v, lo, hi in (
+            ("depth", self.depth, 1, 3), ("width", self.width, 1, 3),
+            ("turns", self.turns, 1, 4), ("distractors", self.distractors, 0, 9),
+            ("unanswerable", self.unanswerable, 0.0, 1.0)) if not lo <= v <= hi]
+        if bad:
+            raise ValueError(f"compose task knobs out of range: {', '.join(bad)}")
+
+
+class _Gen:
+    """Builds one task from one rng: literals from the world, chains executed on a backend."""
+
+    def __init__(self, rng: random.Random, knobs: Knobs) -> None:
+        self.rng, self.k = rng, knobs
+        self.world = _world(rng)
+        self.backend = Backend(self.world)
+
+    def literal(self, typ: str, fn: str) -> tuple[Any, str]:
+        """(argument value, how the user says it)."""
+        r, w = self.rng, self.world
+        if typ == "product":
+            p = r.choice(sorted(w["products"]))
+            return p, f"the {p}"
+        if typ == "sku":
+            s = w["products"][r.choice(sorted(w["products"]))]["sku"]
+            return s, f"product {s}"
+        if typ == "name":
+            n = r.choice(sorted(w["members"]))
+            return n, n
+        if typ == "member_id":
+            m = w["members"][r.choice(sorted(w["members"]))]["id"]
+            return m, f"member {m}"
+        if typ == "city":
+            c = r.choice(CITIES)
+            return c, c
+        if typ == "day":
+            d = r.choice(DAYS)
+            return d, d
+        if typ == "currency":
+            c = r.choice(sorted(RATES))
+            return c, c
+        if typ == "amount":
+            a = r.randint(10, 300)
+            return a, f"{a} USD"
+        n = {"units": (5, 30), "ship_units": (1, 3), "points": (1, 20)}[typ]
+        v = r.randint(*n) * (10 if typ == "points" else 1)
+        return v, str(v)
+
+    def node(self, fn: str, height: int) -> dict[str, Any]:
+        """A call tree of exactly ``height`` (leaves: 1) rooted at ``fn``."""
+        producible = [a for a, t in ARG_TYPES[fn].items()
+                      if t in PRODUCER and max_height(PRODUCER[t]) >= height - 1]
+        forced = self.rng.choice(producible) if height > 1 else None
+        args: dict[str, Any] = {}
+        for a, t in ARG_TYPES[fn].items():
+            if a == forced:
+                args[a] = self.node(PRODUCER[t], height - 1)
+            elif height > 1 and t in PRODUCER and self.rng.random() < 0.5:
+                h = self.rng.randint(1, min(height - 1, max_height(PRODUCER[t])))
+                args[a] = self.node(PRODUCER[t], h)
+            else:
+                v, say = self.literal(t, fn)
+                args[a] = {"value": v, "say": say}
+        out: dict[str, Any] = {"fn": fn, "args": args}
+        if fn == "create_shipment" and self.rng.random() < 0.25:
+            out["express"] = True  # an optional argument the user asks for
+        return out
+
+    def chain(self, height: int) -> dict[str, Any]:
+        fns = sorted(f for f in FUNCTIONS if max_height(f) >= height)
+        return self.node(self.rng.choice(fns), height)
+
+    def turn(self, used: set[str]) -> dict[str, Any] | None:
+        """One answerable turn: chains executed on the backend (None if a call fails)."""
+        width = self.rng.randint(1, self.k.width)
+        steps: dict[int, list[dict[str, Any]]] = {}
+        texts: list[str] = []
+        required: list[str] = []
+        roots: list[tuple[dict[str, Any], Any]] = []  # (root call, its output) of each question
+        touched: set[str] = set()
+        trial = self.backend.clone()
+        for _ in range(width):
+            tree = self.chain(self.rng.randint(1, self.k.depth))
+            calls: list[tuple[int, dict[str, Any]]] = []
+            keys: set[str] = set()
+            try:
+                value, _, _ = _run(tree, trial, calls, keys, required)
+            except ToolError:
+                return None
+            if keys & touched:  # parallel chains must be independent: no shared entity
+                return None
+            touched |= keys
+            for level, call in calls:
+                steps.setdefault(level, []).append(call)
+                used.add(call["name"])
+            texts.append(_say_root(tree))
+            if tree["fn"] in QUERIES:
+                roots.append((calls[-1][1], value))  # post-order: the root comes last
+        ordered = [steps[k] for k in sorted(steps)]
+        if any(len(step) > MAX_PARALLEL for step in ordered):
+            return None
+        self.backend = trial
+        where = [[i, j] for i, step in enumerate(ordered) for j, c in enumerate(step)
+                 if any(c is r for r, _ in roots)]
+        value_of = [next(v for r, v in roots if r is ordered[i][j]) for i, j in where]
+        return {"text": " ".join(texts), "steps": ordered, "answers": value_of,
+                "answer_calls": where, "required": sorted(set(required))}
+
+    def unanswerable(self, offered: set[str]) -> dict[str, Any]:
+        missing = sorted(set(FUNCTIONS) - offered)
+        if missing and self.rng.random() < 0.5:
+            fn = self.rng.choice(missing)
+            tree = self.node(fn, 1)
+            text, required = _say_root(tree), []
+            _collect_required(tree, required)
+            return {"text": text, "steps": [], "answers": [], "answer_calls": [],
+                    "required": required, "missing": fn}
+        r = self.rng
+        vals = {"city": r.choice(CITIES), "day": r.choice(DAYS), "n": r.randint(10, 99),
+                "name": r.choice(sorted(self.world["members"])),
+                "product": r.choice(sorted(self.world["products"]))}
+        tmpl = r.choice(OUT_OF_LIBRARY)
+        req = [str(v) for k, v in vals.items() if "{" + k + "}" in tmpl]
+        return {"text": tmpl.format(**vals), "steps": [], "answers": [], "answer_calls": [],
+                "required": req, "missing": None}
+
+
+def _world(rng: random.Random) -> dict[str, Any]:
+    from envs.tasks.compose_lib import make_world
+
+    return make_world(rng)
+
+
+def _say(node: dict[str, Any]) -> str:
+    """How the user refers to a node's value when it is an argument of another call."""
+    if "value" in node:
+        return str(node["say"])
+    fn, a = node["fn"], node["args"]
+    if fn == "lookup_sku":
+        return _say(a["product"])
+    if fn == "find_member":
+        return _say(a["name"])
+    if fn == "member_city":
+        return f"{_say(a['member_id'])}'s city"
+    if fn == "sku_price":
+        return f"the price of {_say(a['sku'])}"
+    raise AssertionError(f"{fn} produces nothing another function takes")
+
+
+def _say_root(tree: dict[str, Any]) -> str:
+    text = ROOT_TEXT[tree["fn"]].format(**{a: _say(n) for a, n in tree["args"].items()})
+    return text + (" Use express delivery." if tree.get("express") else "")
+
+
+def _collect_required(node: dict[str, Any], out: list[str]) -> None:
+    for n in node["args"].values():
+        if "value" in n:
+            out.append(str(n["value"]))
+        else:
+            _collect_required(n, out)
+
+
+def _run(node: dict[str, Any], backend: Backend, calls: list, keys: set[str],
+         required: list[str]) -> tuple[Any, int, dict[str, Any]]:
+    """Execute a call tree bottom-up; append ``(level, reference call)`` and the entities it
+    touches. Returns (output, level, call)."""
+    args, level = {}, 1
+    for a, n in node["args"].items():
+        if "value" in n:
+            args[a] = n["value"]
+            required.append(str(n["value"]))
+        else:
+            args[a], lv, _ = _run(n, backend, calls, keys, required)
+            level = max(level, lv + 1)
+    if node.get("express"):
+        args["express"] = True
+    out = getattr(backend, node["fn"])(**args)
+    for a, t in ARG_TYPES[node["fn"]].items():
+        if t in ("sku", "member_id", "product", "name"):
+            keys.add(f"{t}:{str(args[a]).casefold()}")
+    if node["fn"] in ("lookup_sku", "find_member"):
+        keys.add(f"out:{str(out).casefold()}")
+    keys.add(json.dumps([node["fn"], args], sort_keys=True))
+    call = {"name": node["fn"], "arguments": args}
+    calls.append((level, call))
+    return out, level, call
+
+
+def make_tasks(source: str = "mixed", split: str = "train", n: int = 100, seed: int = 0,
+               **knobs: Any) -> list[Task]:
+    """Compositional tasks (module docstring). ``data``: ``world``, ``tools`` (offered function
+    names, in prompt order), ``turns`` (text, steps of reference calls, answers, required
+    literals), ``reference_calls``, ``knobs``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got '{split}'")
+    if source != "mixed":
+        raise KeyError(f"unknown compose task source {source!r}; valid names: 'mixed' "
+                       "(difficulty goes in tasks.kwargs: depth, width, turns, distractors, "
+                       "unanswerable)")
+    try:
+        k = Knobs(**knobs)
+    except TypeError as e:
+        raise ValueError(f"compose tasks.kwargs: {e}") from None
+    tag = json.dumps(asdict(k), sort_keys=True)
+    tasks: list[Task] = []
+    seen: set[str] = set()
+    for i in range(50 * n + 1000):
+        if len(tasks) == n:
+            break
+        task = _one_task(random.Random(f"compose/{seed}/{i}/{tag}"), k)
+        if task is None:
+            continue
+        key = json.dumps([t["text"] for t in task["turns"]])
+        if key in seen or split_of(f"compose/{key}") != split:
+            continue
+        seen.add(key)
+        tasks.append(Task(id=f"compose-{split}-{seed}-{i}", prompt=task["turns"][0]["text"],
+                          answer=None, data=task))
+    if len(tasks) < n:
+        raise ValueError(f"compose: only {len(tasks)} unique {split} tasks for knobs {tag}")
+    return tasks
+
+
+def _one_task(rng: random.Random, k: Knobs) -> dict[str, Any] | None:
+    g = _Gen(rng, k)
+    kinds = [rng.random() >= k.unanswerable for _ in range(k.turns)]
+    used: set[str] = set()
+    turns: list[dict[str, Any] | None] = []
+    for answerable in kinds:
+        t = None
+        if answerable:
+            for _ in range(20):
+                t = g.turn(used)
+                if t is not None:
+                    break
+            if t is None:
+                return None
+        turns.append(t)
+    pool = sorted(set(FUNCTIONS) - used)
+    distractors = rng.sample(pool, min(k.distractors, len(pool)))
+    offered = used | set(distractors)
+    final = [t if t is not None else g.unanswerable(offered) for t in turns]
+    tools = sorted(offered)
+    rng.shuffle(tools)
+    refs = [c for t in final for step in t["steps"] for c in step]
+    return {"world": g.world, "tools": tools, "turns": final, "reference_calls": refs,
+            "knobs": asdict(k)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+
+_NUM_RE = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def mentions(reply: str, value: Any) -> bool:
+    """The reply states ``value``: a number by value (``42.50`` states ``42.5``), else the text,
+    case-insensitively."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return any(math.isclose(float(x), float(value), rel_tol=1e-9, abs_tol=1e-9)
+                   for x in _NUM_RE.findall(reply.replace(",", "")))
+    return str(value).casefold() in reply.casefold()
+
+
+def _as_ref(call: ToolCall) -> dict[str, Any]:
+    return with_defaults({"name": call.name or "", "arguments": dict(call.arguments or {})})
+
+
+def check_turn(turn: dict[str, Any], start: Backend, live: Backend, calls_run: list[ToolCall],
+               attempted: int, reply: str) -> dict[str, Any]:
+    """Score one user turn (module docstring). ``start``: the backend at the turn's start (it
+    is consumed: the reference calls are replayed on it); ``calls_run``: the turn's calls that
+    executed; ``attempted``: every call the model wrote in the turn, failed ones included."""
+    refs = [c for step in turn["steps"] for c in step]
+    outputs: dict[tuple[int, int], Any] = {}
+    for i, step in enumerate(turn["steps"]):
+        for j, c in enumerate(step):
+            try:
+                outputs[i, j] = getattr(start, c["name"])(**c["arguments"])
+            except ToolError:  # the live state no longer allows it (an earlier wrong turn)
+                outputs[i, j] = None
+    expected = [outputs[i, j] for i, j in turn["answer_calls"]]
+    if refs:
+        preds = [_as_ref(c) for c in calls_run]
+        pairs = match_calls(preds, [with_defaults(r) for r in refs])
+        n_exact = sum(w == 1.0 for _, _, w in pairs)
+        call_score = sum(w for _, _, w in pairs) / max(attempted, len(refs))
+        exact = n_exact == len(refs) == attempted
+    else:
+        call_score = 1.0 if attempted == 0 else 0.0
+        exact = attempted == 0
+    state_ok = live.state() == start.state()
+    reply_ok = bool(reply.strip()) and all(v is not None and mentions(reply, v) for v in expected)
+    score = (call_score + float(state_ok) + float(reply_ok)) / 3
+    return {"turn_score": score, "turn_passed": bool(exact and state_ok and reply_ok),
+            "call_score": call_score, "state_ok": state_ok, "reply_ok": reply_ok}
+
+
+# ---------------------------------------------------------------------------------------------
+# The env
+
+
+@register_env("compose")
+class ComposeEnv:
+    """Compositional multi-turn function calling (module docstring).
+
+    ``user_model``: None (the templated user turns) or an object with
+    ``async reply(goal: str, conversation: list[Message]) -> str`` (e.g.
+    :class:`envs.tasks.llm_user.LLMUser`), which writes each user turn from its hidden goal.
+    """
+
+    def __init__(self, tool_format: str = "hermes-prompt", *, tool_timeout_s: float = 10.0,
+                 max_calls_per_turn: int = 4, user_model: Any = None) -> None:
+        self.format: ToolCallFormat = get_format(tool_format)
+        self.tools: list[dict[str, Any]] = [schema(n) for n in FUNCTIONS]  # until reset
+        self.timeout_s, self.max_calls = tool_timeout_s, max_calls_per_turn
+        if user_model is not None and not callable(getattr(user_model, "reply", None)):
+            raise TypeError(f"user_model must have an async reply(goal, conversation) method, "
+                            f"got {type(user_model).__name__}")
+        self.user_model = user_model
+        self.task: Task | None = None
+        self.done = True
+
+    # -- episode -----------------------------------------------------------------------------
+
+    async def reset(self, task: Task, *, seed: int | None = None) -> tuple[list[Message], dict]:
+        try:
+            world, names, turns = task.data["world"], task.data["tools"], task.data["turns"]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"task {task.id} is not a compose task: missing {e}") from None
+        if not turns:
+            raise ValueError(f"task {task.id}: no user turns")
+        self.task, self.turns = task, turns
+        self.backend = Backend(world)
+        self.tool_env = ToolEnv(tools_for(self.backend, list(names)), self.format,
+                                timeout_s=self.timeout_s, max_calls_per_turn=self.max_calls)
+        self.tools = self.tool_env.tools
+        self.history: list[Message] = []  # the conversation without the system prompt
+        self.passed: list[bool] = []
+        self.user_fallbacks = 0
+        self.done = False
+        self._start_turn(0)
+        first = {"role": "user", "content": await self._user_text(0)}
+        self.history.append(first)
+        system = {"role": "system", "content": self.tool_env.system_prompt(INSTRUCTIONS)}
+        return [system, first], {"task_id": task.id, "turns": len(turns),
+                                 "tools": list(names)}
+
+    def _start_turn(self, u: int) -> None:
+        self.u, self.actions, self.attempted = u, 0, 0
+        self.calls_run: list[ToolCall] = []
+        self.turn_start = self.backend.clone()
+
+    async def _user_text(self, u: int) -> str:
+        turn = self.turns[u]
+        if self.user_model is None:
+            return str(turn["text"])
+        goal = (f"{turn['text']}\n(Say this request in your own words, keeping every name, "
+                "code and number exactly.)")
+        text = str(await self.user_model.reply(goal, list(self.history))).strip()
+        if not text or not all(v.casefold() in text.casefold() for v in turn["required"]):
+            self.user_fallbacks += 1  # the user model dropped a detail: the task needs it
+            return str(turn["text"])
+        return text
+
+    async def step(self, action_text: str) -> StepResult:
+        if self.task is None or self.done:
+            raise RuntimeError("step() before reset() or after the episode ended")
+        parsed = self.format.parse(action_text)
+        calls = parsed.tool_calls
+        self.history.append({"role": "assistant", "content": action_text})
+        info: dict[str, Any] = {"tool_calls": calls, "final_answer": None, "user_turn": self.u}
+        if calls and parsed.answer is None:
+            return await self._run_calls(calls, info)
+        for c in calls:
+            c.error = c.error or "not run: the turn also gave a final answer"
+        self.attempted += len(calls)
+        reply = parsed.answer if parsed.answer is not None else parsed.content
+        verdict = self._close_turn(reply)
+        info.update(tool_errors=len(calls), final_answer=reply, **verdict)
+        reward = verdict["turn_score"] / len(self.turns)
+        if self.u + 1 < len(self.turns):
+            self._start_turn(self.u + 1)
+            msg = {"role": "user", "content": await self._user_text(self.u)}
+            self.history.append(msg)
+            return StepResult([msg], reward, info=info)
+        self.done = True
+        info.update(success=all(self.passed), turns_passed=sum(self.passed),
+                    user_fallbacks=self.user_fallbacks)
+        return StepResult([], reward, terminated=True, info=info)
+
+    async def _run_calls(self, calls: list[ToolCall], info: dict[str, Any]) -> StepResult:
+        self.actions += 1
+        self.attempted += len(calls)
+        messages: list[Message] = []
+        for c in calls[: self.max_calls]:
+            out = await self.tool_env.run_call(c)
+            messages.append(self.format.tool_result_message(c.name or "unknown", out))
+            if c.error is None:
+                self.calls_run.append(c)
+        for c in calls[self.max_calls:]:
+            c.error = c.error or f"not run: more than {self.max_calls} calls in one turn"
+        if len(calls) > self.max_calls:
+            messages.append(self.format.tool_result_message(
+                "unknown", f"Error: at most {self.max_calls} tool calls per turn"))
+        info["tool_errors"] = sum(c.error is not None for c in calls)
+        self.history.extend(messages)
+        if self.actions > len(self.turns[self.u]["steps"]) + 2:  # looping on calls
+            verdict = self._close_turn("")
+            self.done = True
+            info.update(**verdict, success=False, turns_passed=sum(self.passed),
+                        user_fallbacks=self.user_fallbacks)
+            return StepResult(messages, verdict["turn_score"] / len(self.turns), truncated=True,
+                              info=info)
+        return StepResult(messages, 0.0, info=info)
+
+    def _close_turn(self, reply: str) -> dict[str, Any]:
+        verdict = check_turn(self.turns[self.u], self.turn_start, self.backend, self.calls_run,
+                             self.attempted, reply)
+        self.passed.append(verdict["turn_passed"])
+        return verdict
+
+    async def close(self) -> None:
+        self.task, self.done = None, True
+
+    # -- tasks and demonstrations --------------------------------------------------------------
+
+    def example_tasks(self, n: int, *, seed: int = 0) -> list[Task]:
+        return make_tasks("mixed", "train", n, seed)
+
+    def demonstration(self, task: Task) -> list[str]:
+        """Per user turn: one message per level of the composition (independent calls
+        together), then a reply stating every question's result; an unanswerable turn gets a
+        refusal and no call."""
+        actions: list[str] = []
+        for turn in task.data["turns"]:
+            for step in turn["steps"]:
+                actions.append("\n".join(self.format.format_call(c["name"], dict(c["arguments"]))
+                                         for c in step))
+            if not turn["steps"]:
+                actions.append(CANNOT)
+            elif turn["answers"]:
+                actions.append("Here you go: " + "; ".join(_fmt(v) for v in turn["answers"])
+                               + ".")
+            else:
+                actions.append("Done.")
+        return actions
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
