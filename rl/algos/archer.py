@@ -43,58 +43,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from rl.algos.critic import CriticValues, TokenCritic
+from rl.algos.critic import CriticValues
 from rl.algos.turn_advantages import spread_over_turns, turn_rewards
+from rl.config import ArcherConfig
 from rl.types import Trajectory
 
 ADVANTAGE_MODES = ("q-v", "td")
 
-
-@dataclass
-class ArcherConfig:
-    """ArCHer settings (``algorithm.archer``)."""
-
-    enabled: bool = False
-    """Train with ArCHer's critic advantages instead of group-relative ones."""
-    gamma: float = 0.95
-    """Discount between turns (utterance-level MDP)."""
-    tau: float = 0.1
-    """Polyak rate of the target critic: ``target <- (1 - tau) target + tau online`` after each
-    critic update (the authors' default 0.1)."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the critic (own optimizer, separate from the policy's)."""
-    critic_grad_clip: float = 1.0
-    """Max grad norm of the critic; 0 disables clipping."""
-    warmup_iters: int = 2
-    """RL steps with critic updates only, before the actor starts training."""
-    replay_capacity: int = 4096
-    """Turn transitions kept (FIFO); older ones are dropped."""
-    critic_updates: int = 8
-    """Critic gradient steps per RL step, each on a fresh uniform sample from the buffer."""
-    batch_size: int = 16
-    """Transitions per critic gradient step."""
-    critic_backbone: str = "encoder"
-    """"encoder": a small transformer of the critic's own; "policy": the policy's frozen decoder
-    (last hidden states, no gradient into the policy) with MLP heads."""
-    critic_hidden: int = 64
-    """Width of the encoder and of the MLP heads."""
-    critic_layers: int = 2
-    """Transformer layers of the encoder backbone."""
-    critic_max_tokens: int = 512
-    """Critic inputs keep their last this-many tokens."""
-    advantage: str = "q-v"
-    """Actor advantage: "q-v" = min Q(s,a) - min V(s) (paper); "td" = r + gamma (1 - done)
-    min V_target(s') - min V(s) (one-step TD error)."""
-    clipped_double: bool = True
-    """TD targets use the min over both target heads (else head i -> target head i)."""
-    fresh_actions: bool = False
-    """Sample a' ~ pi(.|s) from the rollout engine for V's target (else the stored action)."""
 
 
 # -- pure functions --------------------------------------------------------------------------------
@@ -343,33 +303,3 @@ class Archer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.buffer.load_state_dict(state["buffer"])
         self.iterations = int(state["iterations"])
-
-
-def engine_action_sampler(engine, sampling) -> ActionSampler:
-    """``states -> actions``: one sampled turn per state from the rollout engine (fresh a')."""
-    from rl.rollout.engines.base import GenerationRequest
-
-    def sample(states: list[Any]) -> list[Any]:
-        outs = engine.generate([GenerationRequest(list(s)) for s in states], sampling)
-        return [tuple(o.token_ids) for o in outs]
-
-    return sample
-
-
-def build_credit(cfg, policy: nn.Module, tokenizer, engine=None, sampling=None):
-    """The trainer's turn-level credit assigner for ``cfg`` (a ``rl.config.Config``): ArCHer when
-    ``algorithm.archer.enabled``, turn-level GRPO when ``algorithm.turn_level``, else None
-    (outcome advantages from the ``ADVANTAGES`` registry)."""
-    a = cfg.algorithm
-    if a.archer.enabled:
-        c: ArcherConfig = a.archer
-        critic = TokenCritic(len(tokenizer), backbone=c.critic_backbone, hidden=c.critic_hidden,
-                             layers=c.critic_layers, max_tokens=c.critic_max_tokens,
-                             policy=policy).to(next(policy.parameters()).device)
-        sampler = engine_action_sampler(engine, sampling) if c.fresh_actions else None
-        return Archer(c, critic, seed=cfg.trainer.seed, action_sampler=sampler)
-    if a.turn_level:
-        from rl.algos.turn_advantages import TurnLevelGRPO
-
-        return TurnLevelGRPO(a.gamma, a.turn_norm, a.norm_std)
-    return None

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -35,8 +36,10 @@ import torch
 from rl.config import Config
 from rl.distributed.pool import WorkerPool
 from rl.distributed.workers import RolloutJob, RolloutResult
+from rl.learner.dist import shard as dist_shard
+from rl.step import RunState, StepCore, build_credit, fit, stage_table
 from rl.tracking import RunLogger, Timer
-from rl.types import Trajectory
+from rl.types import Batch, Trajectory
 
 
 @dataclass
@@ -47,12 +50,14 @@ class _Inflight:
 
 
 class RayController:
-    """``fit()`` mirrors :meth:`rl.trainer.Trainer.fit` with the phases in actors.
+    """The Ray driver: the shared stage machine and step core (rl/step.py) with the phases in
+    actors.
 
     ``pool``: run on existing actors (several runs, e.g. tests, share one start-up; the caller
-    shuts it down). ``learner_delay_s`` slows each learner update (latency injection: staleness test, bench);
-    ``fault_hook(controller, step)`` runs right after a step's rollouts are submitted (fault
-    injection in tests). Both are for tests and benchmarks; real runs leave them unset.
+    shuts it down). ``learner_delay_s`` slows each learner update (latency injection: staleness
+    test, bench); ``fault_hook(controller, step)`` runs right after a step's rollouts are
+    submitted (fault injection in tests). Both are for tests and benchmarks; real runs leave
+    them unset.
     """
 
     def __init__(self, cfg: Config, run_dir: Path, config_yaml: str = "", *,
@@ -60,19 +65,11 @@ class RayController:
                  fault_hook: Callable[[RayController, int], None] | None = None) -> None:
         import ray
 
-        from rl.algos import ADVANTAGES
-        from rl.algos.archer import build_credit
         from rl.build import TaskStream, build_tasks
         from rl.distributed.pool import init_ray
         from rl.models import load_tokenizer
 
-        cfg.launcher.validate()
-        if cfg.algorithm.archer.enabled:  # its critic trains beside the policy, in one process
-            raise ValueError("algorithm=archer is not supported with launcher=ray (yet): its "
-                             "utterance critic is not an actor; use launcher=local")
-        if cfg.launcher.learner_ranks > 1 and cfg.learner.backend != "deepspeed":
-            raise ValueError("launcher.learner_ranks > 1 needs a data-parallel learner: "
-                             "learner=deepspeed_zero2 (or zero3)")
+        cfg.validate()
         self.cfg, self.run_dir, self.lc = cfg, Path(run_dir), cfg.launcher
         self.bound = self.lc.staleness_bound
         self._own_ray = not ray.is_initialized()
@@ -80,10 +77,10 @@ class RayController:
         self.tokenizer = load_tokenizer(cfg.model.name)
         self.tasks = TaskStream(build_tasks(cfg, "train", cfg.tasks.train_size))
         self.eval_tasks = build_tasks(cfg, "test", cfg.tasks.eval_size)
-        self.advantage = ADVANTAGES.get(cfg.algorithm.advantage)
-        # turn-level GRPO (algorithm.turn_level) needs no model: it runs here like the outcome
-        # estimators; None = outcome advantages
-        self.credit = build_credit(cfg, None, self.tokenizer)
+        # Credit is assigned here, where the whole step is (an ArCHer encoder critic trains in
+        # this process; the policy-backbone critic needs the policy and is refused).
+        self.credit = build_credit(cfg, self.tokenizer)
+        self.core = StepCore(cfg, self.tasks, self.tokenizer.pad_token_id, self.credit)
         self._own_pool = pool is None
         self.pool = pool or WorkerPool(cfg, str(run_dir), config_yaml)
         ray.get([lr.set_delay.remote(learner_delay_s) for lr in self.pool.learners])
@@ -91,61 +88,47 @@ class RayController:
         self.logger = RunLogger(self.run_dir, asdict(cfg), cfg.trainer.wandb,
                                 cfg.trainer.wandb_project)
         self.fault_hook = fault_hook
-        self.step, self.stage, self.results = 0, "start", {}
+        self.state = RunState()
         self.inflight: dict[Any, _Inflight] = {}
         self.next_submit = 0
         self.busy = {"rollout": 0.0, "learner": 0.0}
         self.counters = {"stale_dropped": 0, "carried_groups": 0, "regenerated_jobs": 0}
         self.history: list[dict[str, Any]] = []  # every logged RL row (tests, bench)
         self.last_trajectories: list[Trajectory] = []
+        self.t_start = time.perf_counter()
 
-    # -- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict[str, dict[str, float]]:
-        import ray
+        results = fit(self, self.cfg)
+        return results
 
-        self.resume()
-        if self.stage == "start":
-            if self.cfg.eval.compare_stages:
-                self.results["base"] = self.evaluate("base")
-            if self.cfg.sft.enabled:
-                ray.get([lr.run_sft.remote() for lr in self.pool.learners])
-                self.pool.publish(self.step)
-                if self.cfg.eval.compare_stages:
-                    self.results["sft"] = self.evaluate("sft")
-            self.stage = "rl"
-        if self.pool.latest is None or self.pool.latest.version != self.step:
-            self.pool.publish(self.step)
-        self.next_submit, self.t_start = self.step, time.perf_counter()
-        for step in range(self.step, self.cfg.trainer.steps):
-            timer = Timer()
-            self.pool.check_all()  # health check: ping every worker, restart the dead
-            self.fill_pipeline(step)
-            if self.fault_hook is not None:
-                self.fault_hook(self, step)
-            with timer("rollout_wait"):
-                trajs, info = self.collect(step)
-            self.last_trajectories = trajs
-            with timer("reward"):
-                from rl.trainer import make_update_batch, score_trajectories
+    def train_step(self, step: int) -> None:
+        """One RL step: rollouts in workers -> reward, credit here -> update in the learner
+        group -> weights to the workers."""
+        if self.pool.latest is None or self.pool.latest.version != step:
+            self.pool.publish(step)
+        timer = Timer()
+        self.pool.check_all()  # health check: ping every worker, restart the dead
+        self.fill_pipeline(step)
+        if self.fault_hook is not None:
+            self.fault_hook(self, step)
+        with timer("rollout_wait"):
+            trajs, info = self.collect(step)
+        self.last_trajectories = trajs
+        with timer("reward"):
+            rewards = self.core.score(trajs)
+        with timer("advantage"):
+            adv, credit_metrics = self.core.assign_credit(trajs)
+            batch = self.core.make_batch(trajs, adv)
+        with timer("update"):
+            metrics = {**self.update(batch), **credit_metrics}
+        with timer("sync"):
+            w = self.pool.publish(step + 1)
+        info["dist/weights_publish_s"] = w.publish_s
+        self.log_step(step, trajs, rewards, metrics, timer, info)
 
-                rewards = score_trajectories(trajs, self.cfg)
-            with timer("advantage"):
-                batch = make_update_batch(trajs, rewards, self.cfg, self.advantage,
-                                          self.tokenizer.pad_token_id, credit=self.credit)
-            with timer("update"):
-                metrics = self.update(batch)
-            with timer("sync"):
-                w = self.pool.publish(step + 1)
-            self.step = step + 1
-            info["dist/weights_publish_s"] = w.publish_s
-            self.log_step(step, trajs, rewards, metrics, timer, info)
-            self.maybe_save()
-        self.pool.drain_acks(wait=True)
-        if self.cfg.eval.compare_stages:
-            self.results[self.cfg.algorithm.name] = self.evaluate(self.cfg.algorithm.name)
-        self.save()
-        self.finish()
-        return self.results
+    def progress(self, steps: range):
+        self.next_submit, self.t_start = steps.start, time.perf_counter()
+        return steps
 
     def fill_pipeline(self, step: int) -> None:
         """Submit rollouts of steps the staleness bound allows (always at least ``step``'s)."""
@@ -221,17 +204,56 @@ class RayController:
         return trajs, info
 
     def update(self, batch) -> dict[str, float]:
+        """Every learner rank gets a shard (None for a rank without rows: it still joins the
+        collective update)."""
         import ray
 
         if batch is None:  # every group uniform: no signal this step
             return {"update/trained_seqs": 0.0, "update/tokens": 0.0}
         ranks = self.pool.learners
-        shards = batch.split(math.ceil(len(batch) / len(ranks)))
+        shards: list[Any] = list(batch.split(math.ceil(len(batch) / len(ranks))))
+        shards += [None] * (len(ranks) - len(shards))
         outs = ray.get([lr.update.remote(s) for lr, s in zip(ranks, shards)])
         m = outs[0]
         self.busy["learner"] += m.pop("time/learner_update")
         return {**m, "update/trained_seqs": float(len(batch)),
                 "update/tokens": float(batch.attention_mask.sum())}
+
+    def run_sft(self) -> None:
+        """The cold start: demonstrations built here (no model needed), each batch sharded over
+        the learner ranks."""
+        import ray
+
+        from rl.build import sft_trajectories
+
+        ranks = self.pool.learners
+        ray.get([lr.set_lr.remote(self.cfg.sft.effective_lr(self.cfg.learner.lora.enabled))
+                 for lr in ranks])
+        parts = SimpleNamespace(tokenizer=self.tokenizer, env_factory=self._env_factory(),
+                                native_tools=self._native_tools, train_tasks=self.tasks)
+        steps = 0
+        for epoch, chunk in self.core.sft_batches(sft_trajectories(self.cfg, parts)):
+            shards = [dist_shard(chunk, r, len(ranks)) for r in range(len(ranks))]
+            batches = [Batch.from_trajectories(s, torch.zeros(len(s)), self.tokenizer.pad_token_id)
+                       if s else None for s in shards]
+            m = ray.get([lr.sft_update.remote(b) for lr, b in zip(ranks, batches)])[0]
+            steps += 1
+            self.logger.log(-1, {"stage": "sft", "sft/step": steps, "sft/epoch": epoch, **m})
+            print(f"[sft] epoch {epoch} step {steps}: nll {m['sft/nll']:.3f}", flush=True)
+        ray.get([lr.set_lr.remote(self.cfg.learner.lr) for lr in ranks])
+        self.pool.publish(self.state.step)
+
+    def start_rl(self) -> None:
+        import ray
+
+        snap = self.cfg.algorithm.loss.kl_coef > 0
+        ray.get([lr.start_rl.remote(snap) for lr in self.pool.learners])
+
+    def _env_factory(self):
+        from rl.build import build_env_factory
+
+        factory, self._native_tools = build_env_factory(self.cfg)
+        return factory
 
     def evaluate(self, label: str) -> dict[str, float]:
         import ray
@@ -246,22 +268,11 @@ class RayController:
     # -- bookkeeping -----------------------------------------------------------------------------
     def log_step(self, step: int, trajs: list[Trajectory], rewards: torch.Tensor,
                  metrics: dict[str, float], timer: Timer, info: dict[str, float]) -> None:
-        from rl.rollout.agent_loop import trajectory_stats
-
         wall = time.perf_counter() - self.t_start
         loads = self.pool.drain_acks()
-        from rewards.compose import reward_metrics
-        from rewards.outcome import success as solved
-
-        success = [solved(t) for t in trajs]  # the env's verdict where it gives one
         row: dict[str, Any] = {
-            **reward_metrics(trajs),  # reward/<name>: each episode and turn term
-            "stage": "rl", "reward/mean": float(rewards.mean()),
-            "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-            "reward/success": sum(success) / max(len(success), 1),
-            **{f"episode/{k}": v for k, v in trajectory_stats(trajs).items()},
-            **metrics, **timer.metrics(), **info,
-            "dist/policy_version": float(self.step),
+            **self.core.metrics_row(trajs, rewards, metrics, timer.times), **info,
+            "dist/policy_version": float(step + 1),
             "dist/restarts": float(self.pool.stats.restarts - self.restarts0),
             "dist/rollout_busy_frac": self.busy["rollout"] / (wall * len(self.pool.rollouts)),
             "dist/learner_busy_frac": self.busy["learner"] / wall,
@@ -279,6 +290,9 @@ class RayController:
               f"restarts {row['dist/restarts']:.0f} step_s {sum(timer.times.values()):.1f}",
               flush=True)
 
+    def parts_state(self) -> dict[str, Any]:
+        return {"credit": self.credit.state_dict(), "data": self.tasks.state_dict()}
+
     def resume(self) -> None:
         import ray
 
@@ -286,28 +300,49 @@ class RayController:
 
         if not config_resume(self.cfg):  # trainer.resume or the top-level alias, "false" = off
             return
-        state = ray.get([lr.resume.remote() for lr in self.pool.learners])[0]
-        self.step, self.stage, self.results = state["step"], state["stage"], state["results"]
+        out = ray.get([lr.resume.remote(["credit", "data"]) for lr in self.pool.learners])[0]
+        if out is None:
+            print("[turnrl] resume: no complete checkpoint found, starting fresh")
+            return
+        st, parts = out["state"], out["parts"]
+        self.credit.load_state_dict(parts["credit"])
+        self.tasks.load_state_dict(parts["data"])
+        self.state = RunState(st["step"], st["stage"], st["results"])
+        self.pool.publish(self.state.step)
+        print(f"[turnrl] resumed from {out['path']} at step {self.state.step} "
+              f"({self.state.stage})")
 
-    def save(self) -> None:
+    def save(self) -> str:
+        """Collective: every learner rank writes its part; rank 0 also the controller's."""
         import ray
 
-        ray.get([lr.save.remote(self.step, self.stage, self.results)
-                 for lr in self.pool.learners[:1]])
+        from rl.checkpoint import log_offsets
 
-    def maybe_save(self) -> None:
-        every = self.cfg.trainer.save_every
-        if every > 0 and self.step % every == 0 and self.step < self.cfg.trainer.steps:
-            self.save()
+        s = self.state
+        run_state = {"step": s.step, "stage": s.stage, "results": s.results,
+                     "tasks_per_step": self.cfg.trainer.tasks_per_step,
+                     "logs": log_offsets(self.run_dir)}
+        parts = self.parts_state()
+        return ray.get([lr.save.remote(run_state, parts) for lr in self.pool.learners])[0]
+
+    def memory_mb(self) -> list[float]:
+        """Peak resident memory of every learner rank (MiB)."""
+        import ray
+
+        return ray.get([lr.memory_mb.remote() for lr in self.pool.learners])
+
+    def parameter_digest(self) -> list[float]:
+        import ray
+
+        return ray.get([lr.parameter_digest.remote() for lr in self.pool.learners])[0]
 
     def finish(self) -> None:
         import ray
 
-        from rl.trainer import stage_table
-
-        if self.results:
-            print(stage_table(self.results), flush=True)
-            (self.run_dir / "results.md").write_text(stage_table(self.results) + "\n")
+        self.pool.drain_acks(wait=True)
+        if self.state.results:
+            print(stage_table(self.state.results), flush=True)
+            (self.run_dir / "results.md").write_text(stage_table(self.state.results) + "\n")
         self.logger.plot()
         self.logger.close()
         if self._own_pool:

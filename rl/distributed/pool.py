@@ -13,8 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rl.config import Config
-from rl.distributed.config import LauncherConfig
+from rl.config import Config, LauncherConfig
 
 
 def init_ray(lc: LauncherConfig) -> None:
@@ -137,13 +136,15 @@ class WorkerPool:
 
     # -- weights ---------------------------------------------------------------------------------
     def publish(self, version: int) -> WeightVersion:
-        """Learner rank 0's weights into the object store once, then every rollout worker pulls
+        """Learner rank 0's weights into the object store once (every rank is called), then every rollout worker pulls
         them (queued behind its running rollout: calls on an actor run in order)."""
         import ray
 
         t0 = time.perf_counter()
-        ref = self.learners[0].weights.remote()
-        ray.wait([ref], fetch_local=False)
+        # every rank joins (ZeRO-3 gathers are collective); rank 0's call returns the weights
+        refs = [lr.weights.remote() for lr in self.learners]
+        ray.wait(refs, num_returns=len(refs), fetch_local=False)
+        ref = refs[0]
         self.latest = WeightVersion(version, ref, time.perf_counter() - t0)
         self._acks += [w.set_weights.remote(version, [ref]) for w in self.rollouts]
         return self.latest

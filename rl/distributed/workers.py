@@ -3,9 +3,9 @@ with ``ray.remote`` and places them (importing this module needs no Ray).
 
 * :class:`RolloutWorker`: an engine (HF or vLLM) and an agent loop; samples the task groups it is
   given with the newest weights it has, tagging each trajectory with that policy version.
-* :class:`LearnerWorker`: one learner rank. It wraps the local :class:`rl.trainer.Trainer`
-  (without its rollout engine) so SFT, the RL update, checkpointing and resume are the exact code
-  of the local path; rank 0 publishes its weights to the object store.
+* :class:`LearnerWorker`: one learner rank: a learner and checkpoint access. The controller
+  sends every collective call (update, SFT step, weights, save, resume) to every rank; rank 0
+  returns the weights the controller publishes.
 """
 
 from __future__ import annotations
@@ -139,31 +139,45 @@ class RolloutWorker:
         return evaluate(self.cfg, parts, self.engine, tasks)  # type: ignore[arg-type]
 
 
-class LearnerWorker:
-    """One learner rank; ``update`` takes this rank's rows of the batch.
+class _StateBox:
+    """A checkpoint part whose state another process computed (the controller's credit and
+    task stream, saved by learner rank 0 and handed back to the controller on resume)."""
 
-    ``delay_s`` slows every update down (latency injection for the staleness test and
-    benchmarks); 0 in real runs.
+    def __init__(self, state: Any = None) -> None:
+        self.state = state
+
+    def state_dict(self) -> Any:
+        return self.state
+
+    def load_state_dict(self, state: Any) -> None:
+        self.state = state
+
+
+class LearnerWorker:
+    """One learner rank: a learner and checkpoint access, nothing else (no engine, no envs).
+
+    Every call that is collective for the learner (update, SFT step, weights under ZeRO-3,
+    save, resume) is sent by the controller to every rank. ``delay_s`` slows every update down
+    (latency injection for the staleness test and benchmarks); 0 in real runs.
     """
 
     def __init__(self, cfg: Config, run_dir: str, rank: int, world_size: int,
                  master_addr: str = "127.0.0.1", master_port: int = 29500,
                  config_yaml: str = "", delay_s: float = 0.0) -> None:
-        from rl.learner import dist
-        from rl.trainer import Trainer
+        from rl.learner import dist, make_learner
+        from rl.models import load_model, load_tokenizer
+        from rl.step import seed_everything
 
         os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size),
                            "LOCAL_RANK": "0", "MASTER_ADDR": master_addr,
                            "MASTER_PORT": str(master_port)})
         dist.init_from_env()
         _set_threads(cfg.launcher.threads_per_actor)
-        local = copy.deepcopy(cfg)
-        # The learner never samples: its Trainer gets the in-process HF engine sharing its
-        # parameters (a no-op sync, no vLLM start-up here); the driver logs RL steps.
-        local.engine, local.launcher.kind, local.trainer.num_threads = "hf", "local", 0
-        local.trainer.wandb = "disabled"  # the driver owns the run's wandb
-        self.trainer = Trainer(local, Path(run_dir), config_yaml)
+        seed_everything(cfg.trainer.seed)
+        self.cfg, self.run_dir, self.config_yaml = cfg, Path(run_dir), config_yaml
         self.rank, self.delay_s = rank, delay_s
+        self.tokenizer = load_tokenizer(cfg.model.name)
+        self.learner = make_learner(load_model(cfg.model.name, cfg.model.dtype), cfg.learner)
 
     def ping(self) -> int:
         return self.rank
@@ -171,33 +185,74 @@ class LearnerWorker:
     def set_delay(self, seconds: float) -> None:
         self.delay_s = seconds
 
-    def resume(self) -> dict[str, Any]:
-        self.trainer.maybe_resume()
-        t = self.trainer
-        return {"step": t.step, "stage": t.stage, "results": t.results}
+    def memory_mb(self) -> float:
+        """Resident memory of this actor's process (MiB)."""
+        import resource
 
-    def run_sft(self) -> float:
-        t0 = time.perf_counter()
-        self.trainer.run_sft()
-        return time.perf_counter() - t0
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+    # -- training --------------------------------------------------------------------------------
     def update(self, batch) -> dict[str, float]:
         t0 = time.perf_counter()
         if self.delay_s > 0:
             time.sleep(self.delay_s)
-        m = self.trainer.update(batch)
+        m = self.learner.update(batch, self.cfg.algorithm.loss, self.cfg.rollout.temperature)
         m["time/learner_update"] = time.perf_counter() - t0
         return m
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        """Full policy weights (LoRA merged) as CPU tensors, for the object store."""
-        return {k: v.detach().to("cpu").contiguous()
-                for k, v in self.trainer.learner.named_weights()}
+    def sft_update(self, batch) -> dict[str, float]:
+        return self.learner.sft_update(batch)
 
-    def save(self, step: int, stage: str, results: dict) -> str:
-        t = self.trainer
-        t.step, t.stage, t.results = step, stage, results
-        return str(t.save())
+    def set_lr(self, lr: float) -> None:
+        self.learner.set_lr(lr)
+
+    def start_rl(self, snapshot_reference: bool) -> None:
+        self.learner.reset_optimizer()
+        if snapshot_reference:
+            self.learner.snapshot_reference()
+
+    def weights(self) -> dict[str, torch.Tensor] | None:
+        """Full policy weights (LoRA merged) as CPU tensors on rank 0, for the object store;
+        None on the other ranks. Every rank must be called (collective under ZeRO-3)."""
+        out = {}
+        for k, v in self.learner.named_weights():
+            if self.rank == 0:
+                out[k] = v.detach().to("cpu", copy=True).contiguous()
+        return out if self.rank == 0 else None
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save(self, run_state: dict[str, Any], parts: dict[str, Any]) -> str:
+        """Collective. ``parts``: the controller's stateful parts' states (rank 0 saves them)."""
+        from rl import checkpoint as ckpt
+
+        boxes = {k: _StateBox(v) for k, v in parts.items()} if self.rank == 0 else {}
+        return str(ckpt.save_checkpoint(
+            self.run_dir / "checkpoints", int(run_state["step"]), learner=self.learner,
+            tokenizer=self.tokenizer, trainer_state=run_state, parts=boxes,
+            config_yaml=self.config_yaml, keep_last=self.cfg.trainer.keep_last))
+
+    def resume(self, part_names: list[str]) -> dict[str, Any] | None:
+        """Collective: load the checkpoint ``trainer.resume`` names. Returns ``{"state",
+        "parts", "path"}`` (parts only on rank 0), or None when there is none."""
+        from rl import checkpoint as ckpt
+
+        spec = ckpt.config_resume(self.cfg)
+        path = ckpt.resolve_resume(spec, self.run_dir)
+        if path is None:
+            return None
+        boxes = {k: _StateBox() for k in part_names} if self.rank == 0 else {}
+        state = ckpt.load_checkpoint(path, learner=self.learner, parts=boxes)
+        ckpt.check_resume_config(path, state, self.cfg, self.config_yaml)
+        return {"state": state, "parts": {k: b.state for k, b in boxes.items()},
+                "path": str(path)}
+
+    def parameter_digest(self) -> list[float]:
+        """Sum and sum of squares of every weight (tests compare runs with it)."""
+        s = sq = 0.0
+        for _, v in self.learner.named_weights():
+            s += float(v.double().sum())
+            sq += float(v.double().pow(2).sum())
+        return [s, sq]
 
     def close(self) -> None:
-        self.trainer.logger.close()
+        pass

@@ -1,45 +1,36 @@
 """Learners: ``TorchLearner`` (one process) and ``DeepSpeedLearner`` (ZeRO across ranks), chosen
-by ``LearnerConfig.backend``. Both implement one protocol: ``update``, ``sft_update``,
-``compute_logprobs``, ``compute_ref_logprobs``, ``set_lr``, ``named_weights``,
-``save_pretrained``, ``load_pretrained``, ``state_dict`` / ``load_state_dict``, ``model``,
-``optimizer_steps``.
-"""
+by ``learner.backend`` from a registry. Both implement :class:`rl.learner.base.Learner`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
+from rl.config import LearnerConfig
+from rl.learner.base import Learner, rollout_policy
 from rl.registry import Registry
-from rl.learner.torch import LearnerConfig
 
-LEARNERS: Registry[Callable[[torch.nn.Module, LearnerConfig], Any]] = Registry("learner backend")
+__all__ = ["LEARNERS", "Learner", "make_learner", "rollout_policy"]
+
+LEARNERS: Registry[Callable[[torch.nn.Module, LearnerConfig], Learner]] = Registry(
+    "learner backend")
 
 
 @LEARNERS.register("torch")
-def _torch(model: torch.nn.Module, cfg: LearnerConfig):
+def _torch(model: torch.nn.Module, cfg: LearnerConfig) -> Learner:
     from rl.learner.torch import TorchLearner
 
     return TorchLearner(model, cfg)
 
 
 @LEARNERS.register("deepspeed")
-def _deepspeed(model: torch.nn.Module, cfg: LearnerConfig):
+def _deepspeed(model: torch.nn.Module, cfg: LearnerConfig) -> Learner:
     from rl.learner.deepspeed import DeepSpeedLearner
 
     return DeepSpeedLearner(model, cfg)
 
 
-def make_learner(model: torch.nn.Module, cfg: LearnerConfig):
+def make_learner(model: torch.nn.Module, cfg: LearnerConfig) -> Learner:
     """The learner for ``cfg.backend`` ("torch" | "deepspeed") around ``model``."""
     return LEARNERS.get(cfg.backend)(model, cfg)
-
-
-def rollout_policy(learner) -> tuple[torch.nn.Module, bool]:
-    """The module a rollout engine should generate with, and whether it shares the learner's
-    parameters (then ``update_weights`` is a no-op). ZeRO-3 partitions the learner's module, so
-    its engine gets a separate full copy kept current through ``named_weights()``."""
-    return (getattr(learner, "rollout_model", learner.model),
-            bool(getattr(learner, "rollout_shared", True)))

@@ -32,8 +32,11 @@ from typing import Any
 import torch
 
 from rl.algos import LossNorm, sft_loss
+from rl.algos.objective import rl_loss
+from rl.config import LearnerConfig, LossConfig
 from rl.learner import dist
-from rl.learner.torch import LearnerConfig, LossConfig, apply_lora, rl_loss, token_logprobs
+from rl.learner.base import ReferenceSnapshot, reference_logprobs
+from rl.learner.torch import apply_lora, token_logprobs
 from rl.types import Batch
 
 BF16_MODES = ("auto", "on", "off")
@@ -190,6 +193,8 @@ class DeepSpeedLearner:
             model_parameters=params,
         )
         self.optimizer_steps = 0
+        self.reference = ReferenceSnapshot(
+            {n: p for n, p in model.named_parameters() if p.requires_grad}, cfg.ref_offload)
 
     # -- helpers -------------------------------------------------------------------------------
     def _gather(self, params: list[torch.nn.Parameter], modifier_rank: int | None = None):
@@ -241,11 +246,10 @@ class DeepSpeedLearner:
 
     @torch.no_grad()
     def compute_ref_logprobs(self, batch: Batch | None, temperature: float = 1.0) -> torch.Tensor:
-        """Reference logprobs: with LoRA, the base model is the reference (adapter disabled)."""
-        if not self.cfg.lora.enabled:
-            raise ValueError("kl_coef > 0 needs a reference: enable LoRA or pass ref logprobs")
-        with self.model.disable_adapter():
-            return self.compute_logprobs(batch, temperature)
+        """Logprobs under the KL reference: the policy when RL started (rl/learner/base.py).
+        Collective: every rank joins the forwards."""
+        return reference_logprobs(self.reference,
+                                  lambda: self.compute_logprobs(batch, temperature))
 
     def _step(self, micro: list[Batch | None],
               loss_fn: Callable[[Batch], tuple[torch.Tensor, dict]]) -> dict[str, float]:
@@ -346,9 +350,18 @@ class DeepSpeedLearner:
         out["sft/loss"] = out.pop("loss")
         return out
 
-    def reset_optimizer_state(self) -> None:
+    def reset_optimizer(self) -> None:
         """Drop Adam moments (e.g. between SFT and RL); the step counters stay."""
         self.optimizer.optimizer.state.clear()
+
+    def snapshot_reference(self) -> None:
+        """The KL reference swaps values into the module's parameters; ZeRO-3 partitions them,
+        so there the reference is refused (use ZeRO-1/2, or kl_coef=0)."""
+        if self.stage == 3:
+            raise ValueError("algorithm.loss.kl_coef > 0 is not supported with ZeRO-3 (the "
+                             "reference snapshot needs whole parameters): use "
+                             "learner=deepspeed_zero2 or kl_coef=0")
+        self.reference.take()
 
     # -- weights ---------------------------------------------------------------------------------
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -437,7 +450,8 @@ class DeepSpeedLearner:
         fp32 master weights), the LR scheduler and the step counter."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "optimizer_steps": self.optimizer_steps, "zero_stage": self.stage,
-                "world_size": dist.world_size(), "rank": dist.rank()}
+                "world_size": dist.world_size(), "rank": dist.rank(),
+                "reference": self.reference.state_dict()}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` of this rank (same ZeRO stage and world size)."""
@@ -452,3 +466,4 @@ class DeepSpeedLearner:
                                        load_from_fp32_weights=True)
         self.scheduler.load_state_dict(d["scheduler"])
         self.optimizer_steps = int(d["optimizer_steps"])
+        self.reference.load_state_dict(d.get("reference", {}))

@@ -142,8 +142,6 @@ def check_data_parallel(cfg, multi: bool) -> None:
     if cfg.trainer.tasks_per_step < world:
         raise SystemExit(f"turnrl: trainer.tasks_per_step={cfg.trainer.tasks_per_step} < "
                          f"{world} processes: every rank needs at least one task (group)")
-    if cfg.algorithm.archer.enabled:  # its critic and replay buffer are not sharded
-        raise SystemExit("turnrl: algorithm=archer runs in one process only")
 
 
 def gather_rollouts(trajs: list, rewards: torch.Tensor) -> tuple[list, torch.Tensor]:

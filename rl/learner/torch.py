@@ -11,88 +11,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from rl.algos import LossNorm, kl_penalty, policy_loss, sft_loss, truncated_is_weights
+from rl.algos import LossNorm, sft_loss
+from rl.algos.objective import rl_loss
+from rl.config import DeepSpeedConfig, LearnerConfig, LoraConfig, LossConfig  # noqa: F401
+from rl.learner.base import ReferenceSnapshot, reference_logprobs
 from rl.types import Batch
-
-
-@dataclass
-class LoraConfig:
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-    """Module names to adapt; ["all-linear"] adapts every linear layer but the LM head."""
-
-
-@dataclass
-class DeepSpeedConfig:
-    """DeepSpeed ZeRO options (used when ``LearnerConfig.backend == "deepspeed"``)."""
-
-    zero_stage: int = 2
-    """ZeRO stage: 1 (optimizer states), 2 (+ gradients) or 3 (+ parameters) partitioned."""
-    offload_optimizer: bool = False
-    """Keep optimizer states (and the fp32 master weights) in CPU memory (ZeRO-Offload)."""
-    offload_params: bool = False
-    """Keep partitioned parameters in CPU memory between uses (ZeRO-3 only)."""
-    bf16: str = "auto"
-    """bf16 weights with fp32 master weights: "auto" (on where CUDA supports bf16, else off),
-    "on" or "off". When off, ``LearnerConfig.autocast`` still applies to the forward pass."""
-    overrides: dict[str, Any] = field(default_factory=dict)
-    """Extra ds_config entries, deep-merged over the generated config (e.g.
-    ``{"zero_optimization": {"reduce_bucket_size": 5e7}}``)."""
-
-
-@dataclass
-class LearnerConfig:
-    backend: str = "torch"
-    """Learner implementation: "torch" (one process) | "deepspeed" (ZeRO, torchrun/Ray)."""
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0
-    """Max global grad norm; 0 disables clipping."""
-    warmup_steps: int = 0
-    """Linear LR warm-up over this many optimizer steps, then constant."""
-    micro_batch_size: int = 8
-    """Sequences per forward/backward; gradients accumulate to the whole (mini-)batch."""
-    mini_batches: int = 1
-    """Optimizer steps per RL batch (PPO mini-batches). 1 = fully on-policy."""
-    ppo_epochs: int = 1
-    """Passes over the batch. With ppo_epochs = mini_batches = 1 the importance ratio is exactly 1
-    and old logprobs are the current ones, detached (no extra forward pass)."""
-    autocast: str = "bf16"
-    """Autocast dtype for forward/backward: "bf16" or "fp32" (master weights stay fp32)."""
-    gradient_checkpointing: bool = False
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-
-
-@dataclass
-class LossConfig:
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    """DAPO clip-higher default; set equal to clip_low for symmetric PPO clipping."""
-    dual_clip: float | None = None
-    agg: str = "token-mean"
-    max_tokens: int | None = None
-    """Constant normaliser for "seq-mean-token-sum-norm" (Dr.GRPO); defaults to batch length."""
-    kl_coef: float = 0.0
-    """Weight of the KL penalty to the frozen reference (0 = no reference model needed)."""
-    kl_estimator: str = "k3"
-    tis_cap: float = 0.0
-    """Truncated importance sampling against the sampler's logprobs: each token's loss is
-    weighted by ``min(exp(logp_old - logp_sampler), tis_cap)`` (rl.algos.truncated_is_weights);
-    0 disables it. ``logp_old``, the "old" policy of the clipped ratio, is always the learner's
-    own: the current weights detached when fully on-policy (ppo_epochs = mini_batches = 1),
-    else its recomputation before the first optimizer step. The sampler's logprobs only enter
-    through this weight, which corrects for stale weights (async rollout) and engine/learner
-    numeric mismatch."""
 
 
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
@@ -135,39 +62,6 @@ def token_logprobs(
     return out
 
 
-def rl_loss(lp: torch.Tensor, mb: Batch, loss_cfg: LossConfig, norm: LossNorm,
-            on_policy: bool) -> tuple[torch.Tensor, dict[str, float]]:
-    """The RL objective of one micro-batch given the learner's logprobs ``lp`` (B, L) of it:
-    clipped policy loss (optionally truncated-IS weighted against the sampler) plus the KL
-    penalty, normalised by ``norm`` (the whole mini-batch's, or every rank's). ``on_policy``:
-    the old logprobs are ``lp`` detached (ratio exactly 1). Shared by every learner backend."""
-    old = lp.detach() if on_policy else mb.old_logprobs
-    mask = mb.loss_mask
-    is_w, tis_m = None, {}
-    if loss_cfg.tis_cap > 0:
-        sampler = mb.old_logprobs if on_policy else mb.sampler_logprobs
-        assert sampler is not None
-        is_w, tis_m = truncated_is_weights(old, sampler, mask, loss_cfg.tis_cap)
-    loss, m = policy_loss(
-        lp, old, mb.advantages, mask, clip_low=loss_cfg.clip_low,
-        clip_high=loss_cfg.clip_high, dual_clip=loss_cfg.dual_clip,
-        agg=loss_cfg.agg, norm=norm, is_weights=is_w,
-    )
-    metrics = {f"actor/{k}": float(v) for k, v in {**m, **tis_m}.items()}
-    if loss_cfg.kl_coef > 0:
-        assert mb.ref_logprobs is not None
-        kl = kl_penalty(lp, mb.ref_logprobs, loss_cfg.kl_estimator) * mask
-        kl_loss = kl.sum() / max(norm.num_tokens or 1.0, 1.0)
-        loss = loss + loss_cfg.kl_coef * kl_loss
-        metrics["actor/kl"] = float(kl_loss.detach())
-    # sampler vs learner mismatch (bf16 vs fp32, kernels): a diagnostic only
-    n_tok = mask.sum().clamp(min=1)
-    metrics["actor/sampler_logprob_diff"] = float(
-        ((lp.detach() - mb.old_logprobs).abs() * mask).sum() / n_tok
-    ) if on_policy else 0.0
-    return loss, metrics
-
-
 class TorchLearner:
     def __init__(self, model: torch.nn.Module, cfg: LearnerConfig) -> None:
         self.cfg = cfg
@@ -185,6 +79,14 @@ class TorchLearner:
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
         )
         self.optimizer_steps = 0
+        self.reference = ReferenceSnapshot(
+            {n: p for n, p in model.named_parameters() if p.requires_grad}, cfg.ref_offload)
+
+    def reset_optimizer(self) -> None:
+        self.optimizer.state.clear()
+
+    def snapshot_reference(self) -> None:
+        self.reference.take()
 
     def set_lr(self, lr: float) -> None:
         """Change the base learning rate (the scheduler's warm-up factor still applies)."""
@@ -212,12 +114,14 @@ class TorchLearner:
         """This process's optimizer, scheduler and step counter (weights: save_pretrained)."""
         return {"optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "optimizer_steps": self.optimizer_steps}
+                "optimizer_steps": self.optimizer_steps,
+                "reference": self.reference.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.optimizer_steps = int(state["optimizer_steps"])
+        self.reference.load_state_dict(state.get("reference", {}))
 
     # -- helpers -------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -245,11 +149,9 @@ class TorchLearner:
 
     @torch.no_grad()
     def compute_ref_logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
-        """Reference logprobs: with LoRA, the base model is the reference (adapter disabled)."""
-        if not self.cfg.lora.enabled:
-            raise ValueError("kl_coef > 0 needs a reference: enable LoRA or pass ref logprobs")
-        with self.model.disable_adapter():
-            return self.compute_logprobs(batch, temperature)
+        """Logprobs under the KL reference: the policy when RL started (rl/learner/base.py)."""
+        return reference_logprobs(self.reference,
+                                  lambda: self.compute_logprobs(batch, temperature))
 
     def _step(self, micro: list[Batch], loss_fn: Callable[[Batch], tuple[torch.Tensor, dict]]):
         self.model.train()

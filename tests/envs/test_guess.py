@@ -185,7 +185,7 @@ def test_train_env_guess_builds_its_parts(tmp_path, tiny_model_dir) -> None:
     sft = sft_trajectories(cfg, parts)
     assert len(sft) == 2 and all(t.info["final_answer"] == t.task.answer for t in sft)
     trajs = trainer.rollout(0)
-    rewards = trainer.score(trajs)
+    rewards = trainer.core.score(trajs)
     assert rewards.shape == (4,)
     for t in trajs:
         assert len(t.turn_rewards) == len(t.turns) >= 1

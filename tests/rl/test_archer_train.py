@@ -47,14 +47,14 @@ def test_archer_two_steps_train_actor_and_critic(tmp_path, tiny_model_dir):
     t = _trainer(tiny_model_dir, tmp_path, "algorithm=archer", "algorithm.archer.warmup_iters=1",
                  "algorithm.archer.critic_updates=2", "algorithm.archer.batch_size=4",
                  "algorithm.archer.critic_max_tokens=128")
-    actor0, critic0, target0 = (_checksum(t.learner.model), _checksum(t.credit.critic),
-                                _checksum(t.credit.target))
+    actor0, critic0, target0 = (_checksum(t.learner.model), _checksum(t.core.credit.critic),
+                                _checksum(t.core.credit.target))
     rows, n_turns = [], 0
     for step in range(2):
-        trajs, _, metrics, timer = t.train_step(step)
+        trajs, metrics, timer = t.train_step(step)
         rows.append(metrics)
         n_turns += sum(len(x.turns) for x in trajs)
-        assert "critic" in timer.times
+        assert "advantage" in timer.times  # the critic trains in the credit phase
         assert all(len(x.turns) >= 1 for x in trajs)
     for m in rows:
         for key in ("critic/q1_loss", "critic/q2_loss", "critic/v1_loss", "critic/v2_loss"):
@@ -62,30 +62,31 @@ def test_archer_two_steps_train_actor_and_critic(tmp_path, tiny_model_dir):
     assert rows[0]["update/trained_seqs"] == 0.0  # step 0: critic warm-up only
     assert rows[1]["update/trained_seqs"] > 0.0 and rows[1]["critic/actor_ready"] == 1.0
     assert _checksum(t.learner.model) != actor0, "actor did not change"
-    assert _checksum(t.credit.critic) != critic0, "critic did not change"
-    assert _checksum(t.credit.target) != target0, "target critic did not move"
-    assert len(t.credit.buffer) == n_turns  # every turn of both steps was replayed into it
+    assert _checksum(t.core.credit.critic) != critic0, "critic did not change"
+    assert _checksum(t.core.credit.target) != target0, "target critic did not move"
+    assert len(t.core.credit.buffer) == n_turns  # every turn of both steps was replayed into it
     # the critic is a named stateful part, so checkpoints carry it
-    assert t.stateful["credit"] is t.credit
+    assert t.stateful["credit"] is t.core.credit
     from rl import checkpoint as ckpt
-    from rl.algos.archer import build_credit
+    from rl.step import build_credit
 
     path = t.save()
-    fresh = build_credit(t.cfg, t.learner.model, t.tokenizer)
+    fresh = build_credit(t.cfg, t.tokenizer, t.learner.model)
     ckpt.load_checkpoint(path, learner=t.learner, parts={"credit": fresh})
-    assert fresh.iterations == 2 and fresh.buffer.items == t.credit.buffer.items
-    for a, b in zip(fresh.critic.state_dict().values(), t.credit.critic.state_dict().values()):
+    assert fresh.iterations == 2 and fresh.buffer.items == t.core.credit.buffer.items
+    for a, b in zip(fresh.critic.state_dict().values(), t.core.credit.critic.state_dict().values()):
         assert torch.equal(a, b)
-    for a, b in zip(fresh.target.state_dict().values(), t.credit.target.state_dict().values()):
+    for a, b in zip(fresh.target.state_dict().values(), t.core.credit.target.state_dict().values()):
         assert torch.equal(a, b)
 
 
 def test_turn_level_grpo_feeds_per_turn_credit(tmp_path, tiny_model_dir):
     t = _trainer(tiny_model_dir, tmp_path, "algorithm=grpo_turn")
     trajs = t.rollout(0)
-    rewards = t.score(trajs)
+    t.core.score(trajs)
     assert all(len(x.turn_rewards) == len(x.turns) for x in trajs)
-    batch = t.make_batch(trajs, rewards)
+    adv, _ = t.core.assign_credit(trajs)
+    batch = t.core.make_batch(trajs, adv)
     assert batch is not None
     # hand check (loops, population std): A[i, t] = (G[i, t] - mean_j G[j, t]) / std_j G[j, t]
     # over the members j of i's group that have a turn t; G = reward-to-go (gamma 1) of the turn
@@ -113,7 +114,7 @@ def test_turn_level_grpo_feeds_per_turn_credit(tmp_path, tiny_model_dir):
             torch.testing.assert_close(got, torch.full_like(got, a), atol=1e-4, rtol=0)
     # unlike outcome-only GRPO, a trajectory's turns get different advantages
     assert any(len({round(a, 5) for a in expected[i]}) > 1 for i in keep)
-    _, _, metrics, _ = t.train_step(1)
+    _, metrics, _ = t.train_step(1)
     assert metrics["update/trained_seqs"] > 0
 
 

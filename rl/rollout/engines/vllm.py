@@ -50,47 +50,15 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from rl.config import VLLMConfig
 from rl.rollout.engines.base import GenerationOutput, GenerationRequest, SamplingParams
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class VLLMConfig:
-    """Start-up options of the vLLM engine (``engine=vllm``). Defaults suit a small CPU box."""
-
-    dtype: str = "float32"
-    """Weights/activations dtype in vLLM: float32 | bfloat16 | float16 | auto. float32 matches
-    the fp32 learner's logprobs to ~1e-5 on CPU; bfloat16 is faster where AMX exists."""
-    enforce_eager: bool = True
-    """Eager mode (no torch.compile / CUDA graphs): starts in seconds. False compiles (faster
-    decode on GPU, minutes of start-up)."""
-    kv_cache_space_gb: float = 2.0
-    """CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); unset, vLLM reserves most of RAM."""
-    gpu_memory_utilization: float = 0.5
-    """CUDA: fraction of GPU memory vLLM may take (the learner shares the GPU)."""
-    max_model_len: int = 0
-    """Longest sequence (prompt + generation); 0 = rollout.max_total_tokens."""
-    max_num_seqs: int = 256
-    """Sequences scheduled together (continuous batching width)."""
-    enable_prefix_caching: bool = True
-    """Share KV blocks of common prompt prefixes (a GRPO group's repeated prompt)."""
-    lora_sync: str = "merged"
-    """With learner.lora.enabled: "merged" (sync W + BA as full weights) or "adapter" (serve the
-    PEFT adapter through vLLM LoRA; base weights stay as loaded)."""
-    max_lora_rank: int = 64
-    in_process: bool = True
-    """Run vLLM's engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): weight sync
-    passes tensors by reference. False: separate engine-core process (serialized sync)."""
-    num_threads: int = 0
-    """torch threads after start-up (vLLM drops this process to 1 for serving; in-process the
-    learner needs them back). 0 = the thread count before start-up."""
-    seed: int = 0
 
 
 # -- AMX -----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from envs.base import StepResult
-from rl.distributed.config import LauncherConfig
+from rl.config import LauncherConfig
 from rl.distributed.envs import TimeLimitEnv, with_time_limit
 from rl.distributed.pool import bundles
 from rl.types import Task

@@ -1,0 +1,47 @@
+"""The RL objective both learner backends optimise (one definition, beside the algorithms).
+
+``rl_loss`` combines the clipped policy loss (rl/algos/losses.py), optional truncated importance
+weights against the sampler's logprobs, and the KL penalty to the reference (rl/algos/kl.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rl.algos.kl import kl_penalty
+from rl.algos.losses import LossNorm, policy_loss, truncated_is_weights
+from rl.config import LossConfig
+from rl.types import Batch
+
+
+def rl_loss(lp: torch.Tensor, mb: Batch, loss_cfg: LossConfig, norm: LossNorm,
+            on_policy: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    """The RL objective of one micro-batch given the learner's logprobs ``lp`` (B, L) of it:
+    clipped policy loss (optionally truncated-IS weighted against the sampler) plus the KL
+    penalty, normalised by ``norm`` (the whole mini-batch's, or every rank's). ``on_policy``:
+    the old logprobs are ``lp`` detached (ratio exactly 1). Shared by every learner backend."""
+    old = lp.detach() if on_policy else mb.old_logprobs
+    mask = mb.loss_mask
+    is_w, tis_m = None, {}
+    if loss_cfg.tis_cap > 0:
+        sampler = mb.old_logprobs if on_policy else mb.sampler_logprobs
+        assert sampler is not None
+        is_w, tis_m = truncated_is_weights(old, sampler, mask, loss_cfg.tis_cap)
+    loss, m = policy_loss(
+        lp, old, mb.advantages, mask, clip_low=loss_cfg.clip_low,
+        clip_high=loss_cfg.clip_high, dual_clip=loss_cfg.dual_clip,
+        agg=loss_cfg.agg, norm=norm, is_weights=is_w,
+    )
+    metrics = {f"actor/{k}": float(v) for k, v in {**m, **tis_m}.items()}
+    if loss_cfg.kl_coef > 0:
+        assert mb.ref_logprobs is not None
+        kl = kl_penalty(lp, mb.ref_logprobs, loss_cfg.kl_estimator) * mask
+        kl_loss = kl.sum() / max(norm.num_tokens or 1.0, 1.0)
+        loss = loss + loss_cfg.kl_coef * kl_loss
+        metrics["actor/kl"] = float(kl_loss.detach())
+    # sampler vs learner mismatch (bf16 vs fp32, kernels): a diagnostic only
+    n_tok = mask.sum().clamp(min=1)
+    metrics["actor/sampler_logprob_diff"] = float(
+        ((lp.detach() - mb.old_logprobs).abs() * mask).sum() / n_tok
+    ) if on_policy else 0.0
+    return loss, metrics

@@ -1,0 +1,232 @@
+"""One RL step and one run, shared by every driver (local ``Trainer``, Ray ``RayController``).
+
+A driver decides *where* work runs (this process and its torchrun peers, or Ray actors); this
+module decides *what* a run is:
+
+* the stage machine, :func:`fit`: base eval -> cold-start SFT -> eval -> RL steps -> eval, with
+  the save cadence and resume; a driver supplies the phases (:class:`Driver`);
+* a step's tasks and rollout seeds (:meth:`StepCore.task_batch`, :meth:`StepCore.rollout_seed`),
+  so the same config gives the same trajectories under either driver;
+* scoring, credit assignment (``algorithm.credit``, rl/algos/credit.py), the update batch;
+* the SFT batches, and the step's metrics row (one set of keys for every driver).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from rl.algos.credit import Credit, CreditContext, make_credit
+from rl.config import Config
+from rl.types import Batch, Task, Trajectory
+
+
+@dataclass
+class RunState:
+    """Where a run is: what a checkpoint restores besides weights and optimizer."""
+
+    step: int = 0
+    stage: str = "start"
+    """"start" (before the pre-RL stages) or "rl"."""
+    results: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Held-out evaluation per stage label (base, sft, <algorithm>)."""
+
+
+class Driver(Protocol):
+    """The phases :func:`fit` runs; each driver implements them where its work lives."""
+
+    state: RunState
+
+    def resume(self) -> None: ...
+
+    def evaluate(self, label: str) -> dict[str, float]: ...
+
+    def run_sft(self) -> None: ...
+
+    def start_rl(self) -> None:
+        """Once, when RL begins: fresh optimizer moments, the KL reference snapshot."""
+        ...
+
+    def train_step(self, step: int) -> None: ...
+
+    def save(self) -> Any: ...
+
+    def finish(self) -> None: ...
+
+    def progress(self, steps: range) -> Any: ...
+
+
+def fit(driver: Driver, cfg: Config) -> dict[str, dict[str, float]]:
+    """The whole run: the stage machine both drivers share."""
+    driver.resume()
+    s = driver.state
+    if s.stage == "start":
+        if cfg.eval.compare_stages:
+            s.results["base"] = driver.evaluate("base")
+        if cfg.sft.enabled:
+            driver.run_sft()
+            if cfg.eval.compare_stages:
+                s.results["sft"] = driver.evaluate("sft")
+        s.stage = "rl"
+        driver.start_rl()
+    for step in driver.progress(range(s.step, cfg.trainer.steps)):
+        driver.train_step(step)
+        s.step = step + 1
+        if should_save(cfg, s.step):
+            driver.save()
+    if cfg.eval.compare_stages:
+        s.results[cfg.algorithm.name] = driver.evaluate(cfg.algorithm.name)
+    driver.save()
+    driver.finish()
+    return s.results
+
+
+def should_save(cfg: Config, step: int) -> bool:
+    """Periodic checkpoints (the final one is always written by :func:`fit`)."""
+    every = cfg.trainer.save_every
+    return every > 0 and step % every == 0 and step < cfg.trainer.steps
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class StepCore:
+    """Tasks, seeds, scoring, credit and batching of a step; no process or actor knowledge.
+
+    ``credit`` is None in a process that does not assign credit (a non-zero torchrun rank: rank
+    0 assigns it for every rank's rows, rl/trainer.py).
+    """
+
+    def __init__(self, cfg: Config, train_tasks, pad_id: int, credit: Credit | None) -> None:
+        self.cfg, self.train_tasks, self.pad_id, self.credit = cfg, train_tasks, pad_id, credit
+
+    # -- what the step samples ---------------------------------------------------------------------
+    def task_batch(self, step: int) -> list[Task]:
+        return self.train_tasks.batch(step, self.cfg.trainer.tasks_per_step)
+
+    def rollout_seed(self, step: int, first: int) -> int:
+        """Seed of the rollout of the step's tasks starting at index ``first`` (a rank's or a
+        worker's share): the same tasks get the same seed under every driver."""
+        return self.cfg.trainer.seed * 100_003 + step + 7919 * first
+
+    def group_offset(self, step: int, first: int) -> int:
+        """Group id of the step's task ``first`` (group ids are unique over the run)."""
+        return step * self.cfg.trainer.tasks_per_step + first
+
+    # -- what the step learns from -----------------------------------------------------------------
+    def score(self, trajs: list[Trajectory]) -> torch.Tensor:
+        """Compose each trajectory's rewards (sets outcome_reward / reward_terms /
+        turn_rewards); ``(N,)`` outcome rewards."""
+        from rewards.compose import score
+
+        a = self.cfg.algorithm
+        return torch.tensor([score(t, a.reward_weights, a.turn_reward_weights) for t in trajs],
+                            dtype=torch.float32)
+
+    def assign_credit(self, trajs: list[Trajectory]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Critic update, then ``(B, L)`` advantages of every (scored) trajectory."""
+        assert self.credit is not None, "credit is assigned where all trajectories are"
+        metrics = self.credit.critic_update(trajs)
+        adv = self.credit.advantages(trajs, [t.group_id for t in trajs])
+        return adv, metrics
+
+    def make_batch(self, trajs: list[Trajectory], adv: torch.Tensor) -> Batch | None:
+        """The update batch of ``trajs`` with advantages ``adv`` (``(B, L)``); None when no
+        row carries signal.
+
+        Rows whose advantages are all zero carry no policy gradient (a uniform GRPO group; a
+        critic still warming up). They are left out when ``algorithm.drop_uniform_groups`` is
+        on (DAPO's dynamic-sampling filter, without re-sampling), and always for non-outcome
+        credit. A REINFORCE group that all succeeded has non-zero advantages and stays.
+        """
+        keep = list(range(len(trajs)))
+        if self.cfg.algorithm.drop_uniform_groups or self.cfg.algorithm.credit != "outcome":
+            keep = [i for i in keep if bool(adv[i].any())]
+        if not keep:
+            return None
+        return Batch.from_trajectories([trajs[i] for i in keep], adv[keep], self.pad_id)
+
+    def sft_batches(self, trajs: Sequence[Trajectory]) -> Iterator[tuple[int, list[Trajectory]]]:
+        """``(epoch, chunk)`` for every SFT batch: a seeded shuffle per epoch."""
+        c = self.cfg.sft
+        rng = random.Random(self.cfg.trainer.seed)
+        for epoch in range(c.epochs):
+            order = list(range(len(trajs)))
+            rng.shuffle(order)
+            for s in range(0, len(order), c.batch_size):
+                yield epoch, [trajs[i] for i in order[s : s + c.batch_size]]
+
+    # -- what the step reports ---------------------------------------------------------------------
+    def metrics_row(self, trajs: list[Trajectory], rewards: torch.Tensor,
+                    update: dict[str, float], times: dict[str, float]) -> dict[str, Any]:
+        """The step's metrics (same keys under every driver; drivers add their own extras)."""
+        from rewards.compose import reward_metrics
+        from rewards.outcome import success as solved
+        from rl.rollout.agent_loop import trajectory_stats
+
+        n = max(len(trajs), 1)
+        gen_tokens = sum(t.num_model_tokens for t in trajs)
+        rollout_s = times.get("rollout", times.get("rollout_wait", 0.0))
+        return {
+            **reward_metrics(trajs),  # reward/<name>: mean of each episode and turn term
+            "stage": "rl",
+            "reward/mean": float(rewards.mean()) if len(rewards) else 0.0,
+            "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            "reward/success": sum(solved(t) for t in trajs) / n,  # the env's verdict
+            **{f"episode/{k}": v for k, v in trajectory_stats(trajs).items()},
+            "perf/rollout_tokens_per_s": gen_tokens / max(rollout_s, 1e-9),
+            "perf/update_tokens_per_s": update.get("update/tokens", 0.0)
+            / max(times.get("update", 0.0), 1e-9),
+            **update, **{f"time/{k}": v for k, v in times.items()},
+        }
+
+
+def build_credit(cfg: Config, tokenizer, policy=None, engine=None, sampling=None) -> Credit:
+    """The run's credit assigner (``algorithm.credit``). ``policy``: the policy module where the
+    critic may use it as backbone; ``engine``/``sampling``: ArCHer's fresh-action sampler."""
+    a = cfg.algorithm
+    sampler = engine_action_sampler(engine, sampling) if (
+        a.credit == "archer" and a.archer.fresh_actions and engine is not None) else None
+    return make_credit(a, CreditContext(vocab_size=len(tokenizer), policy=policy,
+                                        seed=cfg.trainer.seed, action_sampler=sampler))
+
+
+def engine_action_sampler(engine, sampling):
+    """``states -> actions``: one sampled turn per state from the rollout engine (fresh a')."""
+    from rl.rollout.engines.base import GenerationRequest
+
+    def sample(states: list[Any]) -> list[Any]:
+        outs = engine.generate([GenerationRequest(list(s)) for s in states], sampling)
+        return [tuple(o.token_ids) for o in outs]
+
+    return sample
+
+
+def stage_table(results: dict[str, dict[str, float]]) -> str:
+    """Markdown table of the stage evaluations; ``<key>_lo`` / ``<key>_hi`` (95% intervals)
+    are shown beside a value when the evaluation gives them."""
+    cols = [("success", "held-out success"), ("tool_call_rate", "tool-call rate"),
+            ("tool_calls", "tool calls/ep"), ("turns", "turns/ep"), ("reward", "mean reward")]
+    lines = ["| stage | n | " + " | ".join(c[1] for c in cols) + " |",
+             "|---" * (len(cols) + 2) + "|"]
+
+    def cell(r: dict[str, float], k: str) -> str:
+        v = r.get(k, float("nan"))
+        if f"{k}_lo" in r and f"{k}_hi" in r:
+            return f"{v:.3f} [{r[f'{k}_lo']:.3f}, {r[f'{k}_hi']:.3f}]"
+        return f"{v:.3f}"
+
+    for stage, r in results.items():
+        n = r.get("n")
+        lines.append(f"| {stage} | {int(n) if n is not None else '-'} | "
+                     + " | ".join(cell(r, k) for k, _ in cols) + " |")
+    return "\n".join(lines)
