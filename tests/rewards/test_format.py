@@ -1,4 +1,4 @@
-"""Format reward = answer_ok * fraction of error-free tool calls, by hand."""
+"""Format reward = answer_ok * 0.5 ** (failed tool calls), by hand."""
 
 from __future__ import annotations
 
@@ -24,12 +24,25 @@ def test_format_reward_hand_cases() -> None:
     assert format_reward(traj()) == 0.0
     assert format_reward(traj(("<answer>2</answer>", []))) == 1.0
     assert format_reward(traj(("call", [OK]), ("<answer>2</answer>", []))) == 1.0
-    # One of four calls failed: 3/4.
+    # One of four calls failed: halved.
     assert (
-        format_reward(traj(("c", [OK, BAD, OK]), ("c", [OK]), ("<answer>2</answer>", []))) == 0.75
+        format_reward(traj(("c", [OK, BAD, OK]), ("c", [OK]), ("<answer>2</answer>", []))) == 0.5
     )
+    # Two failed calls: a quarter.
+    assert format_reward(traj(("c", [BAD]), ("c", [OK, BAD]), ("<answer>2</answer>", []))) == 0.25
     # Missing, unclosed, repeated, or early answers: 0.
     assert format_reward(traj(("call", [OK]), ("2", []))) == 0.0
     assert format_reward(traj(("<answer>2", []))) == 0.0
     assert format_reward(traj(("<answer>2</answer><answer>3</answer>", []))) == 0.0
     assert format_reward(traj(("<answer>1</answer>", [OK]), ("<answer>2</answer>", []))) == 0.0
+
+
+def test_extra_calls_do_not_dilute_a_failed_one() -> None:
+    answer = ("<answer>2</answer>", [])
+    one_failure = format_reward(traj(("c", [BAD]), answer))
+    assert one_failure == 0.5
+    # pointless successful calls around the failed one change nothing
+    assert format_reward(traj(("c", [BAD, OK, OK]), ("c", [OK, OK, OK]), answer)) == one_failure
+    # and the reward never rises with more failures
+    rewards = [format_reward(traj(("c", [BAD] * k + [OK] * 3), answer)) for k in range(5)]
+    assert rewards == [1.0, 0.5, 0.25, 0.125, 0.0625]
