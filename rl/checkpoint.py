@@ -18,17 +18,26 @@ either the previous complete checkpoint or a new complete one. A folder whose ma
 missing or does not match its files is incomplete: :func:`latest_checkpoint` reports it and
 falls back to the previous good one; loading it explicitly raises :class:`CheckpointError`.
 
+A write that fails (a full disk, Ctrl-C) deletes its temporary folder before the exception goes
+on, so the previous checkpoint is all that remains; a full disk becomes a one-line
+:class:`CheckpointWriteError` that says how much space a checkpoint needs.
+
 Checkpoints are ``torch.load``-ed with ``weights_only=False`` (RNG states are numpy/python
 objects): load only checkpoints you or your run wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import random
+import re
 import shutil
+import signal
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +54,11 @@ LOG_FILES = ("metrics.jsonl", "samples.txt")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: incomplete, corrupt, or from another world size."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (e.g. disk full); the partial folder was deleted and
+    the previous complete checkpoint is untouched."""
 
 
 class Stateful(Protocol):
@@ -224,14 +238,32 @@ def save_checkpoint(
     """
     root = Path(root)
     final = root / f"step_{step:06d}"
-    tmp = None
-    if dist.is_main():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".tmp-step_{step:06d}-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-    tmp = Path(dist.broadcast_object(str(tmp)))
+    tmp: Path | None = None
+    try:
+        if dist.is_main():
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = root / f".tmp-step_{step:06d}-{os.getpid()}"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        tmp = Path(dist.broadcast_object(str(tmp)))
+        _write(tmp, final, root, step, learner=learner, tokenizer=tokenizer,
+               trainer_state=trainer_state, parts=parts, config_yaml=config_yaml,
+               keep_last=keep_last)
+    except BaseException as e:  # Ctrl-C, disk full, a crash: leave no partial folder behind
+        written = _tree_size(tmp)
+        if dist.is_main() and tmp is not None and tmp.exists():  # rank 0 owns the folder
+            with _deferred_sigint():
+                shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception) and _is_disk_full(e):
+            raise CheckpointWriteError(_disk_full_message(root, final, written, e)) from e
+        raise
+    return final
+
+
+def _write(tmp: Path, final: Path, root: Path, step: int, *, learner: Learner, tokenizer,
+           trainer_state: dict[str, Any], parts: Mapping[str, Stateful] | None,
+           config_yaml: str, keep_last: int) -> None:
     learner.save_pretrained(tmp / "model")
     if dist.is_main():
         tokenizer.save_pretrained(tmp / "model")
@@ -257,13 +289,98 @@ def save_checkpoint(
         man = {"step": step, "world_size": world, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(man, indent=1))
         _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
+        with _deferred_sigint():  # the swap itself is never cut in half by Ctrl-C
+            old = None
+            if final.exists():  # re-saving a step: move the old folder aside, then swap
+                old = root / f".tmp-step_{step:06d}-old-{os.getpid()}"
+                os.replace(final, old)
+            os.replace(tmp, final)
+            _fsync_dir(root)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         _prune(root, keep_last)
     dist.barrier()
-    return final
+
+
+# -- failed writes ---------------------------------------------------------------------------------
+_DISK_FULL = re.compile(r"No space left on device|Disk quota exceeded|StorageFull|"
+                        r"\bcode: (28|122)\b|\[Errno (28|122)\]")
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """ENOSPC / EDQUOT, raised as OSError by Python writes, or as text inside another error by
+    writers in native code (safetensors: ``SafetensorError: ... IoError(Os { code: 28, ...``)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if _DISK_FULL.search(str(cur)):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _tree_size(path: Path | None) -> int:
+    if path is None or not path.exists():
+        return 0
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def checkpoint_size(path: Path) -> int:
+    """Bytes of a complete checkpoint: its manifest's files and the manifest (0 if unreadable)."""
+    try:
+        man = Path(path) / MANIFEST
+        files = json.loads(man.read_text())["files"]
+        return sum(int(m["size"]) for m in files.values()) + man.stat().st_size
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def _disk_full_message(root: Path, final: Path, written: int, e: BaseException) -> str:
+    previous = next((p for p in reversed(list_checkpoints(root)) if verify(p) is None), None)
+    if previous is not None and checkpoint_size(previous):
+        need = f"a checkpoint needs about {_mb(checkpoint_size(previous))} (the size of " \
+               f"{previous.name})"
+    else:
+        need = f"a checkpoint needs more than the {_mb(written)} written before the disk filled"
+    try:
+        free = f", {_mb(shutil.disk_usage(root).free)} free"
+    except OSError:
+        free = ""
+    kept = (f"the last complete checkpoint {previous} is kept" if previous is not None
+            else "no earlier checkpoint exists")
+    return (f"disk full: cannot write checkpoint {final} ({type(e).__name__}); {need}{free} "
+            f"in {root}; the partial write was deleted and {kept}; free space (or lower "
+            f"trainer.keep_last) and resume with trainer.resume=latest")
+
+
+@contextlib.contextmanager
+def _deferred_sigint():
+    """Hold a Ctrl-C that arrives inside the block until the block is done (cleanup and the
+    final rename must not be cut in half). Main thread only; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if got and callable(previous):
+            previous(signal.SIGINT, None)
+        elif got and previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 # -- verify / find -------------------------------------------------------------------------------
@@ -410,6 +527,28 @@ def _resolve_resume(spec: Any, run_dir: Path, log) -> Path | None:
     problem = verify(p, deep=True)
     if problem is not None:
         raise CheckpointError(f"cannot resume from {p}: {problem}")
+    return p
+
+
+def checked_model_path(path: Path | str, *, log=print) -> Path:
+    """A policy to load, verified like a resume (sha256 of every file): a checkpoint (or its
+    ``model/`` subfolder), or a run dir (its newest complete checkpoint). A folder with no
+    checkpoint around it (an exported HF folder) has no manifest to check and is returned as is.
+    Raises :class:`CheckpointError` for a missing, incomplete or corrupt checkpoint."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist")
+    if not (p / MANIFEST).exists() and (p / "checkpoints").is_dir():  # a run dir
+        found = latest_checkpoint(p / "checkpoints", deep=True, log=log)
+        if found is None:
+            raise CheckpointError(f"no complete checkpoint under {p / 'checkpoints'}")
+        return found
+    ckpt_dir = p.parent if p.name == "model" and (p.parent / MANIFEST).exists() else p
+    if (ckpt_dir / MANIFEST).exists() or (ckpt_dir / "model").is_dir() \
+            or ckpt_dir.name.startswith(("step_", ".tmp-step_")):
+        problem = verify(ckpt_dir, deep=True)
+        if problem is not None:
+            raise CheckpointError(f"{ckpt_dir} is not a complete checkpoint: {problem}")
     return p
 
 

@@ -281,3 +281,151 @@ def test_two_processes_write_one_checkpoint_with_a_state_per_rank(tmp_path, tiny
     assert r0["weights_sum"] == r1["weights_sum"]  # both ranks load rank 0's weights
     with pytest.raises(ckpt.CheckpointError, match="written by 2 process.*this run has 1"):
         ckpt.load_checkpoint(path, learner=_learner(tiny_model))
+
+
+# -- interrupted and failed writes ---------------------------------------------------------------
+def _snapshot(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
+def _partial_then(exc_factory):
+    """A ``_save_hashed`` that writes a few bytes of its file, then fails like a real writer."""
+
+    def writer(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 4096)
+        raise exc_factory()
+
+    return writer
+
+
+def test_ctrl_c_mid_write_leaves_no_temp_folder_and_the_previous_checkpoint(
+        tmp_path, tiny_model, tokenizer, monkeypatch):
+    import os
+    import signal
+
+    learner = _learner(tiny_model)
+    good = _save(tmp_path, 1, learner, tokenizer)
+    before = _snapshot(good)
+
+    def interrupted(obj, path):  # a real SIGINT (the default handler) lands mid-file
+        with open(path, "wb") as f:
+            f.write(b"\0" * 4096)
+            os.kill(os.getpid(), signal.SIGINT)
+            f.write(b"\0" * 4096)  # the handler runs at the next bytecode boundary
+
+    monkeypatch.setattr(ckpt, "_save_hashed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _save(tmp_path, 2, learner, tokenizer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000001"]  # no .tmp-step_*
+    assert _snapshot(good) == before and ckpt.verify(good, deep=True) is None
+    assert ckpt.latest_checkpoint(tmp_path) == good
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_disk_full_keeps_the_previous_checkpoint_and_says_how_much_is_needed(
+        tmp_path, tiny_model, tokenizer, monkeypatch):
+    import errno
+
+    learner = _learner(tiny_model)
+    good = _save(tmp_path, 1, learner, tokenizer)
+    before = _snapshot(good)
+    size = sum(len(b) for b in before.values())
+    assert ckpt.checkpoint_size(good) == size
+    monkeypatch.setattr(ckpt, "_save_hashed", _partial_then(
+        lambda: OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(ckpt.CheckpointWriteError) as info:
+        _save(tmp_path, 2, learner, tokenizer)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("disk full: cannot write checkpoint")
+    assert f"a checkpoint needs about {size / 2**20:,.0f} MiB" in msg \
+        if size >= 2**20 else f"a checkpoint needs about {size:,} bytes" in msg
+    assert f"the last complete checkpoint {good} is kept" in msg
+    assert "free in" in msg and "step_000002" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000001"]
+    assert _snapshot(good) == before and ckpt.latest_checkpoint(tmp_path, deep=True) == good
+
+
+def test_disk_full_inside_a_native_writer_is_recognised(tmp_path, tiny_model, tokenizer,
+                                                          monkeypatch):
+    from safetensors import SafetensorError
+
+    learner = _learner(tiny_model)  # no earlier checkpoint: the bytes written are a lower bound
+    native = SafetensorError('Error while serializing: IoError(Os { code: 28, kind: '
+                             'StorageFull, message: "No space left on device" })')
+
+    def save_pretrained(path):
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_bytes(b"\0" * 5000)
+        raise native
+
+    monkeypatch.setattr(learner, "save_pretrained", save_pretrained)
+    with pytest.raises(ckpt.CheckpointWriteError,
+                       match=r"needs more than the 5,000 bytes written before the disk filled.*"
+                             r"no earlier checkpoint exists") as info:
+        _save(tmp_path, 1, learner, tokenizer)
+    assert info.value.__cause__ is native
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_write_failures_propagate_unchanged_and_clean_up(tmp_path, tiny_model, tokenizer,
+                                                                 monkeypatch):
+    learner = _learner(tiny_model)
+    good = _save(tmp_path, 1, learner, tokenizer)
+    monkeypatch.setattr(ckpt, "_save_hashed", _partial_then(lambda: RuntimeError("bug")))
+    with pytest.raises(RuntimeError, match="^bug$"):
+        _save(tmp_path, 2, learner, tokenizer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000001"]
+    assert ckpt.verify(good, deep=True) is None
+
+
+def test_resaving_a_step_swaps_the_folder_and_leaves_nothing_behind(tmp_path, tiny_model,
+                                                                      tokenizer):
+    learner = _learner(tiny_model)
+    first = _save(tmp_path, 1, learner, tokenizer)
+    _train_once(learner)
+    again = _save(tmp_path, 1, learner, tokenizer)
+    assert again == first and ckpt.verify(again, deep=True) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000001"]
+
+
+def test_a_second_ctrl_c_during_cleanup_waits_for_it():
+    import os
+    import signal
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with ckpt._deferred_sigint():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("cleanup finished")
+    assert done == ["cleanup finished"]
+
+
+def test_checked_model_path_verifies_like_resume(tmp_path, tiny_model, tokenizer):
+    learner = _learner(tiny_model)
+    run = tmp_path / "run"
+    good = _save(run / "checkpoints", 1, learner, tokenizer)
+    bad = _save(run / "checkpoints", 2, learner, tokenizer)
+    assert ckpt.checked_model_path(good) == good
+    assert ckpt.checked_model_path(good / "model") == good / "model"
+    f = bad / "model" / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[100:4196] = b"\xaa" * 4096  # 4 KiB overwritten in place: same size
+    f.write_bytes(bytes(data))
+    for p in (bad, bad / "model"):
+        with pytest.raises(ckpt.CheckpointError, match=r"step_000002 is not a complete "
+                                                         r"checkpoint: .*sha256 \(corrupt\)"):
+            ckpt.checked_model_path(p)
+    messages: list[str] = []
+    assert ckpt.checked_model_path(run, log=messages.append) == good  # newest good one
+    assert "step_000002" in messages[0]
+    (good / ckpt.MANIFEST).unlink()
+    with pytest.raises(ckpt.CheckpointError, match="no manifest.json"):
+        ckpt.checked_model_path(good)
+    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+        ckpt.checked_model_path(tmp_path / "nope")
+    plain = tmp_path / "exported"  # an HF folder outside any checkpoint: nothing to verify
+    plain.mkdir()
+    (plain / "config.json").write_text("{}")
+    assert ckpt.checked_model_path(plain) == plain
