@@ -8,8 +8,9 @@ whitespace-insensitively, numbers by value (``4 == 4.0``; a bool is not a number
 objects element by element.
 
 Predicted and reference calls are paired by a maximum-weight bipartite matching (each call used
-at most once) computed with the Hungarian algorithm (Kuhn-Munkres with potentials, O(n^3)).
-Greedy pairing (best pair first) can be wrong: with weights ``[[1.0, 0.9], [0.9, 0.5]]`` greedy
+at most once): SciPy's ``scipy.optimize.linear_sum_assignment`` (the rectangular assignment
+problem, ``maximize=True``), imported lazily so ``envs`` imports without SciPy loaded. Greedy
+pairing (best pair first) can be wrong: with weights ``[[1.0, 0.9], [0.9, 0.5]]`` greedy
 takes 1.0 + 0.5, the matching 0.9 + 0.9.
 
 Departure from MatchTIR (Qu et al.): they score parameter names and values as separate terms and
@@ -77,55 +78,22 @@ def max_weight_matching(weights: Sequence[Sequence[float]]) -> list[tuple[int, i
     """Maximum-weight bipartite matching of rows to columns (weights ``(n_rows, n_cols)``,
     non-negative). Returns the matched ``(row, col)`` pairs with positive weight, sorted by row.
 
-    Hungarian algorithm on the square cost matrix ``max_w - w`` (padded with ``max_w``, i.e.
-    weight 0, for missing rows/columns): a minimum-cost perfect matching there is a
-    maximum-weight matching here.
+    ``scipy.optimize.linear_sum_assignment(weights, maximize=True)`` assigns min(n_rows, n_cols)
+    pairs with the largest total weight; zero-weight pairs among them are dropped.
     """
     n_rows = len(weights)
     n_cols = len(weights[0]) if n_rows else 0
     if any(len(r) != n_cols for r in weights):
         raise ValueError("weights must be a rectangular matrix")
-    n = max(n_rows, n_cols)
-    if n == 0:
+    if n_rows == 0 or n_cols == 0:
         return []
-    w = [[float(weights[i][j]) if i < n_rows and j < n_cols else 0.0 for j in range(n)]
-         for i in range(n)]
-    if any(v < 0 or not math.isfinite(v) for row in w for v in row):
+    if any(not (math.isfinite(float(v)) and float(v) >= 0) for row in weights for v in row):
         raise ValueError("weights must be finite and non-negative")
-    top = max(max(row) for row in w)
-    cost = [[top - v for v in row] for row in w]
-    # Potentials u (rows), v (cols); col_of_row via way/p arrays, 1-based with a virtual col 0.
-    inf = float("inf")
-    u, v = [0.0] * (n + 1), [0.0] * (n + 1)
-    p, way = [0] * (n + 1), [0] * (n + 1)  # p[j]: row matched to column j
-    for i in range(1, n + 1):
-        p[0], j0 = i, 0
-        minv, used = [inf] * (n + 1), [False] * (n + 1)
-        while True:
-            used[j0] = True
-            i0, delta, j1 = p[j0], inf, 0
-            for j in range(1, n + 1):
-                if not used[j]:
-                    cur = cost[i0 - 1][j - 1] - u[i0] - v[j]
-                    if cur < minv[j]:
-                        minv[j], way[j] = cur, j0
-                    if minv[j] < delta:
-                        delta, j1 = minv[j], j
-            for j in range(n + 1):
-                if used[j]:
-                    u[p[j]] += delta
-                    v[j] -= delta
-                else:
-                    minv[j] -= delta
-            j0 = j1
-            if p[j0] == 0:
-                break
-        while j0:  # augment along the alternating path
-            j1 = way[j0]
-            p[j0] = p[j1]
-            j0 = j1
-    pairs = [(p[j] - 1, j - 1) for j in range(1, n + 1)]
-    return sorted((r, c) for r, c in pairs if r < n_rows and c < n_cols and w[r][c] > 0)
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(np.asarray(weights, dtype=np.float64), maximize=True)
+    return sorted((int(r), int(c)) for r, c in zip(rows, cols) if weights[r][c] > 0)
 
 
 def match_calls(preds: Sequence[Call], refs: Sequence[Call]) -> list[tuple[int, int, float]]:

@@ -92,3 +92,13 @@ def test_match_calls_where_greedy_is_wrong() -> None:
     assert [(i, j) for i, j, _ in pairs] == [(0, 0), (1, 1)]
     assert sum(w for _, _, w in pairs) == pytest.approx(4 / 3)
     assert match_calls([], refs) == [] and match_calls(preds, []) == []
+
+
+def test_rectangular_matching_where_greedy_is_wrong() -> None:
+    # 3 predicted calls, 2 references. Greedy takes (0,0)=0.9, then gives the one column left to
+    # P2 (0.1): 1.0. The matching: (0,1)=0.8 + (1,0)=0.85 = 1.65; P2 stays unmatched.
+    w = [[0.9, 0.8], [0.85, 0.0], [0.1, 0.0]]
+    assert max_weight_matching(w) == [(0, 1), (1, 0)]
+    # transposed (2 predictions, 3 references): the same pairs, reversed
+    wt = [list(col) for col in zip(*w)]
+    assert max_weight_matching(wt) == [(0, 1), (1, 0)]
