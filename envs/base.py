@@ -272,6 +272,8 @@ class ToolEnv:
                 raise ValueError(f"duplicate tool name '{t.name}'")
             self.tool_map[t.name] = t
         self.tools: list[dict[str, Any]] = [t.schema for t in self.tool_map.values()]
+        if hasattr(self.format, "with_tools"):  # formats whose argument types need the schemas
+            self.format = self.format.with_tools(self.tools)
         self.timeout_s = timeout_s
         self.max_calls_per_turn = max_calls_per_turn
         self.max_output_chars = max_output_chars

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 
 from envs.base import StepResult
-from rl.rollout.agent_loop import AgentLoop, RolloutConfig
+from rl.rollout.agent_loop import AgentLoop, RolloutConfig, trajectory_stats
 from rl.rollout.engines.base import GenerationOutput, GenerationRequest, SamplingParams
 from rl.types import Task
 
@@ -208,3 +208,129 @@ def test_schedule_errors(tokenizer):
     with pytest.raises(ValueError, match="auto, rounds or per_trajectory"):
         AgentLoop(engine, tokenizer, EchoToolEnv,
                   RolloutConfig(schedule="bogus")).run([Task("a", "a")])
+
+
+# ---- the closing after a sampled turn (issue 11, defect 1)
+
+
+@pytest.mark.parametrize("turn", ["end", "im", "", "|>", "<|im_end|>"])
+def test_closing_is_right_for_turn_text_inside_the_templates_own_closing(tokenizer, turn):
+    # "end" / "im" / "" also occur inside "<|im_end|>\n": searching the rendered text for the
+    # turn found them there and garbled the context; the closing now starts at a known offset
+    trajs, _ = _run(tokenizer, {"a": [turn, "DONE"]})
+    (t,) = trajs
+    full = tokenizer.encode(tokenizer.apply_chat_template(t.messages, tokenize=False),
+                            add_special_tokens=False)
+    assert full[: len(t.token_ids)] == t.token_ids
+    assert t.info["history_rewrites"] == 0
+    first = t.turns[0]
+    assert tokenizer.decode(t.token_ids[first.end:t.turns[1].start]) == (
+        "\n<|im_start|>tool\nresult 1 ünïcode<|im_end|>\n<|im_start|>assistant\n")
+
+
+# ---- a chat template that rewrites history (drops <think> of earlier assistant turns)
+
+DROP_THINK = (
+    "{%- for m in messages -%}"
+    "{%- set c = m['content'] -%}"
+    "{%- if m['role'] == 'assistant' and not loop.last and '</think>' in c -%}"
+    "{%- set c = c.split('</think>')[-1].lstrip() -%}"
+    "{%- endif -%}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + c + '<|im_end|>' + '\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+class DropThinkTokenizer:
+    """The real tokenizer with a Qwen3-like template that drops earlier <think> blocks."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def apply_chat_template(self, messages, **kw):
+        return self.tok.apply_chat_template(messages, chat_template=DROP_THINK, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+class RecordingEngine(ScriptedEngine):
+    """Also records every prompt it was asked to continue."""
+
+    def __init__(self, tokenizer, scripts):
+        super().__init__(tokenizer, scripts)
+        self.prompts: dict[str, list[list[int]]] = {k: [] for k in scripts}
+
+    def generate(self, requests, sampling):
+        for r in requests:
+            key = next(k for k in self.scripts if f"Q:{k}" in self.tok.decode(r.prompt_ids))
+            self.prompts[key].append(list(r.prompt_ids))
+        return super().generate(requests, sampling)
+
+
+def test_history_rewriting_template_keeps_what_the_model_saw(tokenizer):
+    tok = DropThinkTokenizer(tokenizer)
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": "<think>t</think>a"},
+         {"role": "user", "content": "y"}], tokenize=False)
+    assert "<think>" not in rendered  # the template does rewrite earlier turns
+    scripts = {"a": ["<think>first thought</think>call one", "<think>second</think>call two",
+                     "DONE"],
+               "b": ["no reasoning", "DONE"]}
+    engine = RecordingEngine(tok, scripts)
+    loop = AgentLoop(engine, tok, EchoToolEnv, RolloutConfig(max_turns=5))
+    trajs = loop.run([Task(id=k, prompt=k) for k in scripts])
+    for t in trajs:
+        t.validate()
+        sampled, prompts = engine.sampled[t.task.id], engine.prompts[t.task.id]
+        assert t.terminated and len(t.turns) == len(sampled) == len(prompts)
+        # the engine was asked to continue exactly the learner's tokens before each turn
+        for turn, prompt in zip(t.turns, prompts):
+            assert prompt == t.token_ids[: turn.start]
+        # mask and logprobs line up with the sampled tokens, nothing else carries loss
+        for turn, (ids, lps) in zip(t.turns, sampled):
+            assert t.token_ids[turn.start:turn.end] == ids
+            assert t.logprobs[turn.start:turn.end] == lps
+        assert [i for i, m in zip(t.token_ids, t.loss_mask) if m] == [
+            i for ids, _ in sampled for i in ids]
+        assert all(lp == 0.0 for lp, m in zip(t.logprobs, t.loss_mask) if not m)
+    a, b = trajs
+    # the model's earlier reasoning stays in its context, though the template would drop it
+    text = tokenizer.decode(a.token_ids)
+    assert "first thought" in text and "second" in text
+    canonical = tok.apply_chat_template(a.messages, tokenize=False)
+    assert "first thought" not in canonical
+    assert text == canonical.replace("call one", "<think>first thought</think>call one").replace(
+        "call two", "<think>second</think>call two").rstrip("\n")
+    assert a.info["history_rewrites"] == 2 and b.info["history_rewrites"] == 0
+    stats = trajectory_stats(trajs)
+    assert stats["history_rewrites"] == 1.0  # (2 + 0) / 2 episodes
+
+
+# ---- tool-use stats
+
+
+def _traj_with_calls(calls):
+    from rl.types import ToolCall, Trajectory, Turn
+
+    t = Trajectory(task=Task("t", "p"), token_ids=[1, 2], loss_mask=[0, 1], logprobs=[0, -1],
+                   prompt_len=1)
+    t.turns.append(Turn(1, 2, "x", "stop", tool_calls=[ToolCall(**c) for c in calls]))
+    return t
+
+
+def test_trajectory_stats_count_lenient_calls_and_errors_by_kind():
+    trajs = [
+        _traj_with_calls([{"name": "a", "arguments": {}, "lenient": True},
+                          {"name": "", "arguments": {}, "error": "invalid JSON in tool call: x"},
+                          {"name": "a", "arguments": {}, "error": "unknown tool 'a'"}]),
+        _traj_with_calls([{"name": "", "arguments": {}, "error": "unclosed <tool_call> tag"},
+                          {"name": "", "arguments": {}, "error": "invalid JSON in tool call"}]),
+    ]
+    s = trajectory_stats(trajs)
+    assert s["tool_calls"] == 2.5 and s["lenient_calls"] == 0.5
+    assert s["parse_errors"] == 1.5
+    assert s["parse_errors/invalid_json"] == 1.0 and s["parse_errors/unclosed_tag"] == 0.5
+    assert s["call_errors/unknown_tool"] == 0.5
+    assert "parse_errors/no_name" not in s
