@@ -59,13 +59,17 @@ class Parts:
 
 
 def build_env_factory(cfg: Config) -> tuple[Callable[[], Env], bool]:
-    from envs.formats import get_format
+    from envs.formats import get_format, resolve_format
 
-    native = get_format(cfg.env.format).native_tools
+    fmt = cfg.env.format
+    if fmt.partition("+")[0] == "auto":  # env.format=auto: picked from the chat template
+        fmt, why = resolve_format(fmt, load_tokenizer(cfg.model.name))
+        print(f"[turnrl] env.format=auto -> {fmt} ({why})")
+    native = get_format(fmt).native_tools
     kwargs = dict(cfg.env.kwargs)
 
     def factory() -> Env:
-        return make_env(cfg.env.name, tool_format=cfg.env.format, **kwargs)
+        return make_env(cfg.env.name, tool_format=fmt, **kwargs)
 
     return factory, native
 
