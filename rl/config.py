@@ -30,6 +30,10 @@ class LoraConfig:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Module names to adapt; ["all-linear"] adapts every linear layer but the LM head."""
+    train_token_rows: str = "auto"
+    """Train the embedding / LM-head rows of the format's special tokens beside the adapter (PEFT
+    trainable_token_indices): auto (when their rows are near duplicates, rl/learner/tokens.py) |
+    true | false."""
 
 
 @dataclass

@@ -26,12 +26,16 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    from rl.learner.tokens import lora_token_indices, peft_token_indices
+
     peft_cfg = PeftLoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
         target_modules=(
             "all-linear" if list(cfg.target_modules) == ["all-linear"] else list(cfg.target_modules)
         ),
         task_type="CAUSAL_LM",
+        # the format's barely trained special-token rows, trained beside the adapter
+        trainable_token_indices=peft_token_indices(model, lora_token_indices(model, cfg)),
     )
     return get_peft_model(model, peft_cfg)
 
@@ -234,9 +238,13 @@ class TorchLearner:
                     d = module.get_delta_weight(adapter).detach()
                     key = f"{mod_name}.weight"
                     deltas[key] = deltas[key] + d if key in deltas else d
+        from rl.learner.tokens import is_token_adapter_param, trainable_token_weights
+
+        rows = trainable_token_weights(self.model)  # embedding / head with trained token rows
+        yield from rows.items()
         with torch.no_grad():
             for name, p in base.named_parameters():
-                if "lora_" in name:
+                if "lora_" in name or is_token_adapter_param(name):
                     continue
                 plain = name.replace("base_layer.", "")
                 yield plain, (p + deltas[plain]) if plain in deltas else p.detach()

@@ -1,0 +1,118 @@
+"""Barely trained special tokens: detection on hand-made rows, the auto|true|false decision, the
+format's tokens, and a LoRA update that moves exactly the chosen rows besides the adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from rl.config import LearnerConfig, LoraConfig
+from rl.learner.tokens import (
+    format_token_ids, lora_token_indices, near_duplicate_rows, peft_token_indices,
+    tag_format_tokens, trainable_token_weights,
+)
+from rl.learner.torch import TorchLearner
+from rl.types import Batch, Task, Trajectory
+
+
+def test_near_duplicate_rows_against_hand_made_cosines():
+    w = torch.tensor([
+        [1.0, 0.0, 0.0],   # 0: reference ("<|im_start|>")
+        [0.0, 1.0, 0.0],   # 1: candidate, well apart from everything
+        [0.99, 0.1, 0.0],  # 2: candidate, cos to row 0 = 0.99 / sqrt(0.9901) = 0.99494
+        [0.0, 0.0, 1.0],   # 3: candidate
+        [0.0, 0.1, 1.0],   # 4: candidate, cos to row 3 = 1 / sqrt(1.01) = 0.99504
+    ])
+    rep = near_duplicate_rows(w, [1, 2, 3, 4], references=[0], threshold=0.98)
+    assert rep.flagged == [2, 3, 4]
+    pairs = {(a, b): c for a, b, c in rep.pairs}
+    assert set(pairs) == {(2, 0), (3, 4)}
+    assert pairs[(2, 0)] == pytest.approx(0.99 / (0.9901 ** 0.5), abs=1e-6)
+    assert pairs[(3, 4)] == pytest.approx(1 / (1.01 ** 0.5), abs=1e-6)
+    assert near_duplicate_rows(w, [1, 2, 3, 4], [0], threshold=0.996).flagged == []
+    assert near_duplicate_rows(w, [99], [0]).candidates == []  # out of range: ignored
+
+
+def _tiny(tie: bool, vocab: int = 40, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=tie))
+
+
+@pytest.mark.parametrize("mode,duplicate,want", [
+    ("false", True, []), ("true", False, [3, 7]), ("auto", False, []), ("auto", True, [3, 7]),
+])
+def test_lora_token_indices_modes(mode, duplicate, want):
+    m = _tiny(tie=True)
+    if duplicate:
+        with torch.no_grad():
+            m.lm_head.weight[7] = m.lm_head.weight[3] * 1.001
+    tag_format_tokens(m, [7, 3])
+    assert lora_token_indices(m, LoraConfig(train_token_rows=mode)) == want
+    with pytest.raises(ValueError, match="train_token_rows='maybe'"):
+        lora_token_indices(m, LoraConfig(train_token_rows="maybe"))
+
+
+def test_peft_indices_include_the_head_only_when_untied():
+    assert peft_token_indices(_tiny(tie=True), [5, 2]) == {"embed_tokens": [2, 5]}
+    assert peft_token_indices(_tiny(tie=False), [5]) == {"embed_tokens": [5], "lm_head": [5]}
+    assert peft_token_indices(_tiny(tie=True), []) is None
+
+
+def test_format_token_ids_are_the_added_tokens_a_format_writes(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from envs.formats import get_format
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert format_token_ids(tok, get_format("hermes")) == []  # plain text in SmolLM2's vocab
+    tok.add_special_tokens({"additional_special_tokens": ["<tool_call>", "</tool_call>"]})
+    ids = tok.convert_tokens_to_ids(["<tool_call>", "</tool_call>"])
+    assert format_token_ids(tok, get_format("hermes")) == sorted(ids)
+
+
+def _batch(ids_rows: list[list[int]]) -> Batch:
+    trajs = [Trajectory(Task(str(i), ""), r, [0, 0] + [1] * (len(r) - 2), [0.0] * len(r), 2)
+             for i, r in enumerate(ids_rows)]
+    return Batch.from_trajectories(trajs, torch.zeros(len(trajs)), pad_id=0)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_lora_with_token_rows_changes_exactly_those_rows_besides_the_adapter(tie):
+    model = _tiny(tie=tie)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tag_format_tokens(model, [3, 7])
+    cfg = LearnerConfig(lr=1e-2, autocast="fp32",
+                        lora=LoraConfig(enabled=True, r=2, alpha=4, train_token_rows="true"))
+    learner = TorchLearner(model, cfg)
+    # every token of the vocabulary appears, so every row would get a gradient if trainable
+    learner.sft_update(_batch([[1, 2, 3, 7, 9, 11, 3, 7], list(range(10, 40))]))
+    after = dict(learner.named_weights())
+    assert set(after) >= set(before) - {"lm_head.weight"}
+    emb = after["model.embed_tokens.weight"]
+    changed = (emb != before["model.embed_tokens.weight"]).any(-1).nonzero().flatten().tolist()
+    assert changed == [3, 7]
+    if not tie:  # the head's own rows: the ones that make the model emit the token
+        head = after["lm_head.weight"]
+        assert (head != before["lm_head.weight"]).any(-1).nonzero().flatten().tolist() == [3, 7]
+    adapted = [k for k in before if "proj" in k]  # every linear layer carries a LoRA adapter
+    assert adapted and all(not torch.equal(after[k], before[k]) for k in adapted)
+    untouched = [k for k in before if "norm" in k]
+    assert untouched and all(torch.equal(after[k], before[k]) for k in untouched)
+    rows = trainable_token_weights(learner.model)
+    assert torch.equal(rows["model.embed_tokens.weight"], emb)
+
+
+def test_lora_without_token_rows_leaves_the_embedding_alone():
+    model = _tiny(tie=True)
+    before = model.model.embed_tokens.weight.detach().clone()
+    tag_format_tokens(model, [3, 7])
+    cfg = LearnerConfig(lr=1e-2, autocast="fp32",
+                        lora=LoraConfig(enabled=True, r=2, alpha=4, train_token_rows="false"))
+    learner = TorchLearner(model, cfg)
+    learner.sft_update(_batch([[1, 2, 3, 7, 9, 11, 3, 7]]))
+    after = dict(learner.named_weights())
+    assert torch.equal(after["model.embed_tokens.weight"], before)
+    assert trainable_token_weights(learner.model) == {}
