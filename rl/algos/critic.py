@@ -8,8 +8,15 @@ the start of a model turn (the observation history), an *action* is the turn's t
 the last token of ``s`` summarises the state (causal attention: it has seen the whole prefix and
 nothing after it), the hidden state at the last token of ``a`` summarises state and action.
 ``V`` heads read the first, ``Q`` heads read both (concatenated). One pass thus gives
-``Q(s, a)``, ``V(s)``, and with ``a`` empty, ``V(s)`` alone. Inputs longer than ``max_tokens``
-keep their last ``max_tokens`` tokens (the most recent turns).
+``Q(s, a)``, ``V(s)``, and with ``a`` empty, ``V(s)`` alone.
+
+Truncation (:meth:`TokenCritic.view`) to ``max_tokens`` tokens: the action reserves
+``A = max_tokens // 4`` tokens (at least 1), so the state keeps at most ``S = max_tokens - A``.
+A longer state keeps its first ``prompt_tokens`` tokens (the task prompt; default ``S // 2``) and
+its last ``S - prompt_tokens`` (the latest turns), dropping the middle. The state's view depends
+on the state alone, so (causal attention, same positions) ``V(s)`` inside ``forward(s, a)`` is
+``state_values(s)`` for every action. The action then fills what the state left (at least
+``A``), keeping its head and tail halves when it is longer.
 
 Backbones (``backbone=``):
 
@@ -77,13 +84,16 @@ class TokenCritic(nn.Module):
     """Double utterance-level critic ``(Q1, Q2, V1, V2)`` over token-id lists.
 
     vocab_size: tokenizer size (encoder backbone). hidden / layers / heads: encoder size (the
-    MLP heads use ``hidden`` too). max_tokens: inputs keep their last ``max_tokens`` tokens.
-    policy: the causal LM whose frozen decoder is the backbone when ``backbone="policy"``.
+    MLP heads use ``hidden`` too). max_tokens: the longest ``s + a`` the backbone sees;
+    prompt_tokens: leading state tokens kept when a state is truncated (default: half of the
+    state's budget); see the module docstring. policy: the causal LM whose frozen decoder is the
+    backbone when ``backbone="policy"``.
     """
 
     def __init__(
         self, vocab_size: int, *, backbone: str = "encoder", hidden: int = 64, layers: int = 2,
-        heads: int = 4, max_tokens: int = 512, policy: nn.Module | None = None,
+        heads: int = 4, max_tokens: int = 512, prompt_tokens: int | None = None,
+        policy: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -92,9 +102,17 @@ class TokenCritic(nn.Module):
             raise ValueError("critic backbone 'policy' needs the policy model")
         if max_tokens < 2:
             raise ValueError(f"critic max_tokens must be >= 2, got {max_tokens}")
-        self.args: dict[str, Any] = dict(vocab_size=vocab_size, backbone=backbone, hidden=hidden, layers=layers,
-                         heads=heads, max_tokens=max_tokens)
-        self.backbone, self.max_tokens = backbone, max_tokens
+        self.action_budget = max(1, max_tokens // 4)
+        self.state_budget = max_tokens - self.action_budget
+        if prompt_tokens is None:
+            prompt_tokens = self.state_budget // 2
+        if not 0 <= prompt_tokens < self.state_budget:
+            raise ValueError(f"critic prompt_tokens must be in [0, {self.state_budget}) for "
+                             f"max_tokens={max_tokens}, got {prompt_tokens}")
+        self.args: dict[str, Any] = dict(vocab_size=vocab_size, backbone=backbone, hidden=hidden,
+                                         layers=layers, heads=heads, max_tokens=max_tokens,
+                                         prompt_tokens=prompt_tokens)
+        self.backbone, self.max_tokens, self.prompt_tokens = backbone, max_tokens, prompt_tokens
         # the policy is referenced, not owned: no parameters, no state_dict entries
         self._policy: Any
         object.__setattr__(self, "_policy", policy)
@@ -123,6 +141,21 @@ class TokenCritic(nn.Module):
             dec = self._policy.get_decoder()
             return dec(input_ids=ids, attention_mask=attn).last_hidden_state.float()
 
+    def view(self, state: Sequence[int], action: Sequence[int]) -> tuple[list[int], int, int]:
+        """The tokens the backbone sees for ``(state, action)`` (at most ``max_tokens``, see the
+        module docstring), the position of the state's last token and of the action's last
+        token (the state's when the action is empty)."""
+        if not state:
+            raise ValueError("a critic state must hold at least one token")
+        s, a = list(state), list(action)
+        if len(s) > self.state_budget:
+            s = s[: self.prompt_tokens] + s[len(s) - (self.state_budget - self.prompt_tokens):]
+        room = self.max_tokens - len(s)
+        if len(a) > room:
+            head = room // 2
+            a = a[:head] + a[len(a) - (room - head):]
+        return s + a, len(s) - 1, len(s) + len(a) - 1
+
     def features(
         self, states: Sequence[Sequence[int]], actions: Sequence[Sequence[int]]
     ) -> tuple[Tensor, Tensor]:
@@ -134,13 +167,10 @@ class TokenCritic(nn.Module):
                              f"{len(states)} and {len(actions)}")
         seqs, s_pos, a_pos = [], [], []
         for s, a in zip(states, actions):
-            if not s:
-                raise ValueError("a critic state must hold at least one token")
-            seq = list(s) + list(a)
-            cut = max(0, len(seq) - self.max_tokens)  # keep the most recent tokens
-            seqs.append(seq[cut:])
-            s_pos.append(max(len(s) - 1 - cut, 0))
-            a_pos.append(len(seq) - 1 - cut)
+            seq, sp, ap = self.view(s, a)
+            seqs.append(seq)
+            s_pos.append(sp)
+            a_pos.append(ap)
         L = max(len(x) for x in seqs)
         dev = self._device()
         ids = torch.zeros((len(seqs), L), dtype=torch.long, device=dev)
