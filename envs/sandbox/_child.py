@@ -21,8 +21,10 @@ from typing import Any
 
 try:  # imported as part of the package (tests, type checking)
     from . import _kernel as K
+    from . import _seccomp as S
 except ImportError:  # loaded by the worker script: this directory is on sys.path
     import _kernel as K  # type: ignore[no-redef]
+    import _seccomp as S  # type: ignore[no-redef]
 
 HDR = 4
 SETUP_FAILED = 125
@@ -60,17 +62,20 @@ class Spec:
 
     limits: Limits
     worker_pid: int
+    """The process that forks calls (the fork server); a child whose parent is another
+    process by the time it checks has lost its parent and exits."""
     base_as: int = 0
-    """Address space of the worker when it forks; RLIMIT_AS is this plus ``memory_mb``."""
+    """Address space of the fork server; RLIMIT_AS is this plus ``memory_mb``."""
     nproc: int = 32
     root: bool = False
-    dac_read: bool = False
     layers: list[str] = field(default_factory=list)
     """Layers the probe found working: one failing in a call fails that call closed."""
     ll_abi: int = 0
-    ll_base: int = -1
-    """Landlock ruleset fd built by the worker (see ``_kernel.landlock_base``)."""
+    ll_read: list[tuple[int, bool]] = field(default_factory=list)
+    """O_PATH descriptors (opened once by the worker) of what calls may read."""
     seccomp: bytes = b""
+    callns: bool = False
+    """Per-call mount + IPC namespaces with a quota-limited tmpfs work dir."""
 
 
 def address_space() -> int:
@@ -97,6 +102,8 @@ def set_rlimits(spec: Spec, cpu_soft: int, cpu_hard: int) -> None:
     setl(resource.RLIMIT_CORE, 0)
     setl(resource.RLIMIT_MEMLOCK, 0)
     setl(resource.RLIMIT_MSGQUEUE, 0)
+    stack, _hard = resource.getrlimit(resource.RLIMIT_STACK)  # hard = soft: not raisable
+    setl(resource.RLIMIT_STACK, stack if stack != resource.RLIM_INFINITY else 64 * mb)
     _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
     if hard != resource.RLIM_INFINITY:
         cpu_hard = min(cpu_hard, hard)
@@ -111,12 +118,14 @@ def enter(
     cpu_hard: int,
     strict: bool,
     keep: list[int],
+    quota: tuple[int, int] = (64 << 20, 4096),
 ) -> list[str]:
     """Isolate the current, freshly forked process; fds 0-2 are already in place.
 
     ``uid``: switch to it (root workers). ``keep``: fds moved to 3, 4, ... (all others are
-    closed). Returns the layers applied; with ``strict``, a layer the probe found working that
-    fails now ends the process with status 125 (fail closed).
+    closed). ``quota``: (bytes, files) of the work dir when it is a per-call tmpfs. Returns
+    the layers applied; with ``strict``, a layer the probe found working that fails now ends
+    the process with status 125 (fail closed).
     """
     got = ["rlimits"]
     os.setsid()  # own session and process group, no controlling terminal
@@ -124,8 +133,6 @@ def enter(
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.set_wakeup_fd(-1)
-    set_rlimits(spec, cpu, cpu_hard)
-    os.chdir(workdir)
 
     def layer(name: str, fn: Any) -> None:
         try:
@@ -136,19 +143,25 @@ def enter(
                 os.write(2, f"sandbox setup failed ({name}): {e}\n".encode())
                 os._exit(SETUP_FAILED)
 
+    if spec.callns:  # before the uid switch (needs the worker's privileges) and the chdir
+        layer("callns", lambda: K.call_namespaces(workdir, uid, quota[0], quota[1]))
+    set_rlimits(spec, cpu, cpu_hard)
+    os.chdir(workdir)
     if uid is not None:
-        layer("uid", lambda: K.drop_to_uid(uid, uid, keep_dac_read=spec.dac_read))
+        layer("uid", lambda: K.drop_to_uid(uid, uid))
+    else:
+        layer("nocaps", K.drop_caps)
     K.prctl(K.PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid switch, which clears it
-    if os.getppid() != spec.worker_pid:  # the worker died before the line above
+    if os.getppid() != spec.worker_pid:  # the fork server died before the line above
         os._exit(SETUP_FAILED)
     K.prctl(K.PR_SET_DUMPABLE, 0)  # no ptrace or /proc/<pid>/mem by same-uid processes
     K.prctl(K.PR_SET_CHILD_SUBREAPER, 1)  # orphans of the call stay in the call
     K.no_new_privs()
     if spec.ll_abi:
         rw = K.open_paths([workdir, os.devnull])
-        layer("landlock", lambda: K.landlock_restrict(spec.ll_abi, spec.ll_base, rw))
+        layer("landlock", lambda: K.landlock_restrict(spec.ll_abi, spec.ll_read, rw))
     if spec.seccomp:
-        layer("seccomp", lambda: K.seccomp_install(spec.seccomp))
+        layer("seccomp", lambda: S.install(spec.seccomp))
     # Move kept fds to 3.. via numbers above the targets (no kept fd overwrites another).
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + len(keep)) for fd in keep]
     for i, fd in enumerate(high):
@@ -162,6 +175,17 @@ def enter(
     tempfile.tempdir = workdir
     sys.argv = ["-c"]
     return got
+
+
+def read_code(fd: int) -> str:
+    """The call's program, from the memfd the worker wrote it to (the fork server never holds
+    it: a call's memory image then has no other call's code or output in it)."""
+    chunks, offset = [], 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def fresh_main() -> types.ModuleType:

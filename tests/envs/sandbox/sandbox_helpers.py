@@ -7,7 +7,10 @@ import os
 import secrets
 import time
 
-from envs.sandbox import Sandbox, SandboxConfig
+import pytest
+
+from envs.sandbox import Sandbox, SandboxConfig, level_rank
+from envs.sandbox.probe import supported_level
 
 FAKE_SECRET = "turnrl-fake-secret-" + secrets.token_hex(8)
 os.environ["TURNRL_FAKE_SECRET"] = FAKE_SECRET  # set before any worker starts
@@ -59,3 +62,23 @@ def survivors(wait: float = 2.0) -> list[int]:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+def expected_level(requested: str) -> str:
+    """What a pool asked for ``requested`` must reach on this machine (the probe decides)."""
+    supported = supported_level().level
+    return min(requested, supported, key=level_rank)
+
+
+def need_level(sb: Sandbox, level: str, why: str) -> None:
+    """Skip a test that needs ``level`` only where this machine cannot provide it; where it
+    can and the pool did not reach it, fail (a sandbox that silently degraded)."""
+    if level_rank(sb.isolation) >= level_rank(level):
+        return
+    if level_rank(expected_level(sb.config.isolation)) >= level_rank(level):
+        pytest.fail(
+            f"{why} needs '{level}'; this machine supports "
+            f"'{supported_level().level}' but the pool reached only '{sb.isolation}' "
+            f"(layers {'+'.join(sb.layers)})"
+        )
+    pytest.skip(f"{why} needs '{level}'; this pool was asked for / reached {sb.isolation}")
