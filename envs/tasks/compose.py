@@ -375,12 +375,12 @@ _NUM_RE = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def mentions(reply: str, value: Any) -> bool:
-    """The reply states ``value``: a number by value (``42.50`` states ``42.5``), else the text,
-    case-insensitively."""
+    """The reply states ``value``: a number by value (``42.50`` states ``42.5``), else the text
+    as whole words, case-insensitively ("Eve" is not in "every")."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return any(math.isclose(float(x), float(value), rel_tol=1e-9, abs_tol=1e-9)
                    for x in _NUM_RE.findall(reply.replace(",", "")))
-    return str(value).casefold() in reply.casefold()
+    return re.search(rf"(?<!\w){re.escape(str(value))}(?!\w)", reply, re.IGNORECASE) is not None
 
 
 def _as_ref(call: ToolCall) -> dict[str, Any]:
@@ -479,7 +479,7 @@ class ComposeEnv:
         goal = (f"{turn['text']}\n(Say this request in your own words, keeping every name, "
                 "code and number exactly.)")
         text = str(await self.user_model.reply(goal, list(self.history))).strip()
-        if not text or not all(v.casefold() in text.casefold() for v in turn["required"]):
+        if not text or not all(mentions(text, v) for v in turn["required"]):
             self.user_fallbacks += 1  # the user model dropped a detail: the task needs it
             return str(turn["text"])
         return text

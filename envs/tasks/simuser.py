@@ -17,6 +17,12 @@ is deterministic and rule-based:
 - ``<answer>`` (ending the conversation without acting) ends the episode unsuccessfully;
 - after ``max_turns`` turns (default 6) without a call: ``truncated``.
 
+With ``user_model`` (an :class:`envs.tasks.llm_user.LLMUser`, MUA-RL style; config
+``env.kwargs.user_model=<model>``) a frozen LLM plays the user instead: it opens from the hidden
+goal (the domain's request and every slot value, which the agent never sees) and answers each
+non-call message; a slot counts as revealed once the user model has said its value. Calls are
+still checked by the env. Its text arrives as ``user`` messages (observation tokens, no loss).
+
 Step reward (``env_progress``): ``1 / #slots the opening did not reveal`` for each newly revealed
 slot, so an episode that learns everything it needs collects 1.0. Scoring of the final call is
 left to ``rewards/``: ``env_success`` (exact call) and ``call_match_outcome`` / ``call_match``
@@ -39,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envs.base import StepResult, ToolEnv, register_env
+from envs.tasks.compose import mentions
 from envs.tasks.math import SPLITS, split_of
 from envs.matching import calls_equal
 from rl.types import Message, Task
@@ -214,7 +221,13 @@ class SimUserEnv:
     def __init__(
         self, tool_format: str = "hermes-prompt", *, tool_timeout_s: float = 10.0,
         tools: Sequence[Callable[..., str]] = (book_table, order_pizza, transfer_money),
+        user_model: Any = None,
     ) -> None:
+        if user_model is not None and not callable(getattr(user_model, "reply", None)):
+            raise TypeError(f"user_model must have an async reply(goal, conversation) method, "
+                            f"got {type(user_model).__name__}")
+        self.user_model = user_model
+        self.history: list[Message] = []
         self.tool_env = ToolEnv(list(tools), tool_format, timeout_s=tool_timeout_s)
         self.tools = self.tool_env.tools
         self.format = self.tool_env.format
@@ -237,9 +250,30 @@ class SimUserEnv:
         self.revealed = set(task.data.get("revealed", []))
         self.to_reveal = max(len(self.domain.slots) - len(self.revealed), 1)
         self.max_turns = int(task.data.get("max_turns", 6))
+        opening = task.prompt
+        if self.user_model is not None:
+            opening = await self._llm_reply([]) or task.prompt
+            self.revealed = set(self._said(opening))
+            self.to_reveal = max(len(self.domain.slots) - len(self.revealed), 1)
+        self.history = [{"role": "user", "content": opening}]
         messages: list[Message] = [{"role": "system", "content": self.system_prompt},
-                                   {"role": "user", "content": task.prompt}]
+                                   {"role": "user", "content": opening}]
         return messages, {"task_id": task.id, "domain": self.domain.name}
+
+    def goal(self) -> str:
+        """The hidden goal the user model is conditioned on (never shown to the agent)."""
+        assert self.task is not None and self.domain is not None
+        details = ", ".join(f"{k} = {v}" for k, v in self.task.data["slots"].items())
+        return (f"{self.domain.openings[0]} Details: {details}. Start vague; give a detail only "
+                "when the assistant asks for it, one at a time.")
+
+    async def _llm_reply(self, conversation: list[Message]) -> str:
+        return str(await self.user_model.reply(self.goal(), conversation)).strip()
+
+    def _said(self, text: str) -> list[str]:
+        """Slots whose value ``text`` states (the LLM user's replies)."""
+        assert self.task is not None
+        return [k for k, v in self.task.data["slots"].items() if mentions(text, v)]
 
     def _user(self, text: str) -> Message:
         return {"role": "user", "content": text}
@@ -248,6 +282,7 @@ class SimUserEnv:
         if self.task is None or self.domain is None or self.done:
             raise RuntimeError("step() before reset() or after the episode ended")
         self.turn += 1
+        self.history.append({"role": "assistant", "content": action_text})
         parsed = self.format.parse(action_text)
         info: dict[str, Any] = {"tool_calls": parsed.tool_calls, "final_answer": parsed.answer,
                                 "turn": self.turn}
@@ -261,7 +296,12 @@ class SimUserEnv:
             return await self._calls(parsed.tool_calls, info)
         reward, reply = 0.0, "Ask me what you need to know."
         asked = mentioned_slots(self.domain, action_text)
-        if asked:
+        if self.user_model is not None:
+            reply = await self._llm_reply(self.history) or reply
+            new = [s for s in self._said(reply) if s not in self.revealed]
+            self.revealed |= set(new)
+            reward = len(new) / self.to_reveal
+        elif asked:
             new = [s for s in asked if s not in self.revealed]
             name = new[0] if new else asked[0]
             slot = next(s for s in self.domain.slots if s.name == name)
@@ -270,6 +310,7 @@ class SimUserEnv:
                 self.revealed.add(name)
                 reward = 1.0 / self.to_reveal
         info.update(tool_errors=0, asked=asked)
+        self.history.append(self._user(reply))
         return self._maybe_truncate(StepResult([self._user(reply)], reward, info=info))
 
     async def _calls(self, calls: list, info: dict[str, Any]) -> StepResult:

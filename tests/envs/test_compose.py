@@ -179,6 +179,7 @@ def test_mentions() -> None:
     assert mentions("It costs 31.950 EUR", 31.95) and mentions("1,234 left", 1234)
     assert not mentions("It costs 31.9", 31.95) and not mentions("none", 0)
     assert mentions("zone utc+1", "UTC+1") and not mentions("Porto", "Oslo")
+    assert mentions("To Eve.", "Eve") and not mentions("every day", "Eve")
 
 
 @pytest.mark.parametrize("knobs", LEVELS)

@@ -157,3 +157,108 @@ def test_build_tasks_asks_the_configured_env(env: str, source: str) -> None:
     cfg.tasks.source = "nope"
     with pytest.raises(KeyError, match="nope"):
         build_tasks(cfg, "test", 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The LLM-simulated user (envs/tasks/llm_user.py), with a scripted stand-in engine
+
+
+class ScriptedUserEngine:
+    """Engine-protocol stand-in: records the user model's prompts, returns scripted replies."""
+
+    def __init__(self, tokenizer, replies: list[str]) -> None:
+        self.tok, self.replies = tokenizer, list(replies)
+        self.prompts: list[str] = []
+        self.samplings: list = []
+
+    def generate(self, requests, sampling):
+        from types import SimpleNamespace
+
+        self.samplings.append(sampling)
+        out = []
+        for r in requests:
+            self.prompts.append(self.tok.decode(r.prompt_ids))
+            ids = self.tok(self.replies.pop(0), add_special_tokens=False)["input_ids"]
+            ids.append(self.tok.eos_token_id)
+            out.append(SimpleNamespace(token_ids=ids, logprobs=[0.0] * len(ids),
+                                       finish_reason="stop"))
+        return out
+
+    def update_weights(self, named_tensors) -> None:
+        raise AssertionError("the user model never trains")
+
+
+def test_llm_user_goal_reaches_the_user_prompt_not_the_agent(tokenizer) -> None:
+    from envs.tasks.llm_user import LLMUser
+
+    engine = ScriptedUserEngine(tokenizer, ["I want to eat out.", "At Sakura.",
+                                            "Friday, please.", "We are 4."])
+    env = SimUserEnv(user_model=LLMUser(engine, tokenizer))
+    msgs, res = asyncio.run(replay_actions(env, TASK, [
+        "Which restaurant?", "Which day?", "How many people?",
+        call("book_table", restaurant="Sakura", day="Friday", people=4)]))
+    goal = "Details: restaurant = Sakura, day = Friday, people = 4."
+    assert len(engine.prompts) == 4 and all(goal in p for p in engine.prompts)
+    agent_context = json.dumps(msgs)
+    assert "Details:" not in agent_context and "Your goal" not in agent_context
+    assert [m["content"] for m in msgs if m["role"] == "user"] == [
+        "I want to eat out.", "At Sakura.", "Friday, please.", "We are 4."]
+    # the user model sees the agent's question as the user side, its own opening as assistant
+    assert "<|im_start|>user\nWhich restaurant?" in engine.prompts[1]
+    assert "<|im_start|>assistant\nI want to eat out." in engine.prompts[1]
+    assert "tool_call" not in "".join(engine.prompts)  # neither the agent's system prompt
+    assert [r.reward for r in res] == pytest.approx([1 / 3, 1 / 3, 1 / 3, 0.0])
+    assert res[-1].info["success"] is True
+    assert all(s.temperature == 0.0 for s in engine.samplings)  # greedy by default
+
+
+def test_llm_user_opening_reveals_and_tokens_carry_no_loss(tokenizer) -> None:
+    from envs.tasks.llm_user import LLMUser
+    from rl.sft import replay
+
+    replies = ["Book a table at Sakura for 4 people.", "Friday."]
+    engine = ScriptedUserEngine(tokenizer, replies)
+    user = LLMUser(engine, tokenizer)
+    actions = ["Which day?", call("book_table", restaurant="Sakura", day="Friday", people=4)]
+    traj = replay(tokenizer, lambda: SimUserEnv(user_model=user), TASK, actions)
+    assert [t.reward for t in traj.turns] == pytest.approx([1.0, 0.0])  # 1 of 1 hidden slot
+    trained = tokenizer.decode([i for i, m in zip(traj.token_ids, traj.loss_mask) if m])
+    assert "Which day?" in trained and "Friday." not in trained and "Sakura for 4" not in trained
+    assert "Friday." in tokenizer.decode(traj.token_ids)
+
+
+def test_compose_llm_user_paraphrases_and_falls_back(tokenizer) -> None:
+    from envs.tasks.compose import ComposeEnv
+    from envs.tasks.compose import make_tasks as compose_tasks
+    from envs.tasks.llm_user import LLMUser
+
+    task = compose_tasks("mixed", "train", 1, seed=5, turns=2, unanswerable=0.0)[0]
+    t1, t2 = task.data["turns"]
+    engine = ScriptedUserEngine(tokenizer, ["Hi! " + t1["text"], "Something else entirely."])
+    env = ComposeEnv(user_model=LLMUser(engine, tokenizer))
+    msgs, res = asyncio.run(replay_actions(env, task, env.demonstration(task)))
+    users = [m["content"] for m in msgs if m["role"] == "user"]
+    assert users == ["Hi! " + t1["text"], t2["text"]]  # the 2nd dropped the details: template
+    assert res[-1].info["success"] and res[-1].info["user_fallbacks"] == 1
+    assert all(t1["text"] in p for p in engine.prompts[:1])
+    assert t2["text"] in engine.prompts[1] and "in your own words" not in json.dumps(msgs)
+
+
+def test_llm_user_runs_on_the_hf_engine(tokenizer, tiny_model) -> None:
+    import dataclasses
+
+    from envs.tasks.llm_user import LLMUser, UserRequest, UserSampling
+    from rl.rollout.engines.base import GenerationRequest, SamplingParams
+    from rl.rollout.engines.hf import HFEngine
+
+    field_names = lambda c: {f.name for f in dataclasses.fields(c)}  # noqa: E731
+    assert field_names(UserRequest) == field_names(GenerationRequest)
+    assert field_names(UserSampling) == field_names(SamplingParams)
+    user = LLMUser(HFEngine(tiny_model, tokenizer), tokenizer, max_new_tokens=5, temperature=1.0)
+    a = asyncio.run(user.reply("Order a large pizza.", [{"role": "assistant", "content": "Hi"}]))
+    b = asyncio.run(user.reply("Order a large pizza.", [{"role": "assistant", "content": "Hi"}]))
+    assert isinstance(a, str) and a == b and user.calls == 2  # seeded from the prompt
+    with pytest.raises(TypeError, match="generate"):
+        LLMUser(object(), tokenizer)
+    with pytest.raises(TypeError, match="reply"):
+        SimUserEnv(user_model="not a user")
