@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from envs.tasks import bfcl as bfcl  # noqa: F401  (registers "bfcl")
 from envs.tasks import compose as compose  # noqa: F401  (registers "compose")
 from envs.tasks import guess as guess  # noqa: F401  (registers "guess")
 from envs.tasks import math as math  # noqa: F401  (registers "math")
@@ -25,6 +26,7 @@ TASK_MAKERS.register("math")(math.make_tasks)
 TASK_MAKERS.register("guess")(guess.make_tasks)
 TASK_MAKERS.register("simuser")(simuser.make_tasks)
 TASK_MAKERS.register("compose")(compose.make_tasks)
+TASK_MAKERS.register("bfcl")(bfcl.make_tasks)
 
 
 def make_tasks(
