@@ -19,11 +19,18 @@ _RULES: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("<tool_call>",), "hermes", "<tool_call> JSON calls (Hermes / Qwen2.5)"),
     (("[func_name1(",), "pythonic", "a Python list of calls (Llama 3.2 / 4 pythonic)"),
     (("<|python_start|>",), "pythonic", "<|python_start|> (Llama 4 pythonic)"),
+    (("<|tool_call_start|>[",), "pythonic", "<|tool_call_start|>[f(...)] (LFM2 pythonic)"),
+    (("<|tool_list_start|>",), "pythonic", "<|tool_list_start|> (LFM2, pythonic calls)"),
     (("<|python_tag|>",), "llama3-json", "<|python_tag|> JSON calls (Llama 3.1-3.3)"),
     (("respond with a JSON for a function call",), "llama3-json",
      "a JSON function-call prompt (Llama 3.x)"),
 )
 _FALLBACK = "hermes-prompt"
+_UNSUPPORTED = (  # call syntaxes recognised but not implemented: say so rather than mis-pick
+    (("<|channel|>", "<|call|>"), "gpt-oss harmony"),
+    (("<arg_key>",), "GLM-4.5 (<arg_key>/<arg_value>)"),
+    (("<|tool_call>call:",), "Gemma 4"),
+)
 
 
 def chat_template_text(tokenizer_or_template: Any) -> str:
@@ -48,9 +55,10 @@ def detect_format(tokenizer_or_template: Any) -> tuple[str, str]:
     text = chat_template_text(tokenizer_or_template)
     if not text:
         return _FALLBACK, "the tokenizer has no chat template"
-    if "<|channel|>" in text and "<|call|>" in text:
-        return _FALLBACK, ("gpt-oss harmony template: harmony calls are not implemented, so the "
-                           "tools go in the system prompt with Hermes calls")
+    for markers, family in _UNSUPPORTED:
+        if all(m in text for m in markers):
+            return _FALLBACK, (f"{family} template: its call syntax is not implemented, so the "
+                               "tools go in the system prompt with Hermes calls")
     for markers, name, meaning in _RULES:
         if all(m in text for m in markers):
             return name, f"the chat template contains {meaning}"

@@ -5,7 +5,8 @@
   turn that does not start with ``{``) is ordinary content. ``"arguments"`` is accepted for
   ``"parameters"`` (models mix them up).
 - ``"pythonic"``: the turn starts with a Python list of calls ``[f(a=1), g(b="x")]``, optionally
-  inside Llama 4's ``<|python_start|>...<|python_end|>``. Parsed with Python's ``ast`` and
+  inside Llama 4's ``<|python_start|>...<|python_end|>`` or LFM2's
+  ``<|tool_call_start|>...<|tool_call_end|>`` (text may precede the tags). Parsed with Python's ``ast`` and
   ``ast.literal_eval`` — never evaluated — accepting JSON's ``true/false/null`` beside Python's
   literals. A list none of whose items is a call is ordinary text.
 
@@ -34,6 +35,7 @@ from rl.types import Message, ToolCall
 
 PYTHON_TAG = "<|python_tag|>"
 PY_START, PY_END = "<|python_start|>", "<|python_end|>"
+LIST_TAGS = ((PY_START, PY_END), ("<|tool_call_start|>", "<|tool_call_end|>"))  # Llama 4, LFM2
 
 
 def parse_llama_json(text: str) -> ParsedAction:
@@ -153,15 +155,16 @@ def _call_list(text: str) -> tuple[ast.List | None, int]:
 
 
 def parse_pythonic(text: str) -> ParsedAction:
-    head, tag, body = text.partition(PY_START)
-    if tag:
-        body = body.replace(PY_END, "", 1)
-    else:
-        head, body = "", text
+    head, tag, body = "", "", text
+    for start, end in LIST_TAGS:
+        if start in text:
+            head, tag, body = text.partition(start)
+            body = body.replace(end, "", 1)
+            break
     stripped = body.lstrip()
     if not stripped.startswith("["):
         if tag:
-            return finish([bad_call(f"invalid Python call list after {PY_START}")], head + body)
+            return finish([bad_call(f"invalid Python call list after {tag}")], head + body)
         return finish([], text)
     lst, end = _call_list(stripped)
     if lst is None:

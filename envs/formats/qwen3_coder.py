@@ -8,7 +8,8 @@
     </function>
     </tool_call>
 
-Parameter values are raw text, so their types come from the tool's schema: the env binds the
+Reasoning in ``<think>...</think>`` before the calls (Qwen3.5, Nemotron 3 templates use this call
+syntax with thinking) is split off as in ``qwen3``. Parameter values are raw text, so their types come from the tool's schema: the env binds the
 schemas with :meth:`Qwen3CoderFormat.with_tools` (``"12"`` is the string ``"12"`` for a string
 parameter and the integer 12 for an integer one). Without schemas a value is decoded as JSON when
 it is a JSON number, boolean, null, object or array, else kept as text.
@@ -25,7 +26,14 @@ import json
 import re
 from typing import Any
 
-from envs.formats.base import ParsedAction, bad_call, finish, format_answer, register_format
+from envs.formats.base import (
+    ParsedAction,
+    bad_call,
+    finish,
+    format_answer,
+    register_format,
+    split_reasoning,
+)
 from envs.formats.hermes import CALL_CLOSE, CALL_OPEN, split_tagged
 from rl.types import Message, ToolCall
 
@@ -133,6 +141,7 @@ class Qwen3CoderFormat:
         return ""  # the chat template renders the tools and the call syntax
 
     def parse(self, text: str) -> ParsedAction:
+        reasoning, text = split_reasoning(text)
         bodies, outside = split_tagged(text, CALL_OPEN, CALL_CLOSE)
         calls: list[ToolCall] = []
         for b in bodies:
@@ -147,7 +156,7 @@ class Qwen3CoderFormat:
         if CALL_CLOSE in outside:
             calls.append(bad_call("</tool_call> without <tool_call>"))
             outside = outside.replace(CALL_CLOSE, "")
-        return finish(calls, outside)
+        return finish(calls, outside, reasoning)
 
     def tool_result_message(self, name: str, content: str) -> Message:
         return {"role": "tool", "name": name, "content": content}

@@ -334,3 +334,50 @@ def test_trajectory_stats_count_lenient_calls_and_errors_by_kind():
     assert s["parse_errors/invalid_json"] == 1.0 and s["parse_errors/unclosed_tag"] == 0.5
     assert s["call_errors/unknown_tool"] == 0.5
     assert "parse_errors/no_name" not in s
+
+
+class UserTurnEnv(EchoToolEnv):
+    """A simulated user: every action is answered by a new user message (Qwen3's template drops
+    the reasoning of assistant turns before the last user message)."""
+
+    async def step(self, action_text):
+        self.turn += 1
+        if "DONE" in action_text:
+            return StepResult(messages=[], reward=1.0, terminated=True, info={})
+        return StepResult(messages=[{"role": "user", "content": f"and {self.turn}?"}],
+                          reward=0.25)
+
+
+def test_real_qwen3_template_with_a_user_through_the_loop(tokenizer):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("trl")
+    path = Path(next(iter(spec.submodule_search_locations))) / "chat_templates/qwen3.jinja" \
+        if spec else None
+    if path is None or not path.exists():
+        pytest.skip("trl's chat_templates not installed")
+    template = path.read_text()
+
+    class Qwen3Tok(DropThinkTokenizer):  # SmolLM2's vocabulary has the same ChatML tokens
+        def apply_chat_template(self, messages, **kw):
+            return self.tok.apply_chat_template(messages, chat_template=template, **kw)
+
+    tok = Qwen3Tok(tokenizer)
+    scripts = {"a": ["<think>plan A</think>Which city?", "<think>plan B</think>OK", "DONE"]}
+    engine = RecordingEngine(tok, scripts)
+    loop = AgentLoop(engine, tok, UserTurnEnv, RolloutConfig(max_turns=5))
+    (t,) = loop.run([Task(id="a", prompt="a")])
+    t.validate()
+    sampled, prompts = engine.sampled["a"], engine.prompts["a"]
+    assert len(t.turns) == 3 and t.terminated
+    assert [turn.reward for turn in t.turns] == [0.25, 0.25, 1.0]
+    for turn, prompt, (ids, lps) in zip(t.turns, prompts, sampled):
+        assert prompt == t.token_ids[: turn.start]
+        assert t.token_ids[turn.start:turn.end] == ids and t.logprobs[turn.start:turn.end] == lps
+    assert sum(t.loss_mask) == sum(len(ids) for ids, _ in sampled)
+    text = tokenizer.decode(t.token_ids)
+    assert "plan A" in text and "plan B" in text  # kept: this is what the model saw
+    assert "plan A" not in tok.apply_chat_template(t.messages, tokenize=False)
+    assert "<|im_start|>user\nand 1?<|im_end|>\n<|im_start|>assistant\n" in text
+    assert t.info["history_rewrites"] == 2
