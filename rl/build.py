@@ -67,11 +67,25 @@ def build_env_factory(cfg: Config) -> tuple[Callable[[], Env], bool]:
         print(f"[turnrl] env.format=auto -> {fmt} ({why})")
     native = get_format(fmt).native_tools
     kwargs = dict(cfg.env.kwargs)
+    if isinstance(kwargs.get("user_model"), str):  # a frozen LLM user, shared by every episode
+        kwargs["user_model"] = build_user_model(cfg, kwargs["user_model"])
 
     def factory() -> Env:
         return make_env(cfg.env.name, tool_format=fmt, **kwargs)
 
     return factory, native
+
+
+def build_user_model(cfg: Config, name: str) -> Any:
+    """``env.kwargs.user_model=<model>``: an LLM-simulated user (envs.tasks.llm_user) on its own
+    HF engine and frozen model; nothing ever updates its weights."""
+    from envs.tasks.llm_user import LLMUser
+    from rl.rollout.engines.hf import HFEngine
+
+    tokenizer = load_tokenizer(name)
+    model = load_model(name, cfg.model.dtype).eval().requires_grad_(False)
+    return LLMUser(HFEngine(model, tokenizer, seed=cfg.trainer.seed), tokenizer,
+                   seed=cfg.trainer.seed)
 
 
 def build_tasks(cfg: Config, split: str, n: int) -> list[Task]:

@@ -262,3 +262,18 @@ def test_llm_user_runs_on_the_hf_engine(tokenizer, tiny_model) -> None:
         LLMUser(object(), tokenizer)
     with pytest.raises(TypeError, match="reply"):
         SimUserEnv(user_model="not a user")
+
+
+def test_config_user_model_builds_a_frozen_llm_user(tiny_model_dir) -> None:
+    from envs.tasks.llm_user import LLMUser
+    from rl.build import build_env_factory
+    from rl.config import load_config, to_dataclass
+
+    cfg = to_dataclass(load_config(["env=simuser", f"+env.kwargs.user_model={tiny_model_dir}"]))
+    factory, _ = build_env_factory(cfg)
+    a, b = factory(), factory()
+    assert isinstance(a.user_model, LLMUser) and a.user_model is b.user_model  # built once
+    model = a.user_model.engine.model
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    msgs, _ = asyncio.run(a.reset(TASK))
+    assert msgs[1]["role"] == "user" and isinstance(msgs[1]["content"], str)
