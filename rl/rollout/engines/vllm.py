@@ -129,11 +129,54 @@ class _WorkerExtension:
         return n[0]
 
     def turnrl_set_logprobs_mode(self, mode: str) -> None:
-        runner = self.model_runner  # type: ignore[attr-defined]
-        runner.model_config.logprobs_mode = mode
-        sampler = runner.sampler
-        sampler.logprobs_mode = mode
-        sampler.topk_topp_sampler.logprobs_mode = mode
+        set_runner_logprobs_mode(self.model_runner, mode)  # type: ignore[attr-defined]
+
+
+LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs", "raw_logits", "processed_logits")
+_PROCESSED_MODES = ("processed_logprobs", "processed_logits")
+
+
+def set_runner_logprobs_mode(runner: Any, mode: str) -> None:
+    """Switch a vLLM model runner's logprobs mode in place, on every object that holds a copy.
+
+    Both runners keep it in ``model_config`` and on ``runner.sampler``, which reads it per step.
+    The V1 runner (``v1/worker/gpu_model_runner.py``, the CPU build's) also has it on
+    ``sampler.topk_topp_sampler``, whose ``forward`` was chosen at start-up (on CUDA, FlashInfer's
+    fused top-k/top-p, which returns no processed logprobs: the native path is swapped in for a
+    processed mode and restored after), and its speculative ``rejection_sampler`` caches it as
+    two flags. The V2 runner (``v1/worker/gpu/model_runner.py``, the CUDA build's default) has
+    no ``topk_topp_sampler``; its ``prompt_logprobs_worker`` holds the mode for prompt logprobs.
+    Objects a runner lacks are skipped; a runner without a sampler is an error.
+    """
+    if mode not in LOGPROBS_MODES:
+        raise ValueError(f"unknown vLLM logprobs mode {mode!r}; valid: {', '.join(LOGPROBS_MODES)}")
+    sampler = getattr(runner, "sampler", None)
+    if sampler is None:
+        raise RuntimeError(
+            f"vLLM model runner {type(runner).__name__} has no sampler (not initialised, or not "
+            "the last pipeline stage): cannot switch its logprobs mode"
+        )
+    processed = mode in _PROCESSED_MODES
+    runner.model_config.logprobs_mode = mode
+    sampler.logprobs_mode = mode
+    topk = getattr(sampler, "topk_topp_sampler", None)  # V1 runner only
+    if topk is not None:
+        topk.logprobs_mode = mode
+        fast = getattr(topk, "_turnrl_fast_forward", None)
+        if processed and fast is None and hasattr(topk, "forward_cuda") \
+                and topk.forward == topk.forward_cuda:
+            topk._turnrl_fast_forward = topk.forward
+            topk.forward = topk.forward_native
+        elif not processed and fast is not None:
+            topk.forward = fast
+            topk._turnrl_fast_forward = None
+    prompt_worker = getattr(runner, "prompt_logprobs_worker", None)  # V2 runner only
+    if prompt_worker is not None:
+        prompt_worker.logprobs_mode = mode
+    rejection = getattr(runner, "rejection_sampler", None)  # V1: flags cached at init
+    if rejection is not None and hasattr(rejection, "is_processed_logprobs_mode"):
+        rejection.is_processed_logprobs_mode = processed
+        rejection.is_logits_logprobs_mode = mode in ("raw_logits", "processed_logits")
 
 
 def _refresh_tied_heads(model: torch.nn.Module) -> None:
