@@ -7,6 +7,10 @@ settings) and a ``README.md`` model card (YAML front matter, the training config
 final metrics). The folder loads with ``AutoModelForCausalLM.from_pretrained`` and vLLM
 ``LLM(model=...)``; nothing in it needs TurnRL.
 
+An output folder that is the source, lies inside it or contains it is refused before anything
+is read (``--overwrite`` must never replace a run dir with its export), and an interrupted or
+failed write leaves no temporary folder.
+
 ``push_to_hub(folder, repo_id)`` uploads it with ``huggingface_hub`` (token from ``HF_TOKEN`` or
 ``hf auth login``). Any failure (offline, unauthorised, network) raises :class:`HubPushError`
 with what to do; the local folder is never touched by a push.
@@ -173,9 +177,13 @@ def export_model(source: Path, out: Path, *, dtype: str | None = None, overwrite
     from transformers import AutoTokenizer
 
     out = Path(out)
+    check_out_apart(Path(source), out)  # before anything: --overwrite must never delete a run
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
     checkpoint = find_checkpoint(Path(source), log=log)
+    check_out_apart(checkpoint, out)
     cfg = load_run_config(checkpoint)
     config_yaml = (checkpoint / "config.yaml").read_text()
     model = merged_model(checkpoint, cfg)
@@ -191,16 +199,41 @@ def export_model(source: Path, out: Path, *, dtype: str | None = None, overwrite
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if getattr(tokenizer, "chat_template", None) is None:
-        log(f"[turnrl] export: the tokenizer of {checkpoint} has no chat template")
-    (tmp / "README.md").write_text(model_card(cfg, config_yaml, checkpoint, results, last))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if getattr(tokenizer, "chat_template", None) is None:
+            log(f"[turnrl] export: the tokenizer of {checkpoint} has no chat template")
+        (tmp / "README.md").write_text(model_card(cfg, config_yaml, checkpoint, results, last))
+        if out.exists():  # swap: move the old export aside, put the new one in, then delete
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException:  # Ctrl-C, disk full: no half-written folder left next to `out`
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():  # the swap was cut between its two renames
+            os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     log(f"[turnrl] exported {checkpoint} -> {out}")
     return out
+
+
+def check_out_apart(source: Path, out: Path) -> None:
+    """Refuse an output folder that is the source, lies inside it or contains it: writing (or
+    ``--overwrite``-replacing) it would destroy the checkpoints being exported."""
+    src, dst = Path(source).resolve(), Path(out).resolve()  # symlinks and `..` resolved
+    if dst == src:
+        how = "is"
+    elif src in dst.parents:
+        how = "is inside"
+    elif dst in src.parents:
+        how = "contains"
+    else:
+        return
+    raise ExportError(f"--out {out} {how} the source {source}: exporting there would "
+                      f"overwrite the run; choose an output folder outside it (nothing was "
+                      f"written)")
 
 
 def push_to_hub(folder: Path, repo_id: str, *, private: bool = False, token: str | None = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -90,7 +91,8 @@ def test_export_loads_in_transformers_with_the_learners_logprobs(exported, tiny_
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")
     assert "- drgrpo" in card and "advantage: drgrpo" in card  # tag and the training config
-    assert "| drgrpo | 0.500" in card and "| reward/mean | 0.625 |" in card
+    assert re.search(r"^\| drgrpo \|.* 0\.500 \|", card, re.M)  # the held-out stage table
+    assert "| reward/mean | 0.625 |" in card
     assert "time/update" not in card
 
 
@@ -120,10 +122,35 @@ def test_lora_export_is_base_plus_adapter_merged(tmp_path, tiny_model_dir, token
 def test_export_refuses_bad_sources_and_a_non_empty_out(tmp_path, exported):
     with pytest.raises(SystemExit, match="does not exist"):
         main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    (tmp_path / "src").mkdir()
     with pytest.raises(ExportError, match="no manifest"):
-        export_model(tmp_path, tmp_path / "o")
+        export_model(tmp_path / "src", tmp_path / "o")
     with pytest.raises(ExportError, match="not empty"):
-        export_model(tmp_path, exported[0])
+        export_model(tmp_path / "src", exported[0])
+
+
+def test_export_never_writes_over_its_source(tmp_path, tiny_model_dir, tokenizer):
+    run, _ = _run(tmp_path, tiny_model_dir, tokenizer, lora=False)
+    (step,) = ckpt.list_checkpoints(run / "checkpoints")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    (tmp_path / "link").symlink_to(run)
+    cases = [(run, run, "is"), (run, tmp_path / "link", "is"), (step, step, "is"),
+             (run, run / "hf", "is inside"), (run, step / "model", "is inside"),
+             (step, run, "contains"), (step, run / "checkpoints", "contains"),
+             (step, tmp_path, "contains"), (run, step / ".." / ".." / ".." / "run", "is"),
+             (run / "checkpoints" / "..", run, "is")]
+    for source, out, how in cases:
+        with pytest.raises(ExportError, match=rf"--out .* {how} the source .*nothing was "
+                                              rf"written\)$"):
+            export_model(source, out, overwrite=True, log=lambda m: None)
+    after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert after == sorted([*before, "link"])
+    assert ckpt.verify(step, deep=True) is None
+    # beside the run (not in it) is fine, and a re-export with --overwrite swaps cleanly
+    for _ in range(2):
+        out = export_model(run, tmp_path / "hf", overwrite=True, log=lambda m: None)
+        assert (out / "model.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "link", "run"]  # no .tmp/.old
 
 
 class _Hub(BaseHTTPRequestHandler):
