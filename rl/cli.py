@@ -2,15 +2,91 @@
 
 Overrides are Hydra syntax on top of ``configs/config.yaml``:
 ``turnrl train trainer.steps=4 algorithm=drgrpo learner=lora``.
+
+Exit codes: 0 done; 2 a config, data or checkpoint error (one ``turnrl: error:`` line each,
+reported before any model loads where it can be); 1 a failed checkpoint write (disk full) or a
+crash; 130 interrupted (Ctrl-C): the message names the last complete checkpoint to resume from.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import os
+import signal
 import sys
 import time
 from pathlib import Path
+
+_RUN_DIR: Path | None = None
+"""The current run's directory once it exists (named in the Ctrl-C message)."""
+
+
+class CLIError(SystemExit):
+    """Ends the command with ``turnrl: error: ...`` on stderr and an exit status (2 by default);
+    ``str()`` is the message, so in-process callers (tests) can read it."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_NOISE = ("full_key:", "reference_type", "object_type", "Config search path", "provider=",
+          "See https://hydra.cc")
+
+
+def _one_line(text: str) -> list[str]:
+    """Hydra/OmegaConf's multi-line message as segments (its debug lines dropped, an indented
+    list after a ``...:`` line joined with commas)."""
+    segs: list[str] = []
+    listing = False
+    for raw in str(text).splitlines():
+        line = raw.strip()
+        if not line or line.startswith(_NOISE):
+            continue
+        if raw[:1] in ("\t", " ") and segs and (listing or segs[-1].endswith(":")):
+            segs[-1] += (", " if listing else " ") + line
+            listing = True
+        else:
+            segs.append(line.rstrip("."))
+            listing = False
+    return segs
+
+
+def config_error_line(e: BaseException, overrides: list[str] = ()) -> str:
+    """One line for a config composition error: Hydra's message with OmegaConf's reason (the
+    ``__cause__`` Hydra hides, e.g. why ``trainer.steps=abc`` does not merge), for a misspelt
+    key the closest valid names, for a syntax error the override it is in."""
+    segs = _one_line(str(e)) or [type(e).__name__]
+    if type(e).__name__ == "OverrideParseException":
+        segs[0] = f"cannot parse {_unparsable(overrides) or 'an override'}: {segs[0]}"
+    cause = e.__cause__
+    if cause is not None:
+        why = "; ".join(_one_line(str(cause)))
+        key, obj = getattr(cause, "full_key", None), getattr(cause, "object_type", None)
+        if key and obj is not None and hasattr(obj, "__dataclass_fields__") \
+                and type(cause).__name__ == "ConfigAttributeError":
+            name = str(key).rsplit(".", 1)[-1]
+            close = difflib.get_close_matches(name, list(obj.__dataclass_fields__), n=3)
+            prefix = str(key)[: -len(name)]
+            if close:
+                why += f" (did you mean {' or '.join(prefix + c for c in close)}?)"
+        if why and why not in segs[0]:
+            segs[0] = f"{segs[0]}: {why}"
+    return "bad config: " + "; ".join(segs)
+
+
+def _unparsable(overrides: list[str]) -> str | None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_override(o)
+        except Exception:
+            return repr(o)
+    return None
 
 
 def _config(overrides: list[str]):
@@ -22,8 +98,34 @@ def _config(overrides: list[str]):
         raw = load_config(overrides)
         cfg = to_dataclass(raw)
     except Exception as e:  # Hydra/OmegaConf errors: say what is wrong, not a stack trace
-        raise SystemExit(f"turnrl: bad config: {e}") from None
+        raise CLIError(config_error_line(e, overrides)) from None
+    validate = getattr(cfg, "validate", None)  # unknown names, bad values: before any model
+    if validate is not None:
+        try:
+            validate()
+        except ValueError as e:  # rl.config.ConfigError: one line per problem
+            raise CLIError("\n".join(f"bad config: {line}" for line in str(e).splitlines()
+                                      if line.strip())) from None
     return cfg, OmegaConf.to_yaml(raw)
+
+
+def _preflight(cfg) -> None:
+    """Data and checkpoint errors that would otherwise appear only after the model loads."""
+    from rl import checkpoint as ckpt
+
+    if cfg.sft.enabled and cfg.sft.data_path:
+        from rl.sft import load_jsonl_conversations
+
+        load_jsonl_conversations(cfg.sft.data_path)  # SFTDataError names file:line
+    spec = ckpt.config_resume(cfg)
+    if spec not in (None, "latest"):  # an explicit path: sizes now, sha256 at the resume
+        p = Path(spec)
+        if not p.exists():
+            raise ckpt.CheckpointError(f"resume: {p} does not exist")
+        if (p / ckpt.MANIFEST).exists() or not (p / "checkpoints").is_dir():
+            problem = ckpt.verify(p)
+            if problem is not None:
+                raise ckpt.CheckpointError(f"cannot resume from {p}: {problem}")
 
 
 def _run_dir(cfg) -> Path:
@@ -45,9 +147,12 @@ def cmd_train(overrides: list[str]) -> None:
     from rl.learner import dist
     from rl.trainer import Trainer
 
+    global _RUN_DIR
     cfg, yaml_text = _config(overrides)
+    _preflight(cfg)
     dist.init_from_env()  # under torchrun: one run dir, rank 0's (timestamps differ per rank)
     run_dir = Path(dist.broadcast_object(str(_run_dir(cfg))))
+    _RUN_DIR = run_dir
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml_text)
@@ -96,6 +201,10 @@ def cmd_eval(args) -> None:
         raise SystemExit("turnrl eval: need --samples >= 1 and at least one seed")
     if args.checkpoint and not Path(args.checkpoint).exists():
         raise SystemExit(f"turnrl eval: --checkpoint {args.checkpoint}: no such folder")
+    if args.checkpoint:  # sha256 of every file, like resume; a run dir: its newest checkpoint
+        from rl.checkpoint import checked_model_path
+
+        args.checkpoint = str(checked_model_path(args.checkpoint))
     out = Path(args.out) if args.out else Path("evals") / time.strftime("%Y%m%d-%H%M%S")
     res = run_eval(cfg, args.checkpoint, out, n_samples=args.samples, seeds=seeds)
     s = res.settings
@@ -113,16 +222,18 @@ def cmd_export(args) -> None:
     try:
         out = export_model(args.source, args.out, dtype=args.dtype, overwrite=args.overwrite)
     except ExportError as e:
-        raise SystemExit(f"turnrl export: {e}") from None
+        raise CLIError(f"export: {e}") from None
     if args.push_to_hub:
         try:
             url = push_to_hub(out, args.push_to_hub, private=args.private)
         except HubPushError as e:
-            raise SystemExit(f"turnrl export: {e}") from None
+            raise CLIError(f"export: {e}", code=1) from None
         print(f"[turnrl] pushed {out} to {url}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _RUN_DIR
+    _RUN_DIR = None
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(prog="turnrl", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,14 +263,65 @@ def main(argv: list[str] | None = None) -> None:
                    help="weight dtype of the export (default: as trained, float32)")
     x.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     args = p.parse_args(argv)
+    try:
+        _dispatch(args)
+    except CLIError as e:
+        for line in str(e).splitlines():
+            print(f"turnrl: error: {line}", file=sys.stderr, flush=True)
+        raise
+    except KeyboardInterrupt:
+        raise _interrupted(command_line=argv is None) from None
+    except Exception as e:
+        code = _known_error_code(e)
+        if code is None:
+            raise  # a bug: keep the traceback
+        print(f"turnrl: error: {e}", file=sys.stderr, flush=True)
+        raise CLIError(str(e), code) from None
+
+
+def _dispatch(args) -> None:
     if args.cmd == "export":
-        return cmd_export(args)
-    if args.cmd == "train":
+        cmd_export(args)
+    elif args.cmd == "train":
         cmd_train(args.overrides)
     elif args.cmd == "sft":
         cmd_sft(args.overrides)
     else:
         cmd_eval(args)
+
+
+def _known_error_code(e: Exception) -> int | None:
+    """Exit status of an error the user can fix (one line, no traceback), else None."""
+    from rl.checkpoint import CheckpointError, CheckpointWriteError
+    from rl.sft import SFTDataError
+
+    if isinstance(e, CheckpointWriteError):  # disk full: the environment, not the command
+        return 1
+    if isinstance(e, (CheckpointError, SFTDataError)):
+        return 2
+    return None
+
+
+def _interrupted(*, command_line: bool) -> CLIError:
+    """Ctrl-C: one message naming the last complete checkpoint; exit 130. From the command
+    line, a second Ctrl-C while Python shuts down (atexit: sandbox workers, wandb) exits at once
+    (in-process callers keep their own SIGINT handler)."""
+    if command_line:
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    from rl.learner import dist
+
+    msg = "interrupted"
+    if _RUN_DIR is not None:
+        from rl import checkpoint as ckpt
+
+        last = ckpt.latest_checkpoint(_RUN_DIR / "checkpoints", log=lambda m: None)
+        msg += (f"; the last complete checkpoint is {last} (continue with "
+                f"trainer.resume={_RUN_DIR} and the same overrides)" if last is not None else
+                f"; no checkpoint of {_RUN_DIR} was written")
+    if dist.is_main():
+        lead = "\n" if sys.stderr.isatty() else ""  # off a progress bar's line
+        print(f"{lead}turnrl: {msg}", file=sys.stderr, flush=True)
+    return CLIError(msg, 130)
 
 
 if __name__ == "__main__":
