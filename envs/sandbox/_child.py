@@ -144,7 +144,8 @@ def enter(
                 os._exit(SETUP_FAILED)
 
     if spec.callns:  # before the uid switch (needs the worker's privileges) and the chdir
-        layer("callns", lambda: K.call_namespaces(workdir, uid, quota[0], quota[1]))
+        shm = spec.limits.memory_mb << 20
+        layer("callns", lambda: K.call_namespaces(workdir, uid, quota[0], quota[1], shm))
     set_rlimits(spec, cpu, cpu_hard)
     os.chdir(workdir)
     if uid is not None:

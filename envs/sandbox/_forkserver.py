@@ -168,14 +168,13 @@ def start_deleter(trash: str) -> tuple[int, int]:
         try:
             _close_all_but({r})
             K.prctl(K.PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != worker:
-                return
-            try:
-                os.nice(10)
-            except OSError:
-                pass
-            while os.read(r, 4096):
-                sweep(trash)
+            if os.getppid() == worker:
+                try:
+                    os.nice(10)
+                except OSError:
+                    pass
+                while os.read(r, 4096):
+                    sweep(trash)
         finally:
             os._exit(0)
     os.close(r)

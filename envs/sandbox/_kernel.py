@@ -259,11 +259,16 @@ def expose_paths(paths: Iterable[str]) -> list[str]:
     return list(todo)
 
 
-def call_namespaces(workdir: str, uid: int | None, size_bytes: int, inodes: int) -> None:
+def call_namespaces(
+    workdir: str, uid: int | None, size_bytes: int, inodes: int, shm_bytes: int
+) -> None:
     """Per-call mount and IPC namespaces (in a fresh user namespace too when this process has
     no CAP_SYS_ADMIN): the call's System V objects vanish with it, and its work dir becomes a
     tmpfs of ``size_bytes`` and ``inodes`` (the call's disk and file quota) that the kernel
-    frees when the call's last process exits, however many or deep its files.
+    frees when the call's last process exits, however many or deep its files. In the new IPC
+    namespace, System V shared memory is capped at ``shm_bytes`` (the call's memory limit; it
+    is not charged to RLIMIT_AS) and message queues are off (best effort: kernels that refuse
+    these sysctls in a user namespace keep their defaults, private to the call all the same).
     Must run before the uid switch (``uid`` owns the tmpfs) and before ``chdir(workdir)``."""
     flags = CLONE_NEWNS | CLONE_NEWIPC
     try:
@@ -272,6 +277,13 @@ def call_namespaces(workdir: str, uid: int | None, size_bytes: int, inodes: int)
         outer_uid, outer_gid = os.getuid(), os.getgid()
         unshare(flags | CLONE_NEWUSER)
         write_id_maps(os.getpid(), outer_uid, outer_gid, outer_uid, outer_gid)
+    for key, value in (("shmall", max(1, shm_bytes // 4096)), ("shmmax", shm_bytes),
+                       ("msgmni", 0)):  # fmt: skip
+        try:
+            with open(f"/proc/sys/kernel/{key}", "w") as f:
+                f.write(str(value))
+        except OSError:
+            pass
     owner = uid if uid is not None else os.getuid()
     opts = f"size={size_bytes},nr_inodes={inodes},mode=0700,uid={owner},gid={owner}"
     mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, opts)

@@ -61,7 +61,7 @@ def _seccomp() -> None:
 def _callns(workdir: str) -> None:
     if os.geteuid() == 0:
         K.private_mount_namespace()
-    K.call_namespaces(workdir, None, 1 << 20, 64)
+    K.call_namespaces(workdir, None, 1 << 20, 64, 1 << 20)
 
 
 def _unshare() -> None:

@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import signal
-import stat
 import sys
 import tempfile
 import threading
@@ -316,7 +315,9 @@ class Sandbox:
         """One loud warning per process and (requested, reached) pair; ``metrics()`` carries
         the reached and requested levels on every logging step."""
         cfg = self.config
-        failed = sorted(k[len("start_failed_") :] for k in self._counts if k.startswith("start_failed_"))
+        failed = sorted(
+            k[len("start_failed_") :] for k in self._counts if k.startswith("start_failed_")
+        )
         key = f"{cfg.isolation}->{self._level}"
         if key in _WARNED:
             return
@@ -325,7 +326,11 @@ class Sandbox:
         log.warning(
             "SANDBOX ISOLATION DEGRADED: '%s' was requested but only '%s' is available here "
             "(layers: %s)%s. Set SandboxConfig.require='%s' to refuse to run instead.",
-            cfg.isolation, self._level, "+".join(self._layers) or "none", why, cfg.isolation,
+            cfg.isolation,
+            self._level,
+            "+".join(self._layers) or "none",
+            why,
+            cfg.isolation,
         )
 
     def _worker_config(self, block: int, mode: str) -> dict[str, Any]:
@@ -678,7 +683,8 @@ async def _wait_exit(proc: asyncio.subprocess.Process, timeout: float = 5.0) -> 
 
 def _python_dirs(python: str | None) -> list[str]:
     dirs = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
-    if python:
+    if python:  # the venv itself (its bin/python may be a symlink out of it) and its base
+        dirs.add(os.path.dirname(os.path.dirname(os.path.abspath(python))))
         dirs.add(os.path.dirname(os.path.dirname(os.path.realpath(python))))
     return sorted(os.path.realpath(d) for d in dirs)
 
@@ -716,7 +722,9 @@ def _bwrap_argv(cfg: SandboxConfig, python: str) -> list[str]:
             "--size", str(cfg.tmpfs_mb << 20), "--tmpfs", "/tmp"]  # fmt: skip
     if not root:
         argv.append("--unshare-user")
-    keep = _python_dirs(python) + [os.path.realpath(p) for p in (*cfg.read_paths, os.path.dirname(WORKER_PATH))]
+    keep = _python_dirs(python) + [
+        os.path.realpath(p) for p in (*cfg.read_paths, os.path.dirname(WORKER_PATH))
+    ]
     tmp = os.path.realpath(tempfile.gettempdir())
     hidden = {os.path.expanduser("~"), "/root", *cfg.hidden_paths}
     for h in sorted({tmp, *(os.path.realpath(h) for h in hidden)}):

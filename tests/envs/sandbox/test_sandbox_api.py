@@ -16,9 +16,9 @@ from envs.sandbox import (
     Sandbox,
     SandboxConfig,
     SandboxUnavailable,
+    _seccomp,
     level_rank,
 )
-from envs.sandbox import _seccomp
 from envs.sandbox.probe import supported_level
 
 
