@@ -55,8 +55,17 @@ from typing import Any
 from envs.base import StepResult, ToolEnv, ToolError, register_env
 from envs.formats import ToolCallFormat, get_format
 from envs.matching import match_calls
-from envs.tasks.compose_lib import (CITIES, DAYS, FUNCTIONS, RATES, Backend, schema, tools_for,
-                                    with_defaults)
+from envs.tasks.compose_lib import (
+    CITIES,
+    DAYS,
+    FUNCTIONS,
+    RATES,
+    Backend,
+    make_world,
+    schema,
+    tools_for,
+    with_defaults,
+)
 from envs.tasks.math import SPLITS, split_of
 from rl.types import Message, Task, ToolCall
 
@@ -133,7 +142,7 @@ class _Gen:
 
     def __init__(self, rng: random.Random, knobs: Knobs) -> None:
         self.rng, self.k = rng, knobs
-        self.world = _world(rng)
+        self.world = make_world(rng)
         self.backend = Backend(self.world)
 
     def literal(self, typ: str, fn: str) -> tuple[Any, str]:
@@ -232,8 +241,9 @@ class _Gen:
         if missing and self.rng.random() < 0.5:
             fn = self.rng.choice(missing)
             tree = self.node(fn, 1)
-            text, required = _say_root(tree), []
+            required: list[str] = []
             _collect_required(tree, required)
+            text = _say_root(tree)
             return {"text": text, "steps": [], "answers": [], "answer_calls": [],
                     "required": required, "missing": fn}
         r = self.rng
@@ -244,12 +254,6 @@ class _Gen:
         req = [str(v) for k, v in vals.items() if "{" + k + "}" in tmpl]
         return {"text": tmpl.format(**vals), "steps": [], "answers": [], "answer_calls": [],
                 "required": req, "missing": None}
-
-
-def _world(rng: random.Random) -> dict[str, Any]:
-    from envs.tasks.compose_lib import make_world
-
-    return make_world(rng)
 
 
 def _say(node: dict[str, Any]) -> str:

@@ -45,9 +45,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from envs.base import StepResult, ToolEnv, register_env
+from envs.matching import calls_equal
 from envs.tasks.compose import mentions
 from envs.tasks.math import SPLITS, split_of
-from envs.matching import calls_equal
 from rl.types import Message, Task
 
 # ---------------------------------------------------------------------------------------------
