@@ -235,15 +235,16 @@ def evaluate_tasks(cfg, parts, engine, tasks: Sequence[Task], n_samples: int = 1
     return res
 
 
-def _engine_for(cfg, parts, policy):
+def _engine_for(cfg, parts, policy, from_checkpoint: bool):
     """An engine generating with ``policy``; vLLM starts from the model folder and receives
-    the policy's (merged) weights when they differ from it."""
+    the checkpoint's (merged) weights."""
     if cfg.engine != "vllm":
         return parts.make_engine(policy)
     if hasattr(policy, "merge_and_unload"):  # a PEFT checkpoint: serve merged weights
         policy = policy.merge_and_unload()
     engine = parts.make_engine(policy)
-    engine.update_weights((n, p.detach()) for n, p in policy.named_parameters())
+    if from_checkpoint:
+        engine.update_weights((n, p.detach()) for n, p in policy.named_parameters())
     return engine
 
 
@@ -262,7 +263,7 @@ def run_eval(cfg, checkpoint: str | None = None, out_dir: Path | None = None,
     policy = load_policy(cfg, checkpoint)
     policy.eval()
     parts = build_parts(cfg, model=policy)
-    engine = _engine_for(cfg, parts, policy)
+    engine = _engine_for(cfg, parts, policy, from_checkpoint=bool(checkpoint))
     res = evaluate_tasks(cfg, parts, engine, parts.eval_tasks, n_samples, seeds=list(seeds))
     res.settings.update(checkpoint=checkpoint, seconds=round(time.perf_counter() - t0, 1))
     if out_dir is not None:
