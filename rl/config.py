@@ -90,7 +90,8 @@ class LossConfig:
     dual_clip: float | None = None
     agg: str = "token-mean"
     max_tokens: int | None = None
-    """Constant normaliser for "seq-mean-token-sum-norm" (Dr.GRPO); defaults to batch length."""
+    """Constant normaliser M of "seq-mean-token-sum-norm" (Dr.GRPO); unset = the rollout's generation
+    budget (max_turns x max_tokens_per_turn, capped by max_total_tokens; rl.step.resolved_loss)."""
     kl_coef: float = 0.0
     """Weight of the KL penalty to the frozen reference (0 = no reference model needed)."""
     kl_estimator: str = "k3"
@@ -450,8 +451,9 @@ def _registry_problems(cfg: Config) -> list[str]:
         ("algorithm.loss.agg", a.loss.agg, LOSS_AGGS.names()),
         ("learner.backend", cfg.learner.backend, LEARNERS.names()),
     ]
-    if cfg.env.format != "auto":
-        checks.append(("env.format", cfg.env.format, registered_formats()))
+    fmt_name = cfg.env.format.partition("+")[0]  # "+lenient": an option (envs.formats)
+    if fmt_name != "auto":
+        checks.append(("env.format", fmt_name, registered_formats()))
     out = [f"{key}={val!r} is not one of: {', '.join(sorted(valid))}"
            for key, val, valid in checks if val not in valid]
     if cfg.env.name in registered_envs() and cfg.env.name not in TASK_MAKERS:

@@ -13,6 +13,7 @@ module decides *what* a run is:
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from rl.algos.credit import Credit, CreditContext, make_credit
-from rl.config import Config
+from rl.config import Config, LossConfig
 from rl.types import Batch, Task, Trajectory
 
 
@@ -89,6 +90,19 @@ def should_save(cfg: Config, step: int) -> bool:
     """Periodic checkpoints (the final one is always written by :func:`fit`)."""
     every = cfg.trainer.save_every
     return every > 0 and step % every == 0 and step < cfg.trainer.steps
+
+
+def resolved_loss(cfg: Config) -> LossConfig:
+    """``algorithm.loss`` with the Dr.GRPO normaliser filled in: ``max_tokens`` unset means the
+    rollout's generation budget (model tokens only, a constant: never the padded width)."""
+    from rl.algos.losses import generation_budget
+
+    loss = copy.copy(cfg.algorithm.loss)
+    if loss.max_tokens is None:
+        r = cfg.rollout
+        loss.max_tokens = generation_budget(r.max_turns, r.max_tokens_per_turn,
+                                            r.max_total_tokens)
+    return loss
 
 
 def seed_everything(seed: int) -> None:

@@ -18,7 +18,15 @@ from rl import checkpoint as ckpt
 from rl.config import Config
 from rl.learner import dist, make_learner, rollout_policy
 from rl.rollout.agent_loop import AgentLoop
-from rl.step import RunState, StepCore, build_credit, fit, seed_everything, stage_table
+from rl.step import (
+    RunState,
+    StepCore,
+    build_credit,
+    fit,
+    resolved_loss,
+    seed_everything,
+    stage_table,
+)
 from rl.tracking import RunLogger, Timer
 from rl.types import Batch, Trajectory
 
@@ -35,6 +43,7 @@ class Trainer:
         self.parts = build_parts(cfg)
         self.tokenizer = self.parts.tokenizer
         self.learner = make_learner(self.parts.model, cfg.learner)
+        self.loss_cfg = resolved_loss(cfg)  # Dr.GRPO normaliser: the generation budget
         self.engine = self.parts.make_engine(*rollout_policy(self.learner))
         self.loop = AgentLoop(self.engine, self.tokenizer, self.parts.env_factory, cfg.rollout,
                               native_tools=self.parts.native_tools)
@@ -105,7 +114,7 @@ class Trainer:
         # data parallel: a rank without signal still joins the update if any rank has some
         if not dist.any_rank(batch is not None):  # every group uniform: no signal this step
             return {"update/trained_seqs": 0.0, "update/tokens": 0.0}
-        m = self.learner.update(batch, self.cfg.algorithm.loss, self.cfg.rollout.temperature)
+        m = self.learner.update(batch, self.loss_cfg, self.cfg.rollout.temperature)
         counts = torch.tensor([0.0, 0.0] if batch is None else
                               [float(len(batch)), float(batch.attention_mask.sum())])
         seqs, tokens = dist.all_reduce_sum(counts).tolist()

@@ -394,8 +394,11 @@ _own_source("mixed", {**WORD_TEMPLATES, "arith": _arith}, word_share=2 / 3)
 
 
 def _parse_number(text: str) -> int | float:
-    value = float(text)
-    return int(value) if value.is_integer() else value
+    try:  # integers exactly (a float round trip loses digits past 2**53)
+        return int(text.strip())
+    except ValueError:
+        value = float(text)
+        return int(value) if value.is_integer() else value
 
 
 def _reasoning_gym_source(name: str, has_expression: bool) -> None:

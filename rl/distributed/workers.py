@@ -166,7 +166,7 @@ class LearnerWorker:
                  config_yaml: str = "", delay_s: float = 0.0) -> None:
         from rl.learner import dist, make_learner
         from rl.models import load_model, load_tokenizer
-        from rl.step import seed_everything
+        from rl.step import resolved_loss, seed_everything
 
         os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size),
                            "LOCAL_RANK": "0", "MASTER_ADDR": master_addr,
@@ -178,6 +178,7 @@ class LearnerWorker:
         self.rank, self.delay_s = rank, delay_s
         self.tokenizer = load_tokenizer(cfg.model.name)
         self.learner = make_learner(load_model(cfg.model.name, cfg.model.dtype), cfg.learner)
+        self.loss_cfg = resolved_loss(cfg)
 
     def ping(self) -> int:
         return self.rank
@@ -196,7 +197,7 @@ class LearnerWorker:
         t0 = time.perf_counter()
         if self.delay_s > 0:
             time.sleep(self.delay_s)
-        m = self.learner.update(batch, self.cfg.algorithm.loss, self.cfg.rollout.temperature)
+        m = self.learner.update(batch, self.loss_cfg, self.cfg.rollout.temperature)
         m["time/learner_update"] = time.perf_counter() - t0
         return m
 

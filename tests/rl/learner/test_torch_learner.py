@@ -97,8 +97,9 @@ def test_lora_trains_adapter_only_and_exports_merged_base_names(tiny_model):
 def test_kl_with_lora_reference_is_zero_at_start(tiny_model):
     learner = TorchLearner(tiny_model, LearnerConfig(
         lr=1e-3, autocast="fp32", lora=LoraConfig(enabled=True, r=4, alpha=8)))
+    learner.snapshot_reference()  # RL starts: the reference is the policy now
     m = learner.update(_batch(), LossConfig(kl_coef=0.1))
-    assert abs(m["actor/kl"]) < 1e-6  # the adapter starts at zero: policy == reference
+    assert abs(m["actor/kl"]) < 1e-6  # policy == reference at the first update
 
 
 def test_set_lr_survives_scheduler_steps(tiny_model):
