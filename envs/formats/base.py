@@ -14,6 +14,18 @@ Options (``+``-separated after the name):
   Those calls carry ``ToolCall.lenient = True`` and are counted (``episode/lenient_calls``), so a
   run shows how much of its tool use the strict format would have missed. Text that does not
   look like a call stays text (lenient parsing adds calls, never errors).
+
+What is reused, and why not more: the syntaxes follow vLLM's tool-parser registry
+(``vllm/tool_parsers``: hermes, qwen3coder, llama3_json, pythonic, mistral) and the families' own
+chat templates (tests parse what TRL's packaged originals render), but vLLM is not imported. Its
+parsers need a tokenizer object and vLLM's request / protocol classes, which import torch and
+the vLLM engine package: ``import vllm.tool_parsers.hermes_tool_parser`` had not finished after
+300 s wall (3 s user CPU) on the loaded shared 2-core machine, where ``import envs.formats`` took
+9.5 s wall / 1.8 s user (mostly torch via rl.types). They also return a malformed call as plain
+text (``tools_called=False``), where the trainer needs an error observation and a counted kind
+per bad call. transformers' ``parse_response`` needs a response schema the model's tokenizer
+rarely ships. The parsing itself is the standard library: ``json``, ``ast`` (pythonic, never
+``eval``), ``re``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ _RULES: tuple[tuple[tuple[str, ...], str, str], ...] = (
      "a JSON function-call prompt (Llama 3.x)"),
 )
 _FALLBACK = "hermes-prompt"
-_UNSUPPORTED = (  # call syntaxes recognised but not implemented: say so rather than mis-pick
+_UNSUPPORTED: tuple[tuple[tuple[str, ...], str], ...] = (  # call syntaxes recognised but not implemented: say so rather than mis-pick
     (("<|channel|>", "<|call|>"), "gpt-oss harmony"),
     (("<arg_key>",), "GLM-4.5 (<arg_key>/<arg_value>)"),
     (("<|tool_call>call:",), "Gemma 4"),

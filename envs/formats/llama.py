@@ -156,10 +156,10 @@ def _call_list(text: str) -> tuple[ast.List | None, int]:
 
 def parse_pythonic(text: str) -> ParsedAction:
     head, tag, body = "", "", text
-    for start, end in LIST_TAGS:
-        if start in text:
-            head, tag, body = text.partition(start)
-            body = body.replace(end, "", 1)
+    for open_tag, close_tag in LIST_TAGS:
+        if open_tag in text:
+            head, tag, body = text.partition(open_tag)
+            body = body.replace(close_tag, "", 1)
             break
     stripped = body.lstrip()
     if not stripped.startswith("["):

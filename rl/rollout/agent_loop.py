@@ -46,7 +46,6 @@ from rl.config import RolloutConfig
 from rl.rollout.engines.base import Engine, GenerationRequest, SamplingParams
 from rl.types import Message, Task, ToolCall, Trajectory, Turn
 
-
 ACTION_SENTINEL = "@@turnrl:sampled-turn@@"  # stands for the sampled turn's content in a render
 
 
