@@ -19,7 +19,8 @@ would drop (longer contexts than the template's rendering: prefill and learner t
 the reasoning of earlier turns), and they differ from what the same model sees at deployment
 with its own template. Each turn sampled on a context that differs from the template's rendering
 of the same conversation is counted in ``Trajectory.info["history_rewrites"]`` (metric
-``episode/history_rewrites``), so a run shows when it happens. The alternative — splitting an
+``episode/history_rewrites``; one more template render per turn, 0.27 ms for an 18-message
+1.8k-token conversation on a loaded 2-core machine), so a run shows when it happens. The alternative — splitting an
 episode into per-turn samples at every rewrite — matches deployment contexts but needs per-piece
 advantages, turn rewards and credit in every consumer of a trajectory; it is not done here.
 
