@@ -310,6 +310,8 @@ class LenientFormat:
         self.lenient = True
 
     def __getattr__(self, attr: str) -> Any:  # format-specific extras (e.g. with_tools)
+        if attr.startswith("__") or attr == "inner":  # copy / pickle probe before __init__
+            raise AttributeError(attr)
         value = getattr(self.inner, attr)
         if attr == "with_tools":
             return lambda tools: LenientFormat(value(tools))

@@ -16,7 +16,6 @@ vLLM's request classes (torch import) and reports no error for a malformed call.
 
 from __future__ import annotations
 
-import itertools
 import json
 from typing import Any
 
@@ -83,7 +82,7 @@ class MistralFormat:
     native_tools = True
 
     def __init__(self) -> None:
-        self._ids = itertools.count(1)
+        self._calls = 0  # tool results answered so far: their ids
 
     def system_prompt(self, tools: list[dict[str, Any]]) -> str:
         return ""  # the chat template renders the tools ([AVAILABLE_TOOLS])
@@ -92,8 +91,9 @@ class MistralFormat:
         return parse_mistral(text)
 
     def tool_result_message(self, name: str, content: str) -> Message:
+        self._calls += 1
         return {"role": "tool", "name": name, "content": content,
-                "tool_call_id": f"{next(self._ids) % 10**9:09d}"}
+                "tool_call_id": f"{self._calls % 10**9:09d}"}
 
     def format_call(self, name: str, arguments: dict[str, Any]) -> str:
         return f"{TOOL_CALLS}{json.dumps([{'name': name, 'arguments': arguments}])}"

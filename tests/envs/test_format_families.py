@@ -286,3 +286,15 @@ def test_auto_without_tool_support_and_from_a_tokenizer(tokenizer) -> None:
     assert detect_format({"default": "x", "tool_use": TEMPLATES["hermes"]})[0] == "hermes"
     assert resolve_format("auto+lenient", TEMPLATES["qwen3"])[0] == "qwen3+lenient"
     assert resolve_format("mistral", None) == ("mistral", "")
+
+
+@pytest.mark.parametrize("spec", ["hermes+lenient", "mistral", "qwen3-coder+lenient"])
+def test_formats_copy_and_pickle(spec: str) -> None:
+    import copy
+    import pickle
+
+    fmt = ToolEnv([calculator], spec).format  # bound to the tools where the format needs them
+    for clone in (copy.deepcopy(fmt), pickle.loads(pickle.dumps(fmt))):
+        assert clone.name == fmt.name
+        text = fmt.format_call("calculator", {"expression": "12"})
+        assert _calls(clone.parse(text)) == [("calculator", {"expression": "12"}, None)]
