@@ -357,7 +357,7 @@ def _disk_full_message(root: Path, final: Path, written: int, e: BaseException) 
             else "no earlier checkpoint exists")
     return (f"disk full: cannot write checkpoint {final} ({type(e).__name__}); {need}{free} "
             f"in {root}; the partial write was deleted and {kept}; free space (or lower "
-            f"trainer.keep_last) and resume with trainer.resume=latest")
+            f"trainer.keep_last) and continue with trainer.resume={run_dir_of(final)}")
 
 
 @contextlib.contextmanager
