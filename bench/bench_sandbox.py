@@ -4,6 +4,8 @@
     PYTHONPATH=. .venv/bin/python bench/bench_sandbox.py --n 100    # quicker
 
 For each mode: median and p99 latency of a trivial call (``print(1)``) issued one at a time,
+(the "no per-call tmpfs" row shows what the per-call mount + IPC namespaces and quota tmpfs
+cost),
 and calls/s with ``--concurrency`` calls in flight. Prints a markdown table. Not a test:
 numbers depend on the machine and on what else runs on it (the load average is printed).
 """
@@ -67,6 +69,9 @@ async def main(n: int, concurrency: int) -> None:
         ("sandbox, default", SandboxConfig()),
         ("sandbox, strong (namespace)", SandboxConfig(isolation="namespace")),
     ]
+    if "tmpfs_workdirs" in SandboxConfig.__dataclass_fields__:  # issue 13: its cost, measured
+        modes.insert(2, ("  default, no per-call tmpfs/namespaces",
+                         SandboxConfig(tmpfs_workdirs=False)))  # fmt: skip
     for name, cfg in modes:
         cfg.max_concurrency = concurrency
         async with Sandbox(cfg) as sb:

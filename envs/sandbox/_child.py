@@ -144,7 +144,7 @@ def enter(
                 os._exit(SETUP_FAILED)
 
     if spec.callns:  # before the uid switch (needs the worker's privileges) and the chdir
-        shm = spec.limits.memory_mb << 20
+        shm = None if spec.seccomp else spec.limits.memory_mb << 20  # seccomp denies SysV IPC
         layer("callns", lambda: K.call_namespaces(workdir, uid, quota[0], quota[1], shm))
     set_rlimits(spec, cpu, cpu_hard)
     os.chdir(workdir)

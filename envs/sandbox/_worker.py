@@ -75,6 +75,9 @@ class Call:
     pipes: dict[int, str] = field(default_factory=dict)
     note: str = ""
     """Prefixed to stderr (e.g. that a session expired and was started afresh)."""
+    status_fd: int = -1
+    """Read end of the pipe on which the program reports its exit status before exiting."""
+    replied: bool = False
 
 
 @dataclass
@@ -344,6 +347,7 @@ class Worker:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         code = os.memfd_create("cell", os.MFD_CLOEXEC)  # read by the child, never the server
+        st_r, st_w = os.pipe()
         try:
             data = req["code"].encode("utf-8", "surrogateescape")
             view = memoryview(data)
@@ -353,19 +357,22 @@ class Worker:
             fork = {"kind": "call", "workdir": call.workdir, "uid": self._uid(call.slot),
                     "cpu": cpu, "cpu_hard": cpu + 1, "quota": self.quota_call,
                     "language": req.get("language", "python")}  # fmt: skip
-            call.pid = self._fork(fork, [out_w, err_w, code])
+            call.pid = self._fork(fork, [out_w, err_w, code, st_w])
         except OSError as e:
-            for fd in (out_r, err_r):
+            for fd in (out_r, err_r, st_r):
                 os.close(fd)
             self._discard(call.workdir)
             self.free_slots.append(call.slot)
             self._reply(call, error=f"sandbox could not start the call: {e}")
             return
         finally:
-            for fd in (out_w, err_w, code):
+            for fd in (out_w, err_w, code, st_w):
                 os.close(fd)
         call.pipes = {out_r: "out", err_r: "err"}
         self._watch_output(out_r, err_r)
+        call.status_fd = st_r
+        os.set_blocking(st_r, False)
+        self.sel.register(st_r, selectors.EVENT_READ, lambda fd, c=call: self._on_status(c, fd))
         self.calls[call.id] = call
         self.by_pid[call.pid] = call
 
@@ -409,10 +416,9 @@ class Worker:
         else:
             K.killpg(call.pid)
 
-    def _finish(self, call: Call, status: int | None) -> None:
-        """A one-shot child exited: kill what it left, collect output, clean up, reply."""
+    def _complete(self, call: Call, status: int | None) -> None:
+        """A call is over: kill what it left, collect its output, reply."""
         self.calls.pop(call.id, None)
-        self.by_pid.pop(call.pid, None)
         K.killpg(call.pid)
         self._kill_strays(call.pid)
         for fd, which in list(call.pipes.items()):
@@ -420,8 +426,39 @@ class Worker:
             self.sel.unregister(fd)
             os.close(fd)
         call.pipes.clear()
-        self._discard(call.workdir)  # never blocks: a tmpfs is freed by the kernel
         self._reply(call, status=status)
+        call.replied = True
+
+    def _on_status(self, call: Call, fd: int) -> None:
+        """The call's program ended and reported its status (``_child.report_status``): reply
+        now. Its process may still be exiting — tearing down a mount namespace waits for an
+        RCU grace period, milliseconds on a busy machine — and is reaped in ``_finish``. A
+        program that forges this byte only ends its own call early."""
+        try:
+            data = os.read(fd, 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self._close_status(call)
+        if data and not call.replied and call.id in self.calls:
+            self._complete(call, (data[0] & 0xFF) << 8)
+
+    def _close_status(self, call: Call) -> None:
+        if call.status_fd >= 0:
+            self.sel.unregister(call.status_fd)
+            os.close(call.status_fd)
+            call.status_fd = -1
+
+    def _finish(self, call: Call, status: int | None) -> None:
+        """A one-shot child was reaped: reply if not done yet, then free its dir and slot."""
+        self.by_pid.pop(call.pid, None)
+        if not call.replied:
+            self._complete(call, status)
+        else:
+            K.killpg(call.pid)
+        self._close_status(call)
+        self._discard(call.workdir)  # never blocks: a tmpfs is freed by the kernel
         if call.slot is not None:
             self.free_slots.append(call.slot)
 

@@ -725,7 +725,7 @@ def _bwrap_argv(cfg: SandboxConfig, python: str) -> list[str]:
     keep = _python_dirs(python) + [
         os.path.realpath(p) for p in (*cfg.read_paths, os.path.dirname(WORKER_PATH))
     ]
-    tmp = os.path.realpath(tempfile.gettempdir())
+    tmp = "/tmp"  # what --tmpfs above replaces (the worker, started without TMPDIR, uses it)
     hidden = {os.path.expanduser("~"), "/root", *cfg.hidden_paths}
     for h in sorted({tmp, *(os.path.realpath(h) for h in hidden)}):
         if not os.path.isdir(h) or h == "/":
@@ -739,8 +739,6 @@ def _bwrap_argv(cfg: SandboxConfig, python: str) -> list[str]:
             for i in range(1, len(rel)):
                 argv += ["--perms", "0755", "--dir", os.path.join(h, *rel[:i])]
             argv += ["--ro-bind", k, k]
-    if tmp != "/tmp" and tmp.startswith("/tmp/"):
-        argv += ["--dir", tmp]  # TMPDIR below /tmp: the worker creates its base there
     if root:
         argv += ["--cap-drop", "ALL"]
         for cap in ROOT_CAPS:
