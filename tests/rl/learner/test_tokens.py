@@ -116,3 +116,37 @@ def test_lora_without_token_rows_leaves_the_embedding_alone():
     after = dict(learner.named_weights())
     assert torch.equal(after["model.embed_tokens.weight"], before)
     assert trainable_token_weights(learner.model) == {}
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_fast_token_forward_equals_peft_forward_values_and_grads(tie):
+    from rl.learner.torch import apply_lora
+
+    def build(fast: bool):
+        m = _tiny(tie=tie, seed=1)
+        tag_format_tokens(m, [3, 7])
+        p = apply_lora(m, LoraConfig(enabled=True, r=2, alpha=4, train_token_rows="true"))
+        layers = [mod for mod in p.modules() if hasattr(mod, "trainable_tokens_delta")]
+        with torch.no_grad():  # give the trained rows values that differ from the base rows
+            for mod in layers:
+                for d in mod.trainable_tokens_delta.values():
+                    d.add_(torch.arange(d.numel(), dtype=d.dtype).view_as(d) * 0.01)
+        assert len(layers) == 2 and all("forward" in vars(m) for m in layers)  # embedding + head
+        if not fast:
+            for mod in layers:
+                del mod.forward  # back to PEFT's class forward
+        return p
+
+    ids = torch.tensor([[1, 3, 5, 7, 7, 2], [7, 9, 3, 0, 4, 3]])
+    outs, grads = [], []
+    for fast in (True, False):
+        p = build(fast)
+        logits = p(input_ids=ids).logits
+        (logits.square().mean()).backward()
+        outs.append(logits.detach())
+        grads.append({n: q.grad.clone() for n, q in p.named_parameters()
+                      if q.requires_grad and q.grad is not None})
+    torch.testing.assert_close(outs[0], outs[1])
+    assert set(grads[0]) == set(grads[1]) and any("trainable_tokens" in n for n in grads[0])
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], msg=n)
