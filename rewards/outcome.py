@@ -7,6 +7,8 @@
   1.0 iff exactly the reference calls ran (in any order); extra and missing calls cost credit.
 - ``env_success``: the env's own terminal verdict (``info["success"]`` of the trajectory or of
   its last step), 0.0 when the env reported none.
+- ``env_score``: the env's graded terminal verdict in [0, 1] (``info["score"]``: search F1, share
+  of unit tests passed, SQL execution match), 0.0 when the env reported none.
 - ``tool_use``: at least one tool call succeeded (shaping, off by default).
 
 :func:`success` is the one success criterion of evaluation and logging: the env's verdict when
@@ -217,6 +219,18 @@ def env_verdict(traj: Trajectory) -> bool | None:
 def env_success_reward(traj: Trajectory) -> float:
     """1.0 when the env reported success at the end of the episode, else 0.0."""
     return 1.0 if env_verdict(traj) else 0.0
+
+
+@register_reward("env_score")
+def env_score_reward(traj: Trajectory) -> float:
+    """The env's graded verdict in [0, 1] (``info["score"]`` of the trajectory or of its last step
+    that has one: search F1, the share of unit tests passed), 0.0 when the env reported none."""
+    if "score" in traj.info:
+        return float(traj.info["score"])
+    for turn in reversed(traj.turns):
+        if "score" in turn.info:
+            return float(turn.info["score"])
+    return 0.0
 
 
 def success(traj: Trajectory) -> bool:
