@@ -15,6 +15,7 @@ from envs.tasks import bfcl as bfcl  # noqa: F401  (registers "bfcl")
 from envs.tasks import compose as compose  # noqa: F401  (registers "compose")
 from envs.tasks import guess as guess  # noqa: F401  (registers "guess")
 from envs.tasks import math as math  # noqa: F401  (registers "math")
+from envs.tasks import search as search  # noqa: F401  (registers "search")
 from envs.tasks import simuser as simuser  # noqa: F401  (registers "simuser")
 from rl.registry import Registry
 from rl.types import Task
@@ -27,6 +28,7 @@ TASK_MAKERS.register("guess")(guess.make_tasks)
 TASK_MAKERS.register("simuser")(simuser.make_tasks)
 TASK_MAKERS.register("compose")(compose.make_tasks)
 TASK_MAKERS.register("bfcl")(bfcl.make_tasks)
+TASK_MAKERS.register("search")(search.make_tasks)
 
 
 def make_tasks(
