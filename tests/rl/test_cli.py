@@ -235,6 +235,19 @@ def _slow(traj):  # scoring of step 2 takes long enough for the signal to land i
     return 0.0
 """
 
+SLOW_ROLLOUT = """
+import asyncio
+from pathlib import Path
+from envs.tasks.math import MathEnv
+_step = MathEnv.step
+async def _slow(self, action_text):  # an env step of step 2's rollout (inside asyncio.run)
+    if (Path(RUN) / "checkpoints" / "step_000001").exists():
+        (Path(RUN) / "IN_ROLLOUT").write_text("")
+        await asyncio.sleep(30)
+    return await _step(self, action_text)
+MathEnv.step = _slow
+"""
+
 
 def _descendants(pid: int) -> set[tuple[int, str]]:
     """(pid, start time) of every live descendant of ``pid`` (start time tells reused pids)."""
@@ -316,7 +329,7 @@ def _check_clean_interrupt(res, seen, run: Path) -> None:
     assert _alive(seen) == [], f"orphans left: {_alive(seen)}"
 
 
-@pytest.mark.parametrize("where", ["checkpoint_write", "rl_step"])
+@pytest.mark.parametrize("where", ["checkpoint_write", "scoring", "rollout"])
 def test_ctrl_c_exits_130_with_one_message_and_leaves_nothing_behind(tmp_path, tiny_model_dir,
                                                                      where):
     run = tmp_path / "run"
@@ -326,10 +339,13 @@ def test_ctrl_c_exits_130_with_one_message_and_leaves_nothing_behind(tmp_path, t
         res, seen, took = _interrupt(run, argv, SLOW_WRITE,
                                      (run / "checkpoints" / "WRITING").exists)
         (run / "checkpoints" / "WRITING").unlink()
-    else:  # (wandb, on by default, is a child process: kept in the other case's orphan check)
+    elif where == "scoring":  # (wandb, a child process, stays on in the case above)
         argv += ["++algorithm.reward_weights={outcome: 1.0, slow_after_first_checkpoint: 1.0}",
                  "trainer.wandb=disabled"]
         res, seen, took = _interrupt(run, argv, SLOW_STEP, (run / "IN_STEP").exists)
+    else:
+        argv.append("trainer.wandb=disabled")
+        res, seen, took = _interrupt(run, argv, SLOW_ROLLOUT, (run / "IN_ROLLOUT").exists)
     _check_clean_interrupt(res, seen, run)
     assert took < 60, f"took {took:.1f} s to stop"
 
