@@ -11,7 +11,13 @@ from types import SimpleNamespace
 import pytest
 
 from rl.evaluate import (
-    EvalResult, Interval, evaluate_tasks, pass_at_k, summarize, t_interval, wilson,
+    EvalResult,
+    Interval,
+    evaluate_tasks,
+    pass_at_k,
+    summarize,
+    t_interval,
+    wilson,
     write_eval_folder,
 )
 from rl.rollout.engines.base import GenerationOutput, GenerationRequest, SamplingParams

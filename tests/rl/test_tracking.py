@@ -9,7 +9,12 @@ from types import SimpleNamespace
 import pytest
 
 from rl.tracking import (
-    RunLogger, ToolUseMonitor, call_error_kind, env_needs_tools, tool_postfix, tool_use_stats,
+    RunLogger,
+    ToolUseMonitor,
+    call_error_kind,
+    env_needs_tools,
+    tool_postfix,
+    tool_use_stats,
 )
 from rl.types import Task, ToolCall, Trajectory, Turn
 

@@ -9,8 +9,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from rl.config import LearnerConfig, LoraConfig
 from rl.learner.tokens import (
-    format_token_ids, lora_token_indices, near_duplicate_rows, peft_token_indices,
-    tag_format_tokens, trainable_token_weights,
+    format_token_ids,
+    lora_token_indices,
+    near_duplicate_rows,
+    peft_token_indices,
+    tag_format_tokens,
+    trainable_token_weights,
 )
 from rl.learner.torch import TorchLearner
 from rl.types import Batch, Task, Trajectory
