@@ -17,6 +17,7 @@ from envs.tasks import guess as guess  # noqa: F401  (registers "guess")
 from envs.tasks import math as math  # noqa: F401  (registers "math")
 from envs.tasks import search as search  # noqa: F401  (registers "search")
 from envs.tasks import simuser as simuser  # noqa: F401  (registers "simuser")
+from envs.tasks import sql as sql  # noqa: F401  (registers "sql")
 from rl.registry import Registry
 from rl.types import Task
 
@@ -29,6 +30,7 @@ TASK_MAKERS.register("simuser")(simuser.make_tasks)
 TASK_MAKERS.register("compose")(compose.make_tasks)
 TASK_MAKERS.register("bfcl")(bfcl.make_tasks)
 TASK_MAKERS.register("search")(search.make_tasks)
+TASK_MAKERS.register("sql")(sql.make_tasks)
 
 
 def make_tasks(
