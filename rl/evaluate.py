@@ -97,9 +97,14 @@ class EvalResult:
     trajectories: list[Trajectory] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, float]:
-        """Point values by name (the trainer's stage table reads these)."""
-        return {k: v.value for k, v in self.metrics.items()}
+    def summary(self, intervals: bool = False) -> dict[str, float]:
+        """Point values by name: a drop-in for rl.build.evaluate's dict (the trainer's stage
+        table reads it); ``intervals`` adds ``<name>_low`` / ``<name>_high``."""
+        out = {k: v.value for k, v in self.metrics.items()}
+        if intervals:
+            for k, v in self.metrics.items():
+                out[f"{k}_low"], out[f"{k}_high"] = v.low, v.high
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return {"settings": self.settings,
@@ -165,6 +170,7 @@ def summarize(trajs: Sequence[Trajectory], n_per_task: int = 1,
         "tool_calls": mean(lambda t: t.num_tool_calls),
         "parse_errors": mean(parse_errs),
         "lenient_calls": mean(lambda t: tool_use_stats([t])["tools/lenient_calls"]),
+        "tool_errors": mean(lambda t: t.info.get("tool_errors", 0)),
         "turns": mean(lambda t: len(t.turns)),
         "model_tokens": mean(lambda t: t.num_model_tokens),
         "truncated": rate(lambda t: t.truncated),

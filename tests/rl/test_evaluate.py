@@ -162,6 +162,11 @@ def test_evaluate_tasks_on_the_math_env(math_eval):
     assert m["success"].low < 0.75 < m["success"].high
     assert res.settings["seeds"] == [3] and res.settings["env"] == "math"
     assert res.summary()["success"] == 0.75
+    flat = res.summary(intervals=True)
+    assert flat["success_low"] == m["success"].low and flat["success_high"] == m["success"].high
+    assert {"success", "reward", "tool_call_rate", "tool_calls", "turns", "model_tokens",
+            "tool_errors"} <= set(flat)  # every key of rl.build.evaluate's dict
+    assert flat["tool_errors"] == 0.25  # the invalid-JSON call
 
 
 def test_evaluate_tasks_with_samples_and_seeds_reports_pass_at_k(math_eval):
