@@ -304,7 +304,7 @@ def _write(tmp: Path, final: Path, root: Path, step: int, *, learner: Learner, t
 
 # -- failed writes ---------------------------------------------------------------------------------
 _DISK_FULL = re.compile(r"No space left on device|Disk quota exceeded|StorageFull|"
-                        r"\bcode: (28|122)\b|\[Errno (28|122)\]")
+                        r"\bcode: (28|122)\b|\(os error (28|122)\)|\[Errno (28|122)\]")
 
 
 def _is_disk_full(e: BaseException) -> bool:

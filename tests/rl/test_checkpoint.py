@@ -429,3 +429,54 @@ def test_checked_model_path_verifies_like_resume(tmp_path, tiny_model, tokenizer
     plain.mkdir()
     (plain / "config.json").write_text("{}")
     assert ckpt.checked_model_path(plain) == plain
+
+
+REAL_FULL = """
+import sys, torch
+from pathlib import Path
+from transformers import AutoModelForCausalLM
+from rl import checkpoint as ckpt
+from rl.learner.torch import LearnerConfig, TorchLearner
+from rl.models import load_tokenizer
+root = Path(sys.argv[2])
+learner = TorchLearner(AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32),
+                       LearnerConfig(autocast="fp32"))
+save = lambda step: ckpt.save_checkpoint(root, step, learner=learner, trainer_state={},
+                                         tokenizer=load_tokenizer("smollm2-135m-instruct"))
+save(1)
+try:
+    save(2)
+except ckpt.CheckpointWriteError as e:
+    print("ERROR", e)
+    print("CAUSE", repr(e.__cause__))
+print("LEFT", sorted(p.name for p in root.iterdir()), ckpt.verify(root / "step_000001", deep=True))
+"""
+
+
+def test_a_real_full_disk(tmp_path, tiny_model_dir):
+    """A 24 MiB tmpfs (a private mount namespace: needs unshare) holds one 16 MB checkpoint of
+    the tiny model, not two: the second write hits a real ENOSPC inside safetensors."""
+    import shutil
+    import subprocess
+    import sys
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs "
+                            f"{mnt}"], capture_output=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (unshare -rm)")
+    script = tmp_path / "full.py"
+    script.write_text(REAL_FULL)
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=24m tmpfs "{mnt}" && exec '
+         f'"{sys.executable}" "{script}" "{tiny_model_dir}" "{mnt}/checkpoints"'],
+        capture_output=True, text=True, cwd=root, timeout=600,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    out = res.stdout
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"ERROR disk full: cannot write checkpoint {mnt}/checkpoints/step_000002 " \
+           "(SafetensorError); a checkpoint needs about 16 MiB (the size of step_000001)" in out
+    assert "No space left on device" in out  # the cause, kept as __cause__
+    assert "LEFT ['step_000001'] None" in out  # no .tmp folder; step 1 verifies (sha256)
