@@ -150,10 +150,93 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
-def load_model(name_or_path: str, dtype: str = "float32"):
+def load_model(name_or_path: str, dtype: str = "float32", device: str | torch.device = "auto"):
+    """The causal LM on ``resolve_device(device)`` (``model.device``; auto = this rank's GPU
+    when CUDA is visible, else the CPU)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
         resolve_model_path(name_or_path), dtype=getattr(torch, dtype)
     )
-    return model
+    dev = resolve_device(device)
+    return model if dev.type == "cpu" else model.to(dev)
+
+
+# -- devices ---------------------------------------------------------------------------------------
+DEVICE_CHOICES = "auto | cpu | cuda | cuda:N"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        return int(raw) if raw.strip() else default
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The one place that maps ``model.device`` to a torch device for this process.
+
+    ``auto``: ``cuda:LOCAL_RANK`` when CUDA is visible and every local rank has a device of its
+    own, else the CPU. Every rank of a node must reach the same answer (they must agree on the
+    process-group backend, rl/learner/dist.py), so "every local rank" is judged from
+    ``LOCAL_WORLD_SIZE`` (torchrun sets it; when unset: ``WORLD_SIZE``, i.e. one node), not
+    from this rank's LOCAL_RANK alone: two processes on a one-GPU machine both take the CPU.
+    ``DS_ACCELERATOR`` set to anything but ``cuda`` also means the CPU (NCCL under DeepSpeed's
+    CPU accelerator breaks). ``cuda`` = ``cuda:LOCAL_RANK``; ``cuda:N`` and ``cpu`` as given.
+    Asking for a CUDA device that is not there is a one-line ``ValueError``.
+    """
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    spec = (spec or "auto").strip().lower()
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec in ("auto", "cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if spec == "auto":
+            local_world = _env_int("LOCAL_WORLD_SIZE", _env_int("WORLD_SIZE", 1))
+            ds_acc = os.environ.get("DS_ACCELERATOR", "cuda").strip().lower() or "cuda"
+            if n == 0:
+                return torch.device("cpu")
+            if ds_acc != "cuda" or local_world > n or local_rank >= n:
+                why = (f"DS_ACCELERATOR={ds_acc}" if ds_acc != "cuda" else
+                       f"{local_world} local processes share {n} visible CUDA device(s)")
+                _warn_once(f"model.device=auto: running on the CPU ({why}); "
+                           "set model.device=cuda to insist")
+                return torch.device("cpu")
+        if n == 0:
+            raise ValueError("model.device=cuda but no CUDA device is visible "
+                             "(torch.cuda.is_available() is False); use model.device=cpu|auto")
+        if local_rank >= n:
+            raise ValueError(f"model.device={spec}: LOCAL_RANK={local_rank} but only {n} CUDA "
+                             "device(s) are visible; run at most that many processes per node, "
+                             "or model.device=cpu")
+        return torch.device("cuda", local_rank)
+    if spec.startswith("cuda:") and spec[5:].isdigit():
+        idx = int(spec[5:])
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if idx >= n:
+            raise ValueError(f"model.device={spec}: only {n} CUDA device(s) are visible")
+        return torch.device("cuda", idx)
+    raise ValueError(f"model.device={spec!r} is not one of: {DEVICE_CHOICES}")
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        log.warning(msg)
+
+
+def module_device(model: torch.nn.Module) -> torch.device:
+    """Where a module's inputs go: ``model.device`` (transformers / PEFT models), else its first
+    parameter's device, else the CPU."""
+    dev = getattr(model, "device", None)
+    if isinstance(dev, torch.device):
+        return dev
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")

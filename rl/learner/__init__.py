@@ -4,6 +4,7 @@ by ``learner.backend`` from a registry. Both implement :class:`rl.learner.base.L
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -13,24 +14,27 @@ from rl.registry import Registry
 
 __all__ = ["LEARNERS", "Learner", "make_learner", "rollout_policy"]
 
-LEARNERS: Registry[Callable[[torch.nn.Module, LearnerConfig], Learner]] = Registry(
-    "learner backend")
+LEARNERS: Registry[Callable[..., Learner]] = Registry("learner backend")
+"""Each entry: ``(model, cfg, device=None) -> Learner``."""
 
 
 @LEARNERS.register("torch")
-def _torch(model: torch.nn.Module, cfg: LearnerConfig) -> Learner:
+def _torch(model: torch.nn.Module, cfg: LearnerConfig, device: Any = None) -> Learner:
     from rl.learner.torch import TorchLearner
 
-    return TorchLearner(model, cfg)
+    return TorchLearner(model, cfg, device=device)
 
 
 @LEARNERS.register("deepspeed")
-def _deepspeed(model: torch.nn.Module, cfg: LearnerConfig) -> Learner:
+def _deepspeed(model: torch.nn.Module, cfg: LearnerConfig, device: Any = None) -> Learner:
     from rl.learner.deepspeed import DeepSpeedLearner
 
-    return DeepSpeedLearner(model, cfg)
+    return DeepSpeedLearner(model, cfg, device=device)
 
 
-def make_learner(model: torch.nn.Module, cfg: LearnerConfig) -> Learner:
-    """The learner for ``cfg.backend`` ("torch" | "deepspeed") around ``model``."""
-    return LEARNERS.get(cfg.backend)(model, cfg)
+def make_learner(model: torch.nn.Module, cfg: LearnerConfig,
+                 device: torch.device | str | None = None) -> Learner:
+    """The learner for ``cfg.backend`` ("torch" | "deepspeed") around ``model``, training on
+    ``device`` (the ``model.device`` spec; None: where the model was loaded, for DeepSpeed
+    the device its process group implies)."""
+    return LEARNERS.get(cfg.backend)(model, cfg, device=device)

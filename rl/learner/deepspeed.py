@@ -42,21 +42,44 @@ from rl.types import Batch
 BF16_MODES = ("auto", "on", "off")
 
 
-def prepare_env() -> None:
-    """Environment DeepSpeed reads at import: its accelerator, and where JIT-built ops go."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+def _on_cuda(device: torch.device | None) -> bool:
+    return torch.cuda.is_available() if device is None else device.type == "cuda"
+
+
+def prepare_env(device: torch.device | None = None) -> None:
+    """Environment DeepSpeed reads at import: its accelerator (the learner's device type: cuda
+    or cpu; None = cuda where visible), and where JIT-built ops go. A ``DS_ACCELERATOR`` that
+    contradicts the device is an error: DeepSpeed's CPU accelerator on top of an NCCL group (or
+    the reverse) fails inside its first collective."""
+    want = "cuda" if _on_cuda(device) else "cpu"
+    have = os.environ.get("DS_ACCELERATOR", "").strip().lower()
+    if have and have != want:
+        raise ValueError(f"DS_ACCELERATOR={have} but the DeepSpeed learner runs on "
+                         f"{device or want} (model.device); unset one of them")
+    os.environ["DS_ACCELERATOR"] = want
     from rl.models import cache_dir
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
 
 
-def resolve_bf16(mode: str) -> bool:
-    """bf16 on/off from "auto" | "on" | "off"; "auto" = CUDA with bf16 support only."""
+def check_accelerator(device: torch.device) -> None:
+    """DeepSpeed picks its accelerator once per process (at first use); refuse one that does
+    not match the learner's device (e.g. a second learner on another device type)."""
+    from deepspeed.accelerator import get_accelerator
+
+    name = get_accelerator().device_name()
+    if name != device.type:
+        raise ValueError(f"DeepSpeed's accelerator in this process is {name!r} but the learner "
+                         f"runs on {device} (model.device): one device type per process")
+
+
+def resolve_bf16(mode: str, device: torch.device | None = None) -> bool:
+    """bf16 on/off from "auto" | "on" | "off"; "auto" = a CUDA device with bf16 support only
+    (``device`` None: any visible CUDA device)."""
     if mode not in BF16_MODES:
         raise ValueError(f"learner.deepspeed.bf16 must be one of {BF16_MODES}, got {mode!r}")
     if mode == "auto":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return _on_cuda(device) and torch.cuda.is_bf16_supported()
     return mode == "on"
 
 
@@ -67,8 +90,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def ds_config(cfg: LearnerConfig) -> dict[str, Any]:
-    """The DeepSpeed config dict for a learner config (``deepspeed.overrides`` merged last)."""
+def ds_config(cfg: LearnerConfig, device: torch.device | None = None) -> dict[str, Any]:
+    """The DeepSpeed config dict for a learner config on ``device`` (None: CUDA where visible;
+    ``deepspeed.overrides`` merged last)."""
     d = cfg.deepspeed
     if d.zero_stage not in (1, 2, 3):
         raise ValueError(f"learner.deepspeed.zero_stage must be 1, 2 or 3, got {d.zero_stage}")
@@ -77,16 +101,16 @@ def ds_config(cfg: LearnerConfig) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": d.zero_stage, "contiguous_gradients": True,
                             "overlap_comm": False}
     if d.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": _on_cuda(device)}
     if d.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        zero["offload_param"] = {"device": "cpu", "pin_memory": _on_cuda(device)}
     base = {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": 1,
         "managed_gradient_accumulation": False,  # we call backward N times, then step once
         "gradient_clipping": cfg.grad_clip if cfg.grad_clip > 0 else 0.0,
         "zero_optimization": zero,
-        "bf16": {"enabled": resolve_bf16(d.bf16)},
+        "bf16": {"enabled": resolve_bf16(d.bf16, device)},
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,  # the client AdamW also serves offload (no JIT)
         "steps_per_print": 2**31 - 1,
@@ -150,26 +174,47 @@ def reduce_metrics(sums: dict[str, float], rows: float) -> dict[str, float]:
 class DeepSpeedLearner:
     """The learner protocol (see TorchLearner) on a DeepSpeed ZeRO engine. Collective methods
     (``update``, ``sft_update``, ``compute_*logprobs``, ``named_weights``, ``save_pretrained``,
-    ``load_pretrained``) must be called by every rank, in the same order."""
+    ``load_pretrained``) must be called by every rank, in the same order.
 
-    def __init__(self, model: torch.nn.Module, cfg: LearnerConfig) -> None:
-        prepare_env()
+    ``device``: the ``model.device`` spec; None = the device an existing process group implies
+    (NCCL: this rank's GPU, gloo: the CPU), else auto. DeepSpeed places rank r on
+    ``cuda:LOCAL_RANK``, the group's backend follows the device (rl/learner/dist.py), and its
+    accelerator is made to match (:func:`prepare_env`)."""
+
+    def __init__(self, model: torch.nn.Module, cfg: LearnerConfig,
+                 device: torch.device | str | None = None) -> None:
+        from rl.models import resolve_device
+
+        if dist.is_initialized():
+            dev = resolve_device(device) if device is not None else dist.group_device()
+            if dist.backend_for(dev) != dist.backend():
+                raise ValueError(f"the process group uses {dist.backend()} but the "
+                                 f"DeepSpeed learner runs on {dev} (model.device)")
+        else:
+            dev = resolve_device(device)
+        if dev.type == "cuda" and dev.index != dist.local_rank():
+            raise ValueError(f"DeepSpeed puts this rank on cuda:{dist.local_rank()} "
+                             f"(LOCAL_RANK), not {dev}: use model.device=auto|cuda")
+        self.device = dev
+        prepare_env(dev)
         import deepspeed
 
+        check_accelerator(dev)
         self.cfg = cfg
         self.stage = cfg.deepspeed.zero_stage
-        self.config = ds_config(cfg)
+        self.config = ds_config(cfg, dev)
         self.bf16 = bool(self.config["bf16"]["enabled"])
-        if not torch.cuda.is_available() and os.environ.get("TURNRL_DS_SHM_COMM") != "1":
+        if dev.type == "cpu" and os.environ.get("TURNRL_DS_SHM_COMM") != "1":
             # DeepSpeed's CPU backend JIT-builds a shared-memory kernel (1-2 min, needs a C++
             # compiler) that only its inference all-reduce uses; training never calls it
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        if not dist.init_from_env():
-            dist.init_single_process()
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        if not dist.init_from_env(device=dev):
+            dist.init_single_process(device=dev)
+        deepspeed.init_distributed(dist_backend=dist.backend_for(dev))
         # ZeRO-3 partitions the module in place, so the rollout engine gets its own full copy
-        # (kept current by the trainer's update_weights(named_weights()) calls)
-        self.rollout_model: torch.nn.Module = copy.deepcopy(model) if self.stage == 3 else model
+        # (kept current by the trainer's update_weights(named_weights()) calls), on the device
+        self.rollout_model: torch.nn.Module = (copy.deepcopy(model).to(dev) if self.stage == 3
+                                               else model)
         self.rollout_shared = self.stage != 3
         if cfg.lora.enabled:
             model = apply_lora(model, cfg.lora)
@@ -207,8 +252,7 @@ class DeepSpeedLearner:
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.autocast == "bf16" and not self.bf16:
-            return torch.autocast("cuda" if torch.cuda.is_available() else "cpu",
-                                  dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _device(self, mb: Batch) -> Batch:

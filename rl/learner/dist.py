@@ -2,6 +2,12 @@
 
 Every learner and the trainer call these instead of ``torch.distributed`` directly, so the same
 code runs as one process, under ``torchrun`` (gloo on CPU, NCCL on CUDA) and inside Ray actors.
+
+The backend follows the device this process computes on (``rl.models.resolve_device``, the
+``model.device`` setting): NCCL only when that is a CUDA device, gloo otherwise. Because
+``resolve_device("auto")`` gives every rank of a node the same answer (CPU when the node has
+fewer visible GPUs than local ranks, or when ``DS_ACCELERATOR`` names a CPU accelerator), the
+ranks agree on the backend without talking to each other.
 """
 
 from __future__ import annotations
@@ -32,19 +38,50 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env(backend: str | None = None) -> bool:
+def backend_for(device: torch.device | str) -> str:
+    """The process-group backend for ranks computing on ``device``: nccl (CUDA) | gloo."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def _backend_and_device(backend: str | None, device) -> tuple[str, torch.device]:
+    from rl.models import resolve_device
+
+    dev = resolve_device(device)
+    backend = backend or backend_for(dev)
+    if backend == "nccl" and dev.type != "cuda":
+        raise ValueError(f"process-group backend nccl needs a CUDA device; this rank runs on "
+                         f"{dev} (model.device)")
+    return backend, dev
+
+
+def init_from_env(backend: str | None = None, device: torch.device | str | None = None) -> bool:
     """Join the process group described by torchrun's env vars (RANK, WORLD_SIZE,
-    MASTER_ADDR, MASTER_PORT). Returns True when running with more than one process."""
+    MASTER_ADDR, MASTER_PORT). Returns True when running with more than one process.
+
+    ``device``: this rank's compute device spec (``model.device``; None = auto); the backend
+    defaults to the one that device needs (:func:`backend_for`)."""
     if is_initialized():
         return world_size() > 1
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         return False
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend, dev = _backend_and_device(backend, device)
     if backend == "nccl":  # NCCL collectives (object ones too) run on this rank's device
-        torch.cuda.set_device(local_rank())
+        torch.cuda.set_device(dev)
     dist.init_process_group(backend=backend)
     return True
+
+
+def backend() -> str | None:
+    """The process group's backend ("nccl", "gloo"), None without a group."""
+    return str(dist.get_backend()) if is_initialized() else None
+
+
+def group_device() -> torch.device:
+    """The device this process group communicates on: the current CUDA device under NCCL, the
+    CPU otherwise (also with no group)."""
+    if is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def barrier() -> None:
@@ -56,7 +93,7 @@ def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     if not is_initialized():
         return t
     if dist.get_backend() == "nccl" and not t.is_cuda:  # NCCL reduces device tensors only
-        dev = t.to(f"cuda:{torch.cuda.current_device()}")
+        dev = t.to(group_device())
         dist.all_reduce(dev, op=op)
         t.copy_(dev.cpu())
     else:
@@ -97,18 +134,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init_single_process(backend: str | None = None) -> None:
-    """A process group of one (rank 0 of 1), for libraries that insist on one (DeepSpeed)."""
+def init_single_process(backend: str | None = None,
+                        device: torch.device | str | None = None) -> None:
+    """A process group of one (rank 0 of 1), for libraries that insist on one (DeepSpeed).
+    ``device`` / ``backend`` as in :func:`init_from_env`."""
     if is_initialized():
         return
     for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
                  ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(k, v)
     os.environ.setdefault("MASTER_PORT", str(free_port()))
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend, dev = _backend_and_device(backend, device)
     if backend == "nccl":
-        torch.cuda.set_device(local_rank())
+        torch.cuda.set_device(dev)
     dist.init_process_group(backend=backend, rank=0, world_size=1)
 
 

@@ -68,13 +68,31 @@ def token_logprobs(
     return out
 
 
+def batch_to(mb: Batch, device: torch.device) -> Batch:
+    """``mb`` with every tensor on ``device`` (the same object when they already are)."""
+    if mb.input_ids.device == device:
+        return mb
+    return Batch(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                    for k, v in vars(mb).items()})
+
+
 class TorchLearner:
-    def __init__(self, model: torch.nn.Module, cfg: LearnerConfig) -> None:
+    """``device``: where the model trains (``model.device`` spec, rl.models.resolve_device);
+    None keeps it where it was loaded. Batches arrive on the host and move per micro-batch;
+    logprobs come back on the batch's device."""
+
+    def __init__(self, model: torch.nn.Module, cfg: LearnerConfig,
+                 device: torch.device | str | None = None) -> None:
+        from rl.models import module_device, resolve_device
+
         self.cfg = cfg
         if cfg.lora.enabled:
             model = apply_lora(model, cfg.lora)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        if device is not None:  # before the optimizer and the reference see the parameters
+            model = model.to(resolve_device(device))
+        self.device = module_device(model)
         self.model = model
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -131,12 +149,12 @@ class TorchLearner:
 
     # -- helpers -------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.autocast == "bf16":
-            return torch.autocast("cpu" if not torch.cuda.is_available() else "cuda",
-                                  dtype=torch.bfloat16)
+        if self.cfg.autocast == "bf16":  # on the device the model computes on
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _logprobs(self, mb: Batch, temperature: float) -> torch.Tensor:
+        mb = batch_to(mb, self.device)
         with self._autocast():
             return token_logprobs(
                 self.model, mb.input_ids, mb.attention_mask, mb.loss_mask, temperature
@@ -149,7 +167,7 @@ class TorchLearner:
         self.model.eval()
         out = torch.cat(
             [self._logprobs(mb, temperature) for mb in batch.split(self.cfg.micro_batch_size)]
-        )
+        ).to(batch.input_ids.device)
         self.model.train(was)
         return out
 
@@ -208,6 +226,7 @@ class TorchLearner:
                 )
 
                 def loss_fn(mb: Batch, norm: LossNorm = norm) -> tuple[torch.Tensor, dict]:
+                    mb = batch_to(mb, self.device)
                     return rl_loss(self._logprobs(mb, temp), mb, loss_cfg, norm, on_policy)
 
                 history.append(self._step(mini.split(self.cfg.micro_batch_size), loss_fn))
@@ -218,6 +237,7 @@ class TorchLearner:
         norm = LossNorm.from_mask(batch.loss_mask, float(batch.input_ids.shape[1]))
 
         def loss_fn(mb: Batch) -> tuple[torch.Tensor, dict]:
+            mb = batch_to(mb, self.device)
             lp = self._logprobs(mb, 1.0)
             loss, m = sft_loss(lp, mb.loss_mask, agg=agg, norm=norm)
             return loss, {"sft/nll": float(m["nll"])}

@@ -4,6 +4,12 @@ Our own decode loop (not ``model.generate``) so that we control exactly which to
 and their logprobs, per-request token budgets, and stop conditions, with no re-tokenization.
 Prompts are left-padded; position ids come from the attention mask so padding does not shift
 positions.
+
+Devices: every tensor the engine builds (ids, masks, positions, the shared prefix, row
+selections, next tokens) goes to the model's device, read per batch (DeepSpeed moves a shared
+policy after the engine was made), and sampling draws from a ``torch.Generator`` on the device
+the logits come out on. The sampled tokens and logprobs cross to the host once per decode step
+(one ``tolist`` each), not once per row.
 """
 
 from __future__ import annotations
@@ -69,7 +75,30 @@ class HFEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         eos = tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        # On the model's device now, so a resumed run restores the state into a generator of
+        # the right kind (rl/checkpoint.py GeneratorState) before the first rollout.
+        self.generator = self._new_generator(self.device, seed)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the engine's input tensors go: the model's device, read on every use."""
+        from rl.models import module_device
+
+        return module_device(self.model)
+
+    @staticmethod
+    def _new_generator(device: torch.device, seed: int) -> torch.Generator:
+        # a shape-only model on the meta device has no generator of its own kind
+        dev = device if device.type != "meta" else torch.device("cpu")
+        return torch.Generator(device=dev).manual_seed(seed)
+
+    def _generator_for(self, device: torch.device) -> torch.Generator:
+        """The sampling generator on ``device`` (where the logits are). Re-made, seeded with
+        the engine's seed, only if the model moved to another device since."""
+        if self.generator.device != device:
+            self.generator = self._new_generator(device, self.seed)
+        return self.generator
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         if self.shared:
@@ -80,7 +109,8 @@ class HFEngine:
             for name, tensor in named_tensors:
                 if name not in params:
                     raise KeyError(f"update_weights: engine model has no tensor '{name}'")
-                params[name].copy_(tensor.to(params[name].dtype))
+                params[name].copy_(tensor.to(device=params[name].device,
+                                              dtype=params[name].dtype))
 
     def generate(
         self, requests: Sequence[GenerationRequest], sampling: SamplingParams
@@ -101,6 +131,7 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         B = len(requests)
+        dev = self.device
         limits = [
             min(sampling.max_new_tokens, r.max_new_tokens or sampling.max_new_tokens)
             for r in requests
@@ -113,13 +144,12 @@ class HFEngine:
         prefix = self._shared_prefix([r.prompt_ids for r in requests]) if self.share_prefix else []
         suffixes = [r.prompt_ids[len(prefix):] for r in requests]
         S = max(len(x) for x in suffixes)
-        ids = torch.full((B, S), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((B, len(prefix) + S), dtype=torch.long)
-        attn[:, : len(prefix)] = 1
-        for i, suf in enumerate(suffixes):
-            if suf:
-                ids[i, S - len(suf):] = torch.tensor(suf, dtype=torch.long)
-            attn[i, len(prefix) + S - len(suf):] = 1
+        # built on the host, then moved in one copy each
+        ids_rows = [[self.pad_id] * (S - len(suf)) + list(suf) for suf in suffixes]
+        attn_rows = [[1] * len(prefix) + [0] * (S - len(suf)) + [1] * len(suf)
+                     for suf in suffixes]
+        ids = torch.tensor(ids_rows, dtype=torch.long).to(dev)
+        attn = torch.tensor(attn_rows, dtype=torch.long).to(dev)
         pos_all = (attn.cumsum(-1) - 1).clamp(min=0)
         stop_ids = self.eos_ids | set(sampling.stop_token_ids)
         tokens: list[list[int]] = [[] for _ in range(B)]
@@ -127,7 +157,7 @@ class HFEngine:
         finish = [""] * B
         cache = DynamicCache()
         if prefix:
-            p = torch.tensor([prefix], dtype=torch.long)
+            p = torch.tensor([prefix], dtype=torch.long).to(dev)
             self.model(input_ids=p, attention_mask=torch.ones_like(p), past_key_values=cache,
                        use_cache=True, logits_to_keep=1)
             cache.batch_repeat_interleave(B)
@@ -138,13 +168,15 @@ class HFEngine:
         pos = pos_all[:, -1:]
         rows = list(range(B))  # original index of each row still in the batch
         while True:
-            tok, lp = sample_next(out.logits[:, -1].float(), sampling, self.generator)
+            logits = out.logits[:, -1].float()
+            tok, lp = sample_next(logits, sampling, self._generator_for(logits.device))
+            tok_list, lp_list = tok.tolist(), lp.tolist()  # one device->host copy each
             for j, i in enumerate(rows):
                 if finish[i]:
                     continue
-                t = int(tok[j])
+                t = tok_list[j]
                 tokens[i].append(t)
-                logprobs[i].append(float(lp[j]))
+                logprobs[i].append(lp_list[j])
                 if t in stop_ids or self._hit_stop_string(tokens[i], sampling.stop):
                     finish[i] = "stop"
                 elif len(tokens[i]) >= limits[i]:
@@ -152,13 +184,14 @@ class HFEngine:
             keep = [j for j, i in enumerate(rows) if not finish[i]]
             if not keep:
                 break
+            nxt = tok[:, None].to(device=dev, dtype=torch.long)  # the tokens just sampled
             if len(keep) < len(rows):  # drop finished rows: no compute wasted on them
-                sel = torch.tensor(keep, dtype=torch.long)
+                sel = torch.tensor(keep, dtype=torch.long).to(dev)
                 cache.batch_select_indices(sel)
-                attn, pos = attn[sel], pos[sel]
+                attn, pos, nxt = attn[sel], pos[sel], nxt[sel]
                 rows = [rows[j] for j in keep]
-            nxt = torch.tensor([[tokens[i][-1]] for i in rows], dtype=torch.long)
-            attn = torch.cat([attn, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+            attn = torch.cat([attn, torch.ones((len(rows), 1), dtype=torch.long, device=dev)],
+                             dim=1)
             pos = pos + 1
             out = self.model(
                 input_ids=nxt, attention_mask=attn, position_ids=pos,
