@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from envs.tasks import bfcl as bfcl  # noqa: F401  (registers "bfcl")
+from envs.tasks import code as code  # noqa: F401  (registers "code")
 from envs.tasks import compose as compose  # noqa: F401  (registers "compose")
 from envs.tasks import guess as guess  # noqa: F401  (registers "guess")
 from envs.tasks import math as math  # noqa: F401  (registers "math")
@@ -31,6 +32,7 @@ TASK_MAKERS.register("compose")(compose.make_tasks)
 TASK_MAKERS.register("bfcl")(bfcl.make_tasks)
 TASK_MAKERS.register("search")(search.make_tasks)
 TASK_MAKERS.register("sql")(sql.make_tasks)
+TASK_MAKERS.register("code")(code.make_tasks)
 
 
 def make_tasks(

@@ -179,8 +179,8 @@ class SearchEnv:
             answer = res.info.get("final_answer")
             f1 = f1_score(answer, self.task.answer)
             res.reward = f1
-            res.info.update(success=exact_match(answer, self.task.answer), score=f1,
-                            searches=self.searches)
+            res.success, res.score = exact_match(answer, self.task.answer), f1  # typed verdict
+            res.info.update(success=res.success, score=f1, searches=self.searches)
         return res
 
     async def close(self) -> None:

@@ -189,6 +189,7 @@ class SQLEnv:
                 except ToolError as e:
                     error = str(e)
             res.reward = float(ok)
+            res.success, res.score = ok, float(ok)  # the typed verdict (envs.base.StepResult)
             res.info.update(success=ok, score=float(ok), answer_error=error)
             self._release()  # the episode is over: free the file now, not at close()
         return res
