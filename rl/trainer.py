@@ -39,10 +39,11 @@ class Trainer:
         if cfg.trainer.num_threads > 0:
             torch.set_num_threads(cfg.trainer.num_threads)
         seed_everything(cfg.trainer.seed)
-        dist.check_data_parallel(cfg, dist.init_from_env())  # under torchrun: join the group
+        # under torchrun: join the group (NCCL when model.device is a GPU)
+        dist.check_data_parallel(cfg, dist.init_from_env(device=cfg.model.device))
         self.parts = build_parts(cfg)
         self.tokenizer = self.parts.tokenizer
-        self.learner = make_learner(self.parts.model, cfg.learner)
+        self.learner = make_learner(self.parts.model, cfg.learner, device=cfg.model.device)
         self.loss_cfg = resolved_loss(cfg)  # Dr.GRPO normaliser: the generation budget
         self.engine = self.parts.make_engine(*rollout_policy(self.learner))
         self.loop = AgentLoop(self.engine, self.tokenizer, self.parts.env_factory, cfg.rollout,

@@ -86,7 +86,8 @@ class RolloutWorker:
         self.cfg, self.worker_id = cfg, worker_id
         torch.manual_seed(cfg.trainer.seed + 7919 * worker_id)
         self.tokenizer = load_tokenizer(cfg.model.name)
-        model = load_model(cfg.model.name, cfg.model.dtype) if cfg.engine == "hf" else None
+        model = (load_model(cfg.model.name, cfg.model.dtype, cfg.model.device)
+                 if cfg.engine == "hf" else None)
         self.engine = build_rollout_engine(cfg, self.tokenizer, model,
                                            seed=cfg.trainer.seed + 1000 * worker_id)
         local_factory, self.native_tools = build_env_factory(cfg)
@@ -169,15 +170,16 @@ class LearnerWorker:
         from rl.step import resolved_loss, seed_everything
 
         os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size),
-                           "LOCAL_RANK": "0", "MASTER_ADDR": master_addr,
+                           "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": master_addr,
                            "MASTER_PORT": str(master_port)})
-        dist.init_from_env()
+        dist.init_from_env(device=cfg.model.device)
         _set_threads(cfg.launcher.threads_per_actor)
         seed_everything(cfg.trainer.seed)
         self.cfg, self.run_dir, self.config_yaml = cfg, Path(run_dir), config_yaml
         self.rank, self.delay_s = rank, delay_s
         self.tokenizer = load_tokenizer(cfg.model.name)
-        self.learner = make_learner(load_model(cfg.model.name, cfg.model.dtype), cfg.learner)
+        self.learner = make_learner(load_model(cfg.model.name, cfg.model.dtype, cfg.model.device),
+                                    cfg.learner, device=cfg.model.device)
         self.loss_cfg = resolved_loss(cfg)
 
     def ping(self) -> int:
