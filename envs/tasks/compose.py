@@ -17,7 +17,8 @@ backend) are composed bottom-up into tasks:
 Episode: ``reset`` gives the system prompt (the task's tools) and user turn 1. A step with tool
 calls runs them (observations); a step without calls (plain text or ``<answer>``) is the reply
 that closes the user turn: the turn is checked, and the next user turn follows (or the episode
-ends, ``terminated``). More than ``len(steps) + 2`` call actions in one user turn: ``truncated``.
+ends, ``terminated``). More call messages in one user turn than its reference calls + 2:
+``truncated`` (one call per message is allowed; merging independent calls is not required).
 
 Turn check (the closing step's ``reward`` is ``turn_score / turns``, so a perfect episode sums
 to 1.0; ``info["turn_passed"]``; at the end ``info["success"]`` = every turn passed):
@@ -30,7 +31,8 @@ to 1.0; ``info["turn_passed"]``; at the end ``info["success"]`` = every turn pas
 - state: the backend after the turn equals a copy of the backend at the turn's start with the
   reference calls replayed on it (per-turn, so one wrong turn does not fail every later one);
 - reply: non-empty and mentions the result of every question in the turn (numbers by value);
-- ``turn_score = (call_score + state_ok + reply_ok) / 3``; passed = exact and state_ok and reply_ok.
+- ``turn_score = call_score * (1 + state_ok + reply_ok) / 3`` (no right call, no credit);
+  passed = exact and state_ok and reply_ok.
 
 ``Task.data["reference_calls"]`` (all turns, in order) feeds ``rewards/``' ``call_match``.
 
@@ -416,7 +418,9 @@ def check_turn(turn: dict[str, Any], start: Backend, live: Backend, calls_run: l
         exact = attempted == 0
     state_ok = live.state() == start.state()
     reply_ok = bool(reply.strip()) and all(v is not None and mentions(reply, v) for v in expected)
-    score = (call_score + float(state_ok) + float(reply_ok)) / 3
+    # scaled by the call score: a turn that called nothing it should have earns nothing for an
+    # untouched (read-only) state or a reply
+    score = call_score * (1.0 + float(state_ok) + float(reply_ok)) / 3
     return {"turn_score": score, "turn_passed": bool(exact and state_ok and reply_ok),
             "call_score": call_score, "state_ok": state_ok, "reply_ok": reply_ok}
 
@@ -530,7 +534,8 @@ class ComposeEnv:
                 "unknown", f"Error: at most {self.max_calls} tool calls per turn"))
         info["tool_errors"] = sum(c.error is not None for c in calls)
         self.history.extend(messages)
-        if self.actions > len(self.turns[self.u]["steps"]) + 2:  # looping on calls
+        cap = sum(len(step) for step in self.turns[self.u]["steps"]) + 2
+        if self.actions > cap:  # looping on calls
             verdict = self._close_turn("")
             self.done = True
             info.update(**verdict, success=False, turns_passed=sum(self.passed),

@@ -104,7 +104,7 @@ def test_wrong_type_is_an_error_and_fails_the_turn() -> None:
     v = res[-1].info
     # 3 of 4 references matched exactly, 4 calls attempted; the shipment never happened
     assert v["call_score"] == pytest.approx(3 / 4) and not v["state_ok"] and v["reply_ok"]
-    assert not v["turn_passed"] and res[-1].reward == pytest.approx((3 / 4 + 0 + 1) / 3)
+    assert not v["turn_passed"] and res[-1].reward == pytest.approx(3 / 4 * (1 + 0 + 1) / 3)
 
 
 def test_optional_parameters() -> None:
@@ -123,7 +123,7 @@ def test_extra_call_fails_with_partial_credit() -> None:
     _, res = play(hand_task(T1), [GOOD_T1[0], extra, GOOD_T1[2]])
     v = res[-1].info
     assert v["call_score"] == pytest.approx(4 / 5) and v["state_ok"] and v["reply_ok"]
-    assert not v["turn_passed"] and res[-1].reward == pytest.approx((4 / 5 + 2) / 3)
+    assert not v["turn_passed"] and res[-1].reward == pytest.approx(4 / 5)
 
 
 def test_parallel_call_missing_one_element() -> None:
@@ -155,6 +155,13 @@ def test_unanswerable_turn_wants_no_call_and_a_reply() -> None:
     assert not res[0].info["turn_passed"] and not res[0].info["reply_ok"]
 
 
+def test_refusing_an_answerable_turn_earns_nothing() -> None:
+    _, res = play(hand_task(T2), [CANNOT])  # read-only turn: the state is untouched, still 0
+    v = res[0].info
+    assert v["state_ok"] and v["call_score"] == 0.0 and res[0].reward == 0.0
+    assert res[0].terminated and res[0].info["success"] is False
+
+
 def test_state_check_is_per_turn_and_answers_follow_state() -> None:
     # turn 1 ships 3 instead of 2: its state check fails, turn 2 still passes on its own
     wrong = call("create_shipment", sku="SKU-1111", units=3, member_id="M-101")
@@ -171,7 +178,7 @@ def test_state_check_is_per_turn_and_answers_follow_state() -> None:
 def test_looping_on_calls_truncates() -> None:
     loop = [call("find_member", name="Ana")] * 6
     _, res = play(hand_task(T2), loop)
-    assert len(res) == 6 and res[-1].truncated and not res[-1].terminated  # 3 steps + 2 allowed
+    assert len(res) == 6 and res[-1].truncated and not res[-1].terminated  # 3 calls + 2 allowed
     assert res[-1].info["success"] is False
 
 
