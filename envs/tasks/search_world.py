@@ -90,7 +90,7 @@ def make_world(seed: int = 0, countries: int = 30, cities_per_country: int = 5,
         k = fresh(lambda: _word(rng, 1, 2) + rng.choice(_COUNTRY_ENDS))
         w.countries[k] = {"currency": fresh(lambda: _word(rng, 1, 2).lower()), "cities": []}
     for k in w.countries:
-        for j in range(cities_per_country):
+        for _ in range(cities_per_country):
             t = fresh(lambda: _word(rng, 1, 2) + rng.choice(_CITY_ENDS))
             w.cities[t] = {"country": k, "river": fresh(lambda: _word(rng, 2, 2))}
             w.countries[k]["cities"].append(t)
