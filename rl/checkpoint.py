@@ -98,7 +98,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per GPU visible when saved; restore those that are visible now (a resume
+        # may see fewer or more devices: set_rng_state_all would index a missing one)
+        saved, n = list(state["cuda"]), torch.cuda.device_count()
+        for i, s in enumerate(saved[:n]):
+            torch.cuda.set_rng_state(s.cpu(), i)
+        if len(saved) != n:
+            print(f"[turnrl] resume: CUDA RNG states saved for {len(saved)} device(s), "
+                  f"{n} visible now: restored {min(len(saved), n)}")
 
 
 class GeneratorState:
@@ -560,7 +567,7 @@ def load_state(path: Path) -> dict[str, Any]:
     if problem is not None:
         raise CheckpointError(f"checkpoint {path} is incomplete: {problem}")
     try:
-        return torch.load(path / STATE, weights_only=False)
+        return torch.load(path / STATE, weights_only=False, map_location="cpu")
     except Exception as e:
         raise CheckpointError(f"checkpoint {path}: cannot read {STATE}: {e}") from e
 
@@ -585,7 +592,8 @@ def load_checkpoint(
         )
     rank_file = path / f"rank{dist.rank()}.pt"
     try:
-        rank_state = torch.load(rank_file, weights_only=False)
+        # on the host: the learner moves optimizer state to its parameters' devices
+        rank_state = torch.load(rank_file, weights_only=False, map_location="cpu")
     except Exception as e:
         raise CheckpointError(f"checkpoint {path}: cannot read {rank_file.name}: {e}") from e
     learner.load_pretrained(path / "model")
