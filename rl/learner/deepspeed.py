@@ -185,6 +185,9 @@ class DeepSpeedLearner:
                  device: torch.device | str | None = None) -> None:
         from rl.models import resolve_device
 
+        if cfg.prefix_sharing:  # rl/learner/prefix.py is wired into TorchLearner only
+            raise ValueError("learner.prefix_sharing=true is implemented for learner.backend=torch "
+                             "only, not deepspeed")
         if dist.is_initialized():
             dev = resolve_device(device) if device is not None else dist.group_device()
             if dist.backend_for(dev) != dist.backend():

@@ -156,18 +156,40 @@ class TorchLearner:
     def _logprobs(self, mb: Batch, temperature: float) -> torch.Tensor:
         mb = batch_to(mb, self.device)
         with self._autocast():
+            if self.cfg.prefix_sharing:  # shared prefixes once (rl/learner/prefix.py)
+                from rl.learner.prefix import prefix_token_logprobs
+
+                return prefix_token_logprobs(
+                    self.model, mb.input_ids, mb.attention_mask, mb.loss_mask, temperature,
+                    max_len=self.cfg.micro_batch_size * mb.input_ids.shape[1])
             return token_logprobs(
                 self.model, mb.input_ids, mb.attention_mask, mb.loss_mask, temperature
             )
+
+    def _split(self, batch: Batch) -> list[Batch]:
+        """Micro-batches: ``micro_batch_size`` rows in order, or with ``prefix_sharing`` whole
+        prefix-shared groups by a token budget (rows regrouped; row-additive losses)."""
+        if self.cfg.prefix_sharing:
+            from rl.learner.prefix import prefix_microbatches
+
+            return [mb for _, mb in prefix_microbatches(batch, self.cfg.micro_batch_size)]
+        return batch.split(self.cfg.micro_batch_size)
 
     @torch.no_grad()
     def compute_logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
         """``(B, L)`` logprobs of the batch's sampled tokens under the current policy."""
         was = self.model.training
         self.model.eval()
-        out = torch.cat(
-            [self._logprobs(mb, temperature) for mb in batch.split(self.cfg.micro_batch_size)]
-        ).to(batch.input_ids.device)
+        if self.cfg.prefix_sharing:
+            from rl.learner.prefix import prefix_microbatches, scatter_rows
+
+            parts = [(rows, self._logprobs(mb, temperature))
+                     for rows, mb in prefix_microbatches(batch, self.cfg.micro_batch_size)]
+            out = scatter_rows(parts, tuple(batch.input_ids.shape), batch.input_ids.device)
+        else:
+            out = torch.cat(
+                [self._logprobs(mb, temperature) for mb in batch.split(self.cfg.micro_batch_size)]
+            ).to(batch.input_ids.device)
         self.model.train(was)
         return out
 
@@ -229,7 +251,7 @@ class TorchLearner:
                     mb = batch_to(mb, self.device)
                     return rl_loss(self._logprobs(mb, temp), mb, loss_cfg, norm, on_policy)
 
-                history.append(self._step(mini.split(self.cfg.micro_batch_size), loss_fn))
+                history.append(self._step(self._split(mini), loss_fn))
         return {k: sum(h[k] for h in history) / len(history) for k in history[0]}
 
     def sft_update(self, batch: Batch, agg: str = "token-mean") -> dict[str, float]:
@@ -242,7 +264,7 @@ class TorchLearner:
             loss, m = sft_loss(lp, mb.loss_mask, agg=agg, norm=norm)
             return loss, {"sft/nll": float(m["nll"])}
 
-        return self._step(batch.split(self.cfg.micro_batch_size), loss_fn)
+        return self._step(self._split(batch), loss_fn)
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Full weights under the base model's parameter names. With LoRA, each adapted weight

@@ -1,0 +1,294 @@
+"""Prefix-shared learner pass: every token prefix that several rows share is computed once.
+
+Why: in ``make train`` a group's samples share the system prompt, tool schemas and question
+(two thirds of each row), and multi-turn rollouts that branch at turn k share turns 0..k-1.
+The plain pass recomputes them per row, forward and backward.
+
+How (one forward per micro-batch, exact):
+
+1. **Trie over token ids.** The rows' token lists (attention-masked padding dropped) are sorted
+   lexicographically. That order is a depth-first walk of their token trie, and each row's
+   longest common prefix (LCP) with its predecessor in it is the depth at which the row
+   branches off the part of the trie already walked (the largest LCP with *any* earlier row).
+   No strings: ids are compared as integer arrays.
+2. **Packing.** Consecutive rows whose LCP with the predecessor is at least ``min_shared``
+   tokens go into one packed sequence: the first row whole, then each later row's tokens after
+   its LCP (a trie node's tokens appear once, however many rows pass through it). A packed
+   sequence is closed when adding the next row would exceed ``max_len`` packed tokens.
+3. **Tree attention mask and positions.** A packed token attends to exactly the packed copies
+   of the tokens before it in its own rows (its trie ancestors) and to itself; its position id
+   is its position in those rows. So every hidden state equals the plain per-row one.
+4. **Logprobs per original row.** Token ``t`` of row ``b`` is scored from the hidden state of
+   token ``t-1`` of row ``b`` (wherever that was packed), so a branch point scores each child's
+   first token from the one shared state. Identical (state, target) pairs are scored once.
+
+The returned ``(B, L)`` logprobs are the plain pass's values, and since they are the same
+function of the parameters, so are the gradients (up to float summation order; tests/rl/learner/
+test_prefix.py checks fp32 logprobs and parameter gradients to 1e-5 against ``token_logprobs``).
+
+What is relied on in transformers (5.x, checked on 5.19): ``masking_utils`` returns an attention
+mask that is already 4-D ``(B, 1, q, kv)`` unchanged (``_preprocess_mask_arguments``), and the
+``sdpa`` attention passes it to ``torch.nn.functional.scaled_dot_product_attention`` (a bool
+mask: True = attend), the ``eager`` one adds it to the scores (an additive float mask), with the
+explicit ``position_ids`` used for the rotary embedding. Llama, Qwen2/3 and Mistral-family
+decoders take this path. Other attention implementations (flash_attention_2, flex) are refused:
+a varlen/flash CUDA path is not written (no GPU to test it on).
+
+Reused: the model's own decoder and LM head (HF), torch SDPA. Written here: the trie/packing
+and the mask; verl's PrefixGrouper and AReaL's tree training do the same idea (not copied).
+
+Micro-batches (:func:`prefix_microbatches`): whole packed sequences are put together up to a
+token budget, so a micro-batch's packed width bounds the attention's cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rl.types import Batch
+
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass
+class PackedSequence:
+    """One packed sequence: rows ``rows`` (indices into the batch) sharing their prefixes."""
+
+    rows: list[int]
+    length: int
+    """Packed tokens (each shared prefix once)."""
+
+
+@dataclass
+class PrefixPlan:
+    """How a batch's rows pack into prefix-shared sequences (shapes in the field comments)."""
+
+    input_ids: torch.Tensor  # (G, P) long, packed tokens, 0 where padding
+    position_ids: torch.Tensor  # (G, P) long, each token's position in its rows
+    tree_mask: torch.Tensor  # (G, P, P) bool, True = query may attend key
+    index: torch.Tensor  # (B, L) long, flat packed index g * P + p of row b's token t; -1 = none
+    sequences: list[PackedSequence]
+
+    @property
+    def packed_tokens(self) -> int:
+        return sum(s.length for s in self.sequences)
+
+
+def row_lengths(attention_mask: torch.Tensor) -> list[int]:
+    """Lengths of right-padded rows; a row whose mask is not ones-then-zeros is an error."""
+    am = attention_mask.detach().to("cpu") != 0
+    n = am.sum(-1)
+    ar = torch.arange(am.shape[1])
+    bad = (am != (ar[None, :] < n[:, None])).any(-1).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"prefix sharing needs right-padded rows; attention_mask row {bad[0]} "
+                         "has a gap or left padding")
+    return [int(x) for x in n]
+
+
+def _lcp(a: np.ndarray, b: np.ndarray) -> int:
+    m = min(len(a), len(b))
+    diff = np.flatnonzero(a[:m] != b[:m])
+    return int(diff[0]) if len(diff) else m
+
+
+def trie_order(seqs: Sequence[np.ndarray]) -> tuple[list[int], list[int]]:
+    """Depth-first order of the rows' token trie, and each row's branch depth.
+
+    Returns ``(order, lcp)``: ``order`` lists row indices lexicographically by token ids,
+    ``lcp[k]`` is the longest common prefix of row ``order[k]`` with row ``order[k-1]`` (0 for the
+    first): the largest prefix it shares with any row before it in ``order``.
+    """
+    order = sorted(range(len(seqs)), key=lambda i: seqs[i].tolist())
+    lcp = [0] + [_lcp(seqs[order[k - 1]], seqs[order[k]]) for k in range(1, len(order))]
+    return order, lcp
+
+
+def pack_rows(seqs: Sequence[np.ndarray], max_len: int | None = None,
+              min_shared: int = 1) -> tuple[list[PackedSequence], list[int], list[int]]:
+    """Greedy packing of the rows (in trie order) into prefix-shared sequences.
+
+    A row joins the current sequence when it shares at least ``min_shared`` tokens with its
+    predecessor and the sequence stays within ``max_len`` packed tokens (a row longer than
+    ``max_len`` still gets a sequence of its own). Empty rows are left out. Returns the packed
+    sequences, the trie order and the LCPs (see :func:`trie_order`).
+    """
+    if min_shared < 1:
+        raise ValueError(f"prefix sharing: min_shared must be >= 1, got {min_shared}")
+    order, lcp = trie_order(seqs)
+    out: list[PackedSequence] = []
+    cur: PackedSequence | None = None
+    for k, r in enumerate(order):
+        n = len(seqs[r])
+        if n == 0:
+            continue
+        new = n - lcp[k]
+        if (cur is not None and lcp[k] >= min_shared
+                and (max_len is None or cur.length + new <= max_len)):
+            cur.rows.append(r)
+            cur.length += new
+            continue
+        cur = PackedSequence([r], n)
+        out.append(cur)
+    return out, order, lcp
+
+
+def build_plan(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               max_len: int | None = None, min_shared: int = 1) -> PrefixPlan:
+    """The packed tensors for ``input_ids`` / ``attention_mask`` ``(B, L)`` (right-padded)."""
+    B, L = input_ids.shape
+    lengths = row_lengths(attention_mask)
+    ids_cpu = input_ids.detach().to("cpu")
+    seqs = [ids_cpu[b, : lengths[b]].numpy() for b in range(B)]
+    packed, _, _ = pack_rows(seqs, max_len, min_shared)
+    G = len(packed)
+    P = max((s.length for s in packed), default=1)
+    ids = torch.zeros((G, P), dtype=torch.long)
+    pos = torch.zeros((G, P), dtype=torch.long)
+    # padding queries attend to themselves only (an all-False row would give NaN in SDPA)
+    mask = torch.eye(P, dtype=torch.bool).repeat(G, 1, 1) if G else torch.zeros((0, P, P),
+                                                                               dtype=torch.bool)
+    index = torch.full((B, L), -1, dtype=torch.long)
+    tri_cache: dict[int, torch.Tensor] = {}
+    for g, s in enumerate(packed):
+        end = 0  # packed tokens written so far in this sequence
+        prev: int | None = None  # previous row of this sequence
+        for r in s.rows:
+            n = lengths[r]
+            shared = 0 if prev is None else _lcp(seqs[prev], seqs[r])
+            prev_idx = index[prev, :shared] - g * P if prev is not None else torch.zeros(0,
+                                                                                   dtype=torch.long)
+            new = n - shared
+            seg = torch.arange(end, end + new)
+            ids[g, end: end + new] = torch.from_numpy(seqs[r][shared:].astype(np.int64))
+            pos[g, end: end + new] = torch.arange(shared, n)
+            if new:
+                if shared:  # ancestors: exactly what the branch point's token attends to
+                    mask[g, end: end + new] = mask[g, int(prev_idx[-1])][None, :]
+                else:
+                    mask[g, end: end + new] = False
+                tri = tri_cache.get(new)
+                if tri is None:
+                    tri = tri_cache.setdefault(new, torch.ones((new, new), dtype=torch.bool)
+                                               .tril())
+                mask[g, end: end + new, end: end + new] = tri
+            index[r, :n] = torch.cat([prev_idx, seg]) + g * P
+            end += new
+            prev = r
+        assert end == s.length
+    return PrefixPlan(ids.to(input_ids.device), pos.to(input_ids.device),
+                      mask.to(input_ids.device), index.to(input_ids.device), packed)
+
+
+def _attention_implementation(model: torch.nn.Module) -> str:
+    cfg = getattr(model, "config", None)
+    impl = getattr(cfg, "_attn_implementation", None) or "eager"
+    if impl not in SUPPORTED_ATTENTION:
+        raise ValueError(f"learner.prefix_sharing needs attn_implementation sdpa or eager; the "
+                         f"model uses {impl!r} (a flash/varlen path is not implemented)")
+    return impl
+
+
+def attention_mask_4d(tree_mask: torch.Tensor, impl: str, dtype: torch.dtype) -> torch.Tensor:
+    """``(G, P, P)`` bool -> the ``(G, 1, P, P)`` mask the attention implementation takes."""
+    m = tree_mask[:, None]
+    if impl == "sdpa":
+        return m
+    neg = torch.finfo(dtype).min  # eager adds the mask to the scores
+    return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, neg)
+
+
+def prefix_token_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+    temperature: float = 1.0,
+    max_len: int | None = None,
+    min_shared: int = 1,
+    plan: PrefixPlan | None = None,
+) -> torch.Tensor:
+    """``token_logprobs`` (rl/learner/torch.py) with shared prefixes computed once.
+
+    Shapes: all ``(B, L)`` right-padded; returns ``(B, L)`` float32, zeros where ``loss_mask``
+    is 0. ``max_len``: the longest packed sequence (None: unbounded).
+    """
+    if plan is None:
+        plan = build_plan(input_ids, attention_mask, max_len, min_shared)
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    target_mask = (loss_mask[:, 1:] > 0) & (plan.index[:, 1:] >= 0)
+    if not plan.sequences or not bool(target_mask.any()):
+        return out
+    decoder = model.get_decoder()
+    head = model.get_output_embeddings()
+    impl = _attention_implementation(model)
+    dtype = head.weight.dtype
+    mask4 = attention_mask_4d(plan.tree_mask, impl, dtype)
+    hidden = decoder(input_ids=plan.input_ids, attention_mask=mask4,
+                     position_ids=plan.position_ids).last_hidden_state  # (G, P, H)
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    src = plan.index[:, :-1][target_mask]  # packed index of the scoring state, (N,)
+    targets = input_ids[:, 1:][target_mask]
+    states, inv = torch.unique(src, return_inverse=True)  # a shared state scored once
+    logits = head(flat[states]).float()
+    if temperature > 0:
+        logits = logits / temperature
+    logp = torch.log_softmax(logits, dim=-1)
+    out[:, 1:][target_mask] = logp[inv, targets]
+    return out
+
+
+def select_rows(batch: Batch, rows: Sequence[int]) -> Batch:
+    """The batch restricted to ``rows`` (in that order), every ``(B, L)`` field alike."""
+    idx = torch.as_tensor(list(rows), dtype=torch.long, device=batch.input_ids.device)
+    return Batch(**{k: (v.index_select(0, idx.to(v.device)) if isinstance(v, torch.Tensor)
+                        else v) for k, v in vars(batch).items()})
+
+
+def prefix_microbatches(batch: Batch, micro_batch_size: int, min_shared: int = 1
+                        ) -> list[tuple[list[int], Batch]]:
+    """Micro-batches of whole packed sequences by a token budget: ``(rows, sub-batch)`` pairs.
+
+    The budget is what a plain micro-batch of ``micro_batch_size`` rows of this batch's width
+    occupies (``micro_batch_size * L`` tokens); a packed sequence is at most that long, and a
+    micro-batch's ``sequences * longest sequence`` stays within it (one sequence always fits).
+    Every row is in exactly one micro-batch; rows with no tokens go with the first.
+    """
+    if micro_batch_size < 1:
+        raise ValueError(f"learner.micro_batch_size must be >= 1, got {micro_batch_size}")
+    B, L = batch.input_ids.shape
+    budget = micro_batch_size * max(L, 1)
+    lengths = row_lengths(batch.attention_mask)
+    ids = batch.input_ids.detach().to("cpu")
+    seqs = [ids[b, : lengths[b]].numpy() for b in range(B)]
+    packed, _, _ = pack_rows(seqs, budget, min_shared)
+    groups: list[list[int]] = []
+    width = count = 0
+    for s in packed:
+        w = max(width, s.length)
+        if groups and w * (count + 1) <= budget:
+            groups[-1].extend(s.rows)
+            width, count = w, count + 1
+        else:
+            groups.append(list(s.rows))
+            width, count = s.length, 1
+    empty = [b for b in range(B) if lengths[b] == 0]
+    if empty:
+        if groups:
+            groups[0].extend(empty)
+        else:
+            groups.append(empty)
+    return [(g, select_rows(batch, g)) for g in groups]
+
+
+def scatter_rows(parts: Sequence[tuple[Sequence[int], torch.Tensor]], shape: tuple[int, int],
+                 device: torch.device | str) -> torch.Tensor:
+    """Reassemble per-micro-batch ``(b_i, L)`` outputs into ``shape`` in the batch's row order."""
+    out = torch.zeros(shape, dtype=torch.float32, device=device)
+    for rows, lp in parts:
+        out[torch.as_tensor(list(rows), dtype=torch.long, device=device)] = lp.to(device)
+    return out
