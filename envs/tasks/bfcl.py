@@ -20,8 +20,9 @@ BFCL's per-turn check compares states and execution results (:func:`~envs.tasks.
 turn_check`): that step's reward is 1.0 when the turn passes, else 0.0, with ``info["turn"]``,
 ``info["turn_passed"]`` and ``info["check"]``; the next user turn comes back as the observation.
 After the last turn the episode terminates with ``info["success"]`` = every turn passed (BFCL's
-verdict). In ``multi_turn_miss_func``, a held-out function's schema arrives as a user message at
-the turn that adds it (BFCL adds the doc to the tools; the prompt here is fixed at reset).
+verdict) and ``info["score"]`` = the share of turns passed. In ``multi_turn_miss_func``, a
+held-out function's schema arrives as a user message at the turn that adds it (BFCL adds the
+doc to the tools; the prompt here is fixed at reset).
 
 Every env object builds fresh instances at ``reset``: the package's own executor caches
 instances in module globals keyed by model name and entry id, which would let two concurrent
@@ -200,6 +201,7 @@ class BFCLEnv:
             self.done = True
             info["success"] = all(self.passed)
             info["turns_passed"] = sum(self.passed)
+            info["score"] = sum(self.passed) / len(self.passed)  # graded: share of turns passed
             return StepResult(messages, reward, terminated=True, info=info)
         messages = messages + self._turn_messages(self.turn)
         return StepResult(messages, reward, info=info)
