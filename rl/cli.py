@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 _RUN_DIR: Path | None = None
@@ -54,7 +55,7 @@ def _one_line(text: str) -> list[str]:
     return segs
 
 
-def config_error_line(e: BaseException, overrides: list[str] = ()) -> str:
+def config_error_line(e: BaseException, overrides: Sequence[str] = ()) -> str:
     """One line for a config composition error: Hydra's message with OmegaConf's reason (the
     ``__cause__`` Hydra hides, e.g. why ``trainer.steps=abc`` does not merge), for a misspelt
     key the closest valid names, for a syntax error the override it is in."""
@@ -77,7 +78,7 @@ def config_error_line(e: BaseException, overrides: list[str] = ()) -> str:
     return "bad config: " + "; ".join(segs)
 
 
-def _unparsable(overrides: list[str]) -> str | None:
+def _unparsable(overrides: Sequence[str]) -> str | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
@@ -266,8 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _dispatch(args)
     except CLIError as e:
-        for line in str(e).splitlines():
-            print(f"turnrl: error: {line}", file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per rank
+            for line in str(e).splitlines():
+                print(f"turnrl: error: {line}", file=sys.stderr, flush=True)
         raise
     except KeyboardInterrupt:
         raise _interrupted(command_line=argv is None) from None
@@ -275,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
         code = _known_error_code(e)
         if code is None:
             raise  # a bug: keep the traceback
-        print(f"turnrl: error: {e}", file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"turnrl: error: {e}", file=sys.stderr, flush=True)
         raise CLIError(str(e), code) from None
 
 
@@ -292,12 +295,14 @@ def _dispatch(args) -> None:
 
 def _known_error_code(e: Exception) -> int | None:
     """Exit status of an error the user can fix (one line, no traceback), else None."""
+    import rl.config
     from rl.checkpoint import CheckpointError, CheckpointWriteError
     from rl.sft import SFTDataError
 
     if isinstance(e, CheckpointWriteError):  # disk full: the environment, not the command
         return 1
-    if isinstance(e, (CheckpointError, SFTDataError)):
+    config_error = getattr(rl.config, "ConfigError", SFTDataError)  # raised by later checks
+    if isinstance(e, (CheckpointError, SFTDataError, config_error)):
         return 2
     return None
 
