@@ -353,9 +353,9 @@ def test_ctrl_c_exits_130_with_one_message_and_leaves_nothing_behind(tmp_path, t
 @pytest.mark.slow
 def test_ctrl_c_during_a_checkpoint_write_of_the_default_model(tmp_path):
     """The user's case: the default 135M model, Ctrl-C while its 0.5 GB checkpoint is written
-    (no patch: the signal is sent when the real write of step 2 has begun). Measured 336 s on
-    the shared 2-core machine at load average 20 (with 2 tasks x 2 turns x 16 tokens per step;
-    now 1 x 1 x 8)."""
+    (no patch: the signal is sent when the real write of step 2 has begun). Measured 83 s on
+    the shared 2-core machine at load average 9-13 (336 s at load 20 with 2 tasks x 2 turns x
+    16 tokens per step; now 1 x 1 x 8)."""
     run = tmp_path / "run"
     argv = ["train", f"trainer.run_dir={run}", "trainer.steps=3", "trainer.tasks_per_step=1",
             "algorithm.group_size=2", "sft.enabled=false", "eval.compare_stages=false",
