@@ -1,5 +1,6 @@
 # TurnRL: `make train` and `make test` set up everything on a fresh machine.
 #   make train                         # cold-start SFT + GRPO on the embedded SmolLM2, CPU, minutes
+#                                      # (vLLM where installed; ARGS=engine=hf for the HF engine)
 #   make train ARGS="trainer.steps=4"  # any Hydra override
 #   make test                          # the test suite (what CI runs)
 #   make lint                          # ruff + mypy
@@ -54,7 +55,7 @@ endif
 FORCE:
 
 train: install
-	$(VENV)/bin/turnrl train $(ARGS)
+	$(VENV)/bin/turnrl train engine=auto $(ARGS)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

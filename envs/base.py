@@ -19,18 +19,50 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from rl.registry import Registry
 from envs.formats import ToolCallFormat, get_format
+from rl.registry import Registry
 from rl.types import Message, Task, ToolCall
 
 
 @dataclass
 class StepResult:
+    """One env step. The typed fields below are what the agent loop and the rewards read; the
+    checker (envs/checker.py) asserts their types, and that a terminated episode carries the
+    env's verdict (``success``), so a new env cannot silently score 0 by forgetting a key.
+
+    For envs written against the older untyped contract, the same names given as ``info`` keys
+    fill the typed fields; the typed values are mirrored into ``info`` (which stays free-form
+    for env-specific details)."""
+
     messages: list[Message]
     reward: float = 0.0
     terminated: bool = False
     truncated: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    """Calls parsed from the action, in order; a malformed one carries ``.error``."""
+    tool_errors: int = 0
+    """Calls of this step that failed (malformed, unknown tool, bad arguments, tool error)."""
+    final_answer: str | None = None
+    """The final answer the action gave, if it gave one."""
+    success: bool | None = None
+    """The env's verdict on the task; required (True/False) when ``terminated``; None before
+    the episode is decided."""
+    score: float | None = None
+    """A graded verdict in [0, 1] where the env has one (F1, share of tests passed)."""
+
+    TYPED = ("tool_calls", "tool_errors", "final_answer", "success", "score")
+
+    def __post_init__(self) -> None:
+        defaults = {"tool_calls": [], "tool_errors": 0, "final_answer": None, "success": None,
+                    "score": None}
+        for key, default in defaults.items():
+            if getattr(self, key) == default and key in self.info:
+                setattr(self, key, self.info[key])
+        for key, default in defaults.items():
+            value = getattr(self, key)
+            if value != default or key in ("tool_calls", "tool_errors"):
+                self.info[key] = value
 
 
 @runtime_checkable

@@ -10,7 +10,9 @@ rule. It checks:
 - ``reset`` returns ``(messages, info)``: a non-empty list of well-formed messages and a dict;
   resetting twice with the same seed gives the same messages;
 - ``step`` returns a :class:`~envs.base.StepResult` with well-formed messages, a finite float
-  reward, plain-bool ``terminated``/``truncated`` and a dict ``info``;
+  reward, plain-bool ``terminated``/``truncated``, a dict ``info`` and the typed fields the
+  loop and rewards read (``tool_calls``, ``tool_errors``, ``final_answer``, ``success``,
+  ``score``); a terminated step carries the verdict (``success`` is a bool);
 - stepping with garbage (empty text, malformed or unclosed tool calls, an unknown tool, wrong
   argument types, binary junk) does not raise;
 - ``close`` works.
@@ -27,7 +29,7 @@ from typing import Any
 
 from envs.base import Env, HasDemonstrations, StepResult
 from envs.formats import ToolCallFormat
-from rl.types import Message, Task
+from rl.types import Message, Task, ToolCall
 
 ROLES = ("system", "user", "assistant", "tool")
 JSON_TYPES = ("string", "integer", "number", "boolean", "array", "object", "null")
@@ -135,6 +137,24 @@ def check_step_result(res: Any, where: str) -> None:
     )
     assert type(res.truncated) is bool, f"{where}: truncated must be a bool, got {res.truncated!r}"
     assert isinstance(res.info, dict), f"{where}: info must be a dict"
+    # the typed contract the agent loop and the rewards read
+    assert isinstance(res.tool_calls, list) and all(isinstance(c, ToolCall)
+                                                    for c in res.tool_calls), (
+        f"{where}: tool_calls must be a list of ToolCall, got {res.tool_calls!r:.80}")
+    assert type(res.tool_errors) is int and 0 <= res.tool_errors, (
+        f"{where}: tool_errors must be an int >= 0, got {res.tool_errors!r}")
+    assert res.tool_errors <= max(len(res.tool_calls), 1) or not res.tool_calls, (
+        f"{where}: tool_errors={res.tool_errors} exceeds the {len(res.tool_calls)} calls")
+    assert res.final_answer is None or isinstance(res.final_answer, str), (
+        f"{where}: final_answer must be a str or None, got {type(res.final_answer).__name__}")
+    assert res.success is None or type(res.success) is bool, (
+        f"{where}: success must be a bool or None, got {res.success!r}")
+    assert res.score is None or (isinstance(res.score, (int, float)) and 0.0 <= res.score <= 1.0), (
+        f"{where}: score must be in [0, 1] or None, got {res.score!r}")
+    if res.terminated:
+        assert res.success is not None, (
+            f"{where}: a terminated episode must carry the env's verdict: StepResult.success "
+            "(True/False); rewards and success metrics read it")
 
 
 _WRONG_VALUE = {"string": 12345, "integer": "twelve", "number": "twelve", "boolean": "yes"}

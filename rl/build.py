@@ -15,7 +15,6 @@ import torch
 from envs.base import Env, make_env
 from rl.config import Config
 from rl.models import load_model, load_tokenizer
-from rl.rollout.agent_loop import AgentLoop, RolloutConfig, trajectory_stats
 from rl.rollout.engines.base import Engine
 from rl.types import Task, Trajectory
 
@@ -56,6 +55,21 @@ class Parts:
     eval_tasks: list[Task]
     make_engine: Callable[..., Engine]
     """``make_engine(policy, shared=True)``: shared = generate with the learner's own module."""
+
+
+def resolve_engine(cfg: Config) -> str:
+    """``engine=auto``: vLLM where it is installed (the fast path), else the in-process HF
+    engine. Sets ``cfg.engine`` to the choice and says which engine runs."""
+    import importlib.util
+
+    if cfg.engine == "auto":
+        cfg.engine = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+        print(f"[turnrl] engine: {cfg.engine} (engine=auto: "
+              f"{'vllm is installed' if cfg.engine == 'vllm' else 'vllm is not installed'}; "
+              f"engine=hf / engine=vllm to choose)", flush=True)
+    else:
+        print(f"[turnrl] engine: {cfg.engine}", flush=True)
+    return cfg.engine
 
 
 def build_env_factory(cfg: Config) -> tuple[Callable[[], Env], bool]:
@@ -99,6 +113,7 @@ def build_tasks(cfg: Config, split: str, n: int) -> list[Task]:
 def build_parts(cfg: Config, model: torch.nn.Module | None = None) -> Parts:
     import envs.tasks  # noqa: F401  (registers the envs)
 
+    resolve_engine(cfg)
     tokenizer = load_tokenizer(cfg.model.name)
     if model is None:
         model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.device)
@@ -152,29 +167,23 @@ def sft_trajectories(cfg: Config, parts: Parts) -> list[Trajectory]:
 
 def evaluate(cfg: Config, parts: Parts, engine: Engine,
              tasks: Sequence[Task] | None = None) -> dict[str, float]:
-    """Held-out success rate, mean reward, tool-call rate, turns and tool calls per episode."""
-    from rewards.compose import compose
+    """Held-out evaluation through the harness (rl/evaluate.py): every metric's value, its 95%
+    interval as ``<name>_lo`` / ``<name>_hi`` (Wilson for rates, Student t for means) and
+    ``n`` (episodes)."""
+    from rl.evaluate import evaluate_tasks
+
+    res = evaluate_tasks(cfg, parts, engine, list(tasks if tasks is not None
+                                                  else parts.eval_tasks))
+    out: dict[str, float] = {}
+    for name, iv in res.metrics.items():
+        out[name] = iv.value
+        out[f"{name}_lo"], out[f"{name}_hi"] = iv.low, iv.high
+    out["n"] = float(len(res.trajectories))
     from rewards.outcome import success as solved
 
-    rollout = RolloutConfig(**{**vars(cfg.rollout), "temperature": cfg.eval.temperature})
-    loop = AgentLoop(engine, parts.tokenizer, parts.env_factory, rollout,
-                     native_tools=parts.native_tools)
-    trajs = loop.run(list(tasks if tasks is not None else parts.eval_tasks), n_samples=1,
-                     seed=10_007)
-    rewards, success, called = [], [], []
-    for t in trajs:
-        total, terms = compose(t, cfg.algorithm.reward_weights)
-        rewards.append(total)
-        success.append(solved(t))  # the env's verdict, else outcome >= 1
-        called.append(any(c.error is None for turn in t.turns for c in turn.tool_calls))
-    n = max(len(trajs), 1)
-    stats = trajectory_stats(trajs)
-    return {
-        "success": sum(success) / n, "reward": sum(rewards) / n,
-        "tool_call_rate": sum(called) / n, "tool_calls": stats["tool_calls"],
-        "turns": stats["turns"], "model_tokens": stats["model_tokens"],
-        "tool_errors": stats["tool_errors"],
-    }
+    # per-task verdicts in task order: the stage table's paired comparison between stages
+    out["success_by_task"] = [float(solved(t)) for t in res.trajectories]  # type: ignore[assignment]
+    return out
 
 
 def read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:

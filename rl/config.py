@@ -353,6 +353,9 @@ class AlgorithmConfig:
     turn_norm: str = "index"
     """``credit=turn`` baseline: "index" (turns with the same index in the group) or "group"
     (all turns of the group pooled)."""
+    tree_fork_weight: float = 0.5
+    """``credit=tree`` (rl/algos/tree.py): weight ``w`` of the fork-relative advantage in
+    ``(1 - w) * trajectory-relative + w * fork-relative``, in [0, 1]."""
     archer: ArcherConfig = field(default_factory=ArcherConfig)
     """ArCHer settings (rl/algos/archer.py), read when ``credit=archer``."""
 
@@ -421,7 +424,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     engine: str = "hf"
-    """Rollout engine: hf (in-process transformers) | vllm."""
+    """Rollout engine: hf (in-process transformers) | vllm | auto (vllm where installed, else
+    hf; ``make train`` uses auto)."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Start-up options of the vLLM engine (used when engine=vllm)."""
     launcher: LauncherConfig = field(default_factory=LauncherConfig)

@@ -225,22 +225,53 @@ def engine_action_sampler(engine, sampling):
     return sample
 
 
-def stage_table(results: dict[str, dict[str, float]]) -> str:
+def eval_line(label: str, res: dict[str, float]) -> str:
+    """One line per stage evaluation: the main metrics with their 95% intervals."""
+    parts = []
+    for k in ("success", "tool_call_rate", "tool_calls", "turns", "reward"):
+        if k in res:
+            iv = (f" [{res[f'{k}_lo']:.3f}, {res[f'{k}_hi']:.3f}]"
+                  if f"{k}_lo" in res and k in ("success", "tool_call_rate") else "")
+            parts.append(f"{k}={res[k]:.3f}{iv}")
+    n = f" n={int(res['n'])}" if "n" in res else ""
+    secs = f" ({res['seconds']:.0f} s)" if "seconds" in res else ""
+    return f"[eval:{label}]{n} " + "  ".join(parts) + secs
+
+
+def paired_gain(after: Sequence[float], before: Sequence[float]):
+    """Mean per-task difference ``after - before`` on the same tasks with its 95% Student-t
+    interval (a paired comparison: far tighter than two independent intervals when most
+    tasks keep their verdict); None when the task lists differ."""
+    if not after or len(after) != len(before):
+        return None
+    from rl.evaluate import t_interval
+
+    return t_interval([a - b for a, b in zip(after, before)])
+
+
+def stage_table(results: dict[str, dict[str, Any]]) -> str:
     """Markdown table of the stage evaluations; ``<key>_lo`` / ``<key>_hi`` (95% intervals)
-    are shown beside a value when the evaluation gives them."""
+    are shown beside a value when the evaluation gives them, and each stage's success gain
+    over the stage before it, paired on the same tasks, with its 95% interval."""
     cols = [("success", "held-out success"), ("tool_call_rate", "tool-call rate"),
             ("tool_calls", "tool calls/ep"), ("turns", "turns/ep"), ("reward", "mean reward")]
-    lines = ["| stage | n | " + " | ".join(c[1] for c in cols) + " |",
-             "|---" * (len(cols) + 2) + "|"]
+    lines = ["| stage | n | " + " | ".join(c[1] for c in cols)
+             + " | success gain vs previous (paired) |",
+             "|---" * (len(cols) + 3) + "|"]
 
-    def cell(r: dict[str, float], k: str) -> str:
+    def cell(r: dict[str, Any], k: str) -> str:
         v = r.get(k, float("nan"))
-        if f"{k}_lo" in r and f"{k}_hi" in r:
+        if f"{k}_lo" in r and f"{k}_hi" in r and k in ("success", "tool_call_rate"):
             return f"{v:.3f} [{r[f'{k}_lo']:.3f}, {r[f'{k}_hi']:.3f}]"
         return f"{v:.3f}"
 
+    prev: dict[str, Any] | None = None
     for stage, r in results.items():
         n = r.get("n")
+        gain = paired_gain(r.get("success_by_task", []), prev.get("success_by_task", [])
+                           ) if prev else None
+        g = f"{gain.value:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}]" if gain else "-"
         lines.append(f"| {stage} | {int(n) if n is not None else '-'} | "
-                     + " | ".join(cell(r, k) for k, _ in cols) + " |")
+                     + " | ".join(cell(r, k) for k, _ in cols) + f" | {g} |")
+        prev = r
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from rl.step import (
     RunState,
     StepCore,
     build_credit,
+    eval_line,
     fit,
     resolved_loss,
     seed_everything,
@@ -153,9 +154,9 @@ class Trainer:
             t0 = time.perf_counter()
             res = evaluate(self.cfg, self.parts, self.engine)
             res["seconds"] = time.perf_counter() - t0
-            self.logger.log(self.state.step, {f"eval_{label}/{k}": v for k, v in res.items()})
-            print(f"[eval:{label}] " + "  ".join(f"{k}={v:.3f}" for k, v in res.items()),
-                  flush=True)
+            self.logger.log(self.state.step, {f"eval_{label}/{k}": v for k, v in res.items()
+                                              if isinstance(v, float)})
+            print(eval_line(label, res), flush=True)
         return dist.broadcast_object(res)
 
     # -- bookkeeping -----------------------------------------------------------------------------

@@ -103,9 +103,16 @@ def test_the_wheel_ships_the_configs(tmp_path):
     import sys
     import zipfile
 
+    import shutil
+
     root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(root)], check=True)
+    had_build = (root / "build").exists()
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(tmp_path), str(root)], check=True)
+    finally:
+        if not had_build:  # setuptools' scratch folder in the checkout
+            shutil.rmtree(root / "build", ignore_errors=True)
     (wheel,) = tmp_path.glob("turnrl-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "rl/configs/config.yaml" in names

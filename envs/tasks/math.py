@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from envs.answers import answers_match
 from envs.base import StepResult, ToolEnv, ToolError, register_env
 from envs.tools import get_tool
 from envs.tools.calculator import calculator, evaluate, format_number
@@ -509,7 +510,11 @@ class MathEnv:
         return messages, {"task_id": task.id}
 
     async def step(self, action_text: str) -> StepResult:
-        return await self.tool_env.step(action_text)
+        res = await self.tool_env.step(action_text)
+        if res.terminated and self.task is not None:  # the verdict: the answer is the reference
+            res.success = answers_match(res.final_answer, self.task.answer)
+            res.info["success"] = res.success
+        return res
 
     async def close(self) -> None:
         self.task = None

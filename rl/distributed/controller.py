@@ -37,7 +37,7 @@ from rl.config import Config
 from rl.distributed.pool import WorkerPool
 from rl.distributed.workers import RolloutJob, RolloutResult
 from rl.learner.dist import shard as dist_shard
-from rl.step import RunState, StepCore, build_credit, fit, stage_table
+from rl.step import RunState, StepCore, build_credit, eval_line, fit, stage_table
 from rl.tracking import RunLogger, Timer
 from rl.types import Batch, Trajectory
 
@@ -65,11 +65,12 @@ class RayController:
                  fault_hook: Callable[[RayController, int], None] | None = None) -> None:
         import ray
 
-        from rl.build import TaskStream, build_tasks
+        from rl.build import TaskStream, build_tasks, resolve_engine
         from rl.distributed.pool import init_ray
         from rl.models import load_tokenizer
 
         cfg.validate()
+        resolve_engine(cfg)  # engine=auto: decided once, here, for every worker
         self.cfg, self.run_dir, self.lc = cfg, Path(run_dir), cfg.launcher
         self.bound = self.lc.staleness_bound
         self._own_ray = not ray.is_initialized()
@@ -261,8 +262,9 @@ class RayController:
         t0 = time.perf_counter()
         res = ray.get(self.pool.rollouts[0].evaluate.remote(self.eval_tasks))
         res["seconds"] = time.perf_counter() - t0
-        self.logger.log(self.step, {f"eval_{label}/{k}": v for k, v in res.items()})
-        print(f"[eval:{label}] " + "  ".join(f"{k}={v:.3f}" for k, v in res.items()), flush=True)
+        self.logger.log(self.state.step, {f"eval_{label}/{k}": v for k, v in res.items()
+                                          if isinstance(v, float)})
+        print(eval_line(label, res), flush=True)
         return res
 
     # -- bookkeeping -----------------------------------------------------------------------------

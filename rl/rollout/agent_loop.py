@@ -45,7 +45,7 @@ from typing import Any
 from envs.base import Env, StepResult
 from rl.config import RolloutConfig
 from rl.rollout.engines.base import Engine, GenerationRequest, SamplingParams
-from rl.types import Message, Task, ToolCall, Trajectory, Turn
+from rl.types import Message, Task, Trajectory, Turn
 
 ACTION_SENTINEL = "@@turnrl:sampled-turn@@"  # stands for the sampled turn's content in a render
 
@@ -251,10 +251,14 @@ class AgentLoop:
         t, turn = x.traj, x.traj.turns[-1]
         turn.reward = float(res.reward)
         turn.info = dict(res.info)
-        turn.tool_calls = [c for c in res.info.get("tool_calls", []) if isinstance(c, ToolCall)]
-        t.info["tool_errors"] += int(res.info.get("tool_errors", 0))
-        if res.info.get("final_answer") is not None:
-            t.info["final_answer"] = res.info["final_answer"]
+        turn.tool_calls = list(res.tool_calls)  # the typed step contract (envs/base.py)
+        t.info["tool_errors"] += res.tool_errors
+        if res.final_answer is not None:
+            t.info["final_answer"] = res.final_answer
+        if res.success is not None:
+            t.info["success"] = res.success
+        if res.score is not None:
+            t.info["score"] = res.score
         if res.terminated or res.truncated:
             t.terminated, t.truncated, x.done = res.terminated, res.truncated, True
             return

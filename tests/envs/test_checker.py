@@ -54,7 +54,7 @@ class GoodEnv:
         return [{"role": "user", "content": task.prompt}], {}
 
     async def step(self, action_text: str) -> StepResult:
-        return StepResult(messages=[], terminated=True)
+        return StepResult(messages=[], terminated=True, success=action_text == "hi")
 
     async def close(self) -> None:
         pass
@@ -114,3 +114,28 @@ def test_checker_catches_broken_envs() -> None:
     _fails(NotDeterministic(), "same messages")
     _fails(BadSchema(), "required key 'missing'")
     _fails(NoClose(), "does not satisfy the Env protocol")
+
+
+class _Forgets(GoodEnv):
+    async def step(self, action_text: str) -> StepResult:
+        return StepResult(messages=[], terminated=True)  # no verdict: would score 0 silently
+
+
+class _BadTyped(GoodEnv):
+    async def step(self, action_text: str) -> StepResult:
+        return StepResult(messages=[], terminated=True, success=True,
+                          info={"tool_calls": ["not a ToolCall"]})
+
+
+class _LegacyInfo(GoodEnv):
+    async def step(self, action_text: str) -> StepResult:
+        return StepResult(messages=[], terminated=True,
+                          info={"success": True, "final_answer": "4", "tool_errors": 0})
+
+
+def test_checker_enforces_the_typed_step_contract() -> None:
+    _fails(_Forgets(), "must carry the env's verdict")
+    _fails(_BadTyped(), "tool_calls must be a list of ToolCall")
+    asyncio.run(check_env(_LegacyInfo(), TASK))  # the older info keys fill the typed fields
+    res = asyncio.run(_LegacyInfo().step(""))
+    assert (res.success, res.final_answer, res.tool_errors) == (True, "4", 0)

@@ -120,3 +120,14 @@ def test_stage_table_lists_every_stage_with_intervals():
     assert lines[0].startswith("| stage | n | held-out success | tool-call rate")
     assert lines[2].startswith("| base | - | 0.000 | 0.000")
     assert lines[3].startswith("| sft | 64 | 0.250 [0.100, 0.500] | 1.000")
+
+
+def test_stage_table_gives_the_paired_gain_over_the_previous_stage():
+    # 10 tasks: SFT solves tasks 0-3, RL solves 0-6 (gains 4-6, loses none)
+    sft = {"success": 0.4, "n": 10, "success_by_task": [1.0] * 4 + [0.0] * 6}
+    rl = {"success": 0.7, "n": 10, "success_by_task": [1.0] * 7 + [0.0] * 3}
+    row = stage_table({"sft": sft, "grpo": rl}).splitlines()[3]
+    # d = [0]*4 + [1]*3 + [0]*3: mean 0.3, sd = sqrt(0.3*0.7*10/9) = 0.48305,
+    # half width = t(0.975, 9) 2.26216 * 0.48305 / sqrt(10) = 0.34555
+    assert row.endswith("| +0.300 [-0.046, +0.646] |")
+    assert stage_table({"sft": sft}).splitlines()[2].endswith("| - |")
