@@ -135,12 +135,14 @@ class RolloutConfig:
 class VLLMConfig:
     """Start-up options of the vLLM engine (``engine=vllm``). Defaults suit a small CPU box."""
 
-    dtype: str = "float32"
-    """Weights/activations dtype in vLLM: float32 | bfloat16 | float16 | auto. float32 matches
-    the fp32 learner's logprobs to ~1e-5 on CPU; bfloat16 is faster where AMX exists."""
-    enforce_eager: bool = True
+    dtype: str = "platform"
+    """Weights/activations dtype in vLLM: platform (float32 on CPU, bfloat16 on CUDA) | float32 |
+    bfloat16 | float16 | auto (vLLM's: the model's own). float32 matches the fp32 learner's
+    logprobs to ~1e-5 on CPU; on CUDA it rules out vLLM's fast attention kernels."""
+    enforce_eager: bool | None = None
     """Eager mode (no torch.compile / CUDA graphs): starts in seconds. False compiles (faster
-    decode on GPU, minutes of start-up)."""
+    decode on GPU, minutes of start-up). None: True on CPU, False on CUDA
+    (rl.rollout.engines.vllm.platform_options)."""
     kv_cache_space_gb: float = 2.0
     """CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); unset, vLLM reserves most of RAM."""
     gpu_memory_utilization: float = 0.5
@@ -513,6 +515,9 @@ def config_problems(cfg: Config) -> list[str]:
         (cfg.model.device in ("auto", "cpu", "cuda") or (cfg.model.device.startswith("cuda:")
                                                           and cfg.model.device[5:].isdigit()),
          f"model.device={cfg.model.device!r} is not one of: auto, cpu, cuda, cuda:N"),
+        (cfg.vllm.dtype in ("platform", "float32", "bfloat16", "float16", "auto"),
+         f"vllm.dtype={cfg.vllm.dtype!r} is not one of: auto, bfloat16, float16, float32, "
+         "platform"),
         (cfg.learner.autocast in ("bf16", "fp32"),
          f"learner.autocast={cfg.learner.autocast!r} is not one of: bf16, fp32"),
         (cfg.learner.deepspeed.zero_stage in (1, 2, 3),

