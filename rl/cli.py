@@ -154,20 +154,38 @@ def cmd_train(overrides: list[str]) -> None:
     dist.init_from_env()  # under torchrun: one run dir, rank 0's (timestamps differ per rank)
     run_dir = Path(dist.broadcast_object(str(_run_dir(cfg))))
     _RUN_DIR = run_dir
+    created = not run_dir.exists()
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml_text)
         print(f"[turnrl] run dir: {run_dir}", flush=True)
     dist.barrier()
-    if cfg.launcher.kind == "ray":  # same loop, phases in Ray actors (rl/distributed)
-        from rl.distributed.controller import RayController
+    try:
+        if cfg.launcher.kind == "ray":  # same loop, phases in Ray actors (rl/distributed)
+            from rl.distributed.controller import RayController
 
-        RayController(cfg, run_dir, yaml_text).fit()
-    else:
-        Trainer(cfg, run_dir, yaml_text).fit()
+            RayController(cfg, run_dir, yaml_text).fit()
+        else:
+            Trainer(cfg, run_dir, yaml_text).fit()
+    except BaseException:
+        if created and dist.is_main():
+            _remove_if_nothing_ran(run_dir)
+        raise
     if dist.is_main():
         print(f"[turnrl] done: {run_dir}/metrics.jsonl, {run_dir}/progress.png, "
               f"{run_dir}/samples.txt, {run_dir}/checkpoints/", flush=True)
+
+
+def _remove_if_nothing_ran(run_dir: Path) -> None:
+    """Delete a run dir this command created when the run failed (or was interrupted) before
+    it logged a step or saved a checkpoint: it holds only the config (and wandb's folder)."""
+    import shutil
+
+    metrics = run_dir / "metrics.jsonl"
+    if (metrics.exists() and metrics.stat().st_size > 0) or any(
+            (run_dir / "checkpoints").glob("step_*")):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def cmd_sft(overrides: list[str]) -> None:
@@ -316,7 +334,9 @@ def _interrupted(*, command_line: bool) -> CLIError:
     from rl.learner import dist
 
     msg = "interrupted"
-    if _RUN_DIR is not None:
+    if _RUN_DIR is not None and not _RUN_DIR.exists():
+        msg += f" before the first step (nothing to keep: {_RUN_DIR} was removed)"
+    elif _RUN_DIR is not None:
         from rl import checkpoint as ckpt
 
         last = ckpt.latest_checkpoint(_RUN_DIR / "checkpoints", log=lambda m: None)

@@ -88,6 +88,46 @@ def test_every_validation_problem_gets_its_line(tmp_path, capsys, no_model):
     assert not (tmp_path / "run").exists()
 
 
+class _FailsAfter:
+    """A trainer that fails (``exc``) after writing ``rows`` metrics rows."""
+
+    def __init__(self, exc: BaseException, rows: int):
+        self.exc, self.rows = exc, rows
+
+    def __call__(self, cfg, run_dir, yaml_text):
+        if self.rows:
+            (run_dir / "metrics.jsonl").write_text('{"step": 0}\n' * self.rows)
+        raise self.exc
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_no_run_dir(tmp_path, capsys,
+                                                                   monkeypatch):
+    import rl.trainer
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(rl.trainer, "Trainer", _FailsAfter(RuntimeError("boom"), rows=0))
+    with pytest.raises(RuntimeError, match="boom"):  # a bug keeps its traceback
+        main(["train", f"trainer.run_dir={run}"])
+    assert not run.exists()
+    monkeypatch.setattr(rl.trainer, "Trainer", _FailsAfter(KeyboardInterrupt(), rows=0))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["train", f"trainer.run_dir={run}"])
+    assert info.value.code == 130 and not run.exists()
+    assert capsys.readouterr().err.strip() == (
+        f"turnrl: interrupted before the first step (nothing to keep: {run} was removed)")
+    monkeypatch.setattr(rl.trainer, "Trainer", _FailsAfter(RuntimeError("boom"), rows=1))
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["train", f"trainer.run_dir={run}"])
+    assert (run / "metrics.jsonl").exists()  # a run that logged a step is kept
+    old = tmp_path / "old"  # a run dir that existed before this command is never removed
+    old.mkdir()
+    monkeypatch.setattr(rl.trainer, "Trainer", _FailsAfter(RuntimeError("boom"), rows=0))
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["train", f"trainer.run_dir={old}"])
+    assert (old / "config.yaml").exists()
+
+
 # -- SFT data ---------------------------------------------------------------------------------------
 OK_ROW = '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}'
 
