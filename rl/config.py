@@ -325,7 +325,8 @@ class AlgorithmConfig:
     credit: str = "outcome"
     """Credit assignment (rl.algos.credit registry, one knob): "outcome" (one advantage per
     trajectory from ``advantage``), "turn" (turn-level GRPO: each turn's discounted return,
-    group-normalised, on that turn's tokens), "archer" (ArCHer's utterance critic)."""
+    group-normalised, on that turn's tokens), "archer" (ArCHer's utterance critic), "tree"
+    (PORTool-style fork-relative advantages on rollout trees, rl/algos/tree.py)."""
     advantage: str = "grpo"
     """Outcome advantage estimator (rl.algos.advantages registry): grpo | drgrpo | rloo |
     reinforce. Used by ``credit=outcome``."""

@@ -71,7 +71,7 @@ def test_validate_reports_every_problem_one_line_each():
     assert len(lines) == 4
     assert any(line.startswith("env.name='nope' is not one of: ") and "math" in line
                for line in lines)
-    assert any(line.startswith("algorithm.credit='critic' is not one of: archer, outcome, turn")
+    assert any(line.startswith("algorithm.credit='critic' is not one of: archer, outcome, tree, turn")
                for line in lines)
     assert "trainer.steps=-1 must be >= 0" in lines
     assert any(line.startswith("learner.backend='jax'") for line in lines)

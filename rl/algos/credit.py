@@ -6,6 +6,9 @@
               index or pooled (rl/algos/turn_advantages.py), on that turn's tokens
     archer    ArCHer's utterance-level double critic trained by TD on replayed turns; the actor's
               advantage min Q - min V on each turn's tokens (rl/algos/archer.py)
+    tree      PORTool-style fork-relative advantages on rollout trees (trajectories sharing their
+              first steps), blended with the outcome estimator's by ``tree_fork_weight``
+              (rl/algos/tree.py)
 
 Every member implements :class:`Credit`; a driver calls ``critic_update(trajs)`` after scoring
 and ``advantages(trajs, group_ids) -> (B, L)`` to build the update batch. Members with state
@@ -125,6 +128,13 @@ def _turn(algo: Any, ctx: CreditContext) -> Credit:
     from rl.algos.turn_advantages import TurnLevelGRPO
 
     return TurnLevelGRPO(algo.gamma, algo.turn_norm, algo.norm_std)
+
+
+@CREDITS.register("tree")
+def _tree(algo: Any, ctx: CreditContext) -> Credit:
+    from rl.algos.tree import TreeCredit
+
+    return TreeCredit(advantage_config(algo), algo.tree_fork_weight)
 
 
 @CREDITS.register("archer")
