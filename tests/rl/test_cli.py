@@ -387,7 +387,7 @@ def test_ctrl_c_exits_130_with_one_message_and_leaves_nothing_behind(tmp_path, t
         argv.append("trainer.wandb=disabled")
         res, seen, took = _interrupt(run, argv, SLOW_ROLLOUT, (run / "IN_ROLLOUT").exists)
     _check_clean_interrupt(res, seen, run)
-    assert took < 60, f"took {took:.1f} s to stop"
+    assert took < 90, f"took {took:.1f} s to stop"  # ~4-9 s measured; slack for a loaded machine
 
 
 @pytest.mark.slow
@@ -409,4 +409,4 @@ def test_ctrl_c_during_a_checkpoint_write_of_the_default_model(tmp_path):
 
     res, seen, took = _interrupt(run, argv, "", writing_step_2)
     _check_clean_interrupt(res, seen, run)
-    assert took < 60, f"took {took:.1f} s to stop"
+    assert took < 90, f"took {took:.1f} s to stop"  # ~4-9 s measured; slack for a loaded machine
