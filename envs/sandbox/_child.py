@@ -227,6 +227,42 @@ def run_code(code: str, echo: bool, module: types.ModuleType) -> int:
         return 1
 
 
+def explain_exit(
+    lim: Limits, code: int | None, stderr: str, timeout: float, elapsed: float
+) -> str | None:
+    """The short error message for a program's exit ``code`` (None: it succeeded)."""
+    if code is None or code == 0:
+        return None
+    if code == SETUP_FAILED and "sandbox setup failed" in stderr:
+        return stderr.strip().splitlines()[-1]
+    if code < 0:
+        sig = -code
+        cpu = lim.cpu_seconds or timeout
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and elapsed >= min(timeout, cpu) * 0.9):
+            return f"CPU time limit exceeded ({cpu:g} s); the process was killed"
+        if sig == signal.SIGXFSZ:
+            return f"file size limit exceeded ({lim.file_size_mb} MiB)"
+        try:
+            return f"killed by {signal.Signals(sig).name}"
+        except ValueError:
+            return f"killed by signal {sig}"
+    last = next((ln for ln in reversed(stderr.splitlines()) if ln.strip()), "")
+    if last.startswith("MemoryError"):
+        return f"MemoryError (memory limit {lim.memory_mb} MiB)"
+    if last and not last.startswith(" "):
+        return last[:300]
+    return f"exited with status {code}"
+
+
+def report_status(fd: int, status: int) -> None:
+    """Tell the worker the program ended (one byte), so it can answer before this process
+    finishes exiting (see ``_worker.Worker._on_status``)."""
+    try:
+        os.write(fd, bytes([status & 0xFF]))
+    except OSError:
+        pass
+
+
 def flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -151,6 +151,7 @@ def _fork_child(spec: C.Spec, req: dict[str, Any], fds: list[int], echo: bool) -
                 os.execve("/bin/sh", ["sh", "-c", code], dict(os.environ))
             status = C.run_code(code, echo, C.fresh_main())
             C.flush()
+            C.report_status(4, status)
     except BaseException as e:  # noqa: BLE001 - a set-up bug must not reach the fork server
         os.write(2, f"sandbox setup failed: {e!r}\n".encode())
     finally:

@@ -14,6 +14,7 @@ import os
 import signal
 import stat
 import struct
+import time
 from collections.abc import Iterable, Sequence
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -455,6 +456,32 @@ def proc_table(since_pid: int = 0) -> list[tuple[int, int, str]]:
         fields = data[data.rindex(b")") + 2 :].split(None, 2)
         out.append((pid, int(fields[1]), fields[0].decode()))
     return out
+
+
+def kill_orphans(parent: int, known: set[int], since_pid: int = 0) -> None:
+    """SIGKILL the live children of ``parent`` (pid > ``since_pid``) not in ``known``."""
+    for p, pp, state in proc_table(since_pid):
+        if pp == parent and p not in known and state != "Z":
+            kill(p, signal.SIGKILL)
+
+
+def kill_descendants(root: int) -> None:
+    """Kill every live descendant of ``root`` (a session between two calls)."""
+    for _ in range(64):
+        procs = proc_table(root)
+        desc, grew = {root}, True
+        while grew:
+            grew = False
+            for p, pp, state in procs:
+                if pp in desc and p not in desc and state != "Z":
+                    desc.add(p)
+                    grew = True
+        desc.discard(root)
+        if not desc:
+            return
+        for p in desc:
+            kill(p, signal.SIGKILL)
+        time.sleep(0.001)
 
 
 def count_own_tasks() -> int:

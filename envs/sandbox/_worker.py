@@ -442,6 +442,7 @@ class Worker:
             data = b""
         self._close_status(call)
         if data and not call.replied and call.id in self.calls:
+            K.kill_descendants(call.pid)  # its orphans are still its own (a subreaper)
             self._complete(call, (data[0] & 0xFF) << 8)
 
     def _close_status(self, call: Call) -> None:
@@ -455,8 +456,9 @@ class Worker:
         self.by_pid.pop(call.pid, None)
         if not call.replied:
             self._complete(call, status)
-        else:
+        else:  # anything that escaped between the reply and the exit
             K.killpg(call.pid)
+            self._kill_strays(call.pid)
         self._close_status(call)
         self._discard(call.workdir)  # never blocks: a tmpfs is freed by the kernel
         if call.slot is not None:
@@ -490,35 +492,14 @@ class Worker:
 
     def _explain(self, call: Call, code: int | None, stderr: str) -> str | None:
         """The short error message for the model (None: the call succeeded)."""
-        lim = self.spec.limits
         if call.cancelled:
             return "cancelled"
         if call.timed_out:
             return f"timed out after {call.timeout:g} s (wall clock); the process was killed"
         if call.flooded:
             return f"output limit exceeded (more than {self.flood} bytes); the process was killed"
-        if code is None or code == 0:
-            return None
-        if code == C.SETUP_FAILED and "sandbox setup failed" in stderr:
-            return stderr.strip().splitlines()[-1]
-        if code < 0:
-            sig = -code
-            cpu = lim.cpu_seconds or call.timeout
-            cpu_hit = time.monotonic() - call.started >= min(call.timeout, cpu) * 0.9
-            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_hit):
-                return f"CPU time limit exceeded ({cpu:g} s); the process was killed"
-            if sig == signal.SIGXFSZ:
-                return f"file size limit exceeded ({lim.file_size_mb} MiB)"
-            try:
-                return f"killed by {signal.Signals(sig).name}"
-            except ValueError:
-                return f"killed by signal {sig}"
-        last = next((ln for ln in reversed(stderr.splitlines()) if ln.strip()), "")
-        if last.startswith("MemoryError"):
-            return f"MemoryError (memory limit {lim.memory_mb} MiB)"
-        if last and not last.startswith(" "):
-            return last[:300]
-        return f"exited with status {code}"
+        elapsed = time.monotonic() - call.started
+        return C.explain_exit(self.spec.limits, code, stderr, call.timeout, elapsed)
 
     # ---- sessions -------------------------------------------------------------------
 
@@ -614,7 +595,7 @@ class Worker:
         if call is None:
             return
         K.kill(s.pid, signal.SIGSTOP)  # no background threads running between calls
-        self._kill_descendants(s.pid)
+        K.kill_descendants(s.pid)
         self._drain_into(s.out_r, call.out)
         self._drain_into(s.err_r, call.err)
         s.call = None
@@ -626,7 +607,7 @@ class Worker:
         K.killpg(s.pid)
 
     def _session_died(self, s: Session, status: int) -> None:
-        self._kill_descendants(s.pid)
+        K.kill_descendants(s.pid)
         self._kill_strays(s.pid)
         self.sessions.pop(s.name, None)
         self.session_pids.pop(s.pid, None)
@@ -666,28 +647,7 @@ class Worker:
         also scans everything every few seconds, which catches strays born after a wrap."""
         if self.wrapped:
             since_pid, self.wrapped = 0, False
-        known = set(self.by_pid) | set(self.session_pids)
-        for p, pp, state in K.proc_table(since_pid):
-            if pp == self.zpid and p not in known and state != "Z":
-                K.kill(p, signal.SIGKILL)
-
-    def _kill_descendants(self, root: int) -> None:
-        """Kill every live descendant of ``root`` (a session between two calls)."""
-        for _ in range(64):
-            procs = K.proc_table(root)
-            desc, grew = {root}, True
-            while grew:
-                grew = False
-                for p, pp, state in procs:
-                    if pp in desc and p not in desc and state != "Z":
-                        desc.add(p)
-                        grew = True
-            desc.discard(root)
-            if not desc:
-                return
-            for p in desc:
-                K.kill(p, signal.SIGKILL)
-            time.sleep(0.001)
+        K.kill_orphans(self.zpid, set(self.by_pid) | set(self.session_pids), since_pid)
 
     def _reap(self) -> None:
         """Our own children are the fork server and the deleter: either dying is fatal."""

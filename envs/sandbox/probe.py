@@ -85,7 +85,7 @@ def _bwrap(path: str | None) -> bool:
 @lru_cache(maxsize=1)
 def supported_level(bwrap: str | None = "bwrap") -> Support:
     """The strongest isolation level this machine supports (cached per process)."""
-    from envs.sandbox.sandbox import bwrap_path
+    from envs.sandbox.host import bwrap_path
 
     workdir = tempfile.mkdtemp(prefix="turnrl-probe-")
     layers = {

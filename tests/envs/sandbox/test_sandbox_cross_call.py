@@ -424,3 +424,14 @@ def test_foreign_abi_syscalls_kill_the_call(one: Sandbox) -> None:
     r = one.run_sync("import ctypes\nprint(ctypes.CDLL(None).syscall(0x40000000 | 39))")
     assert r.exit_code == -31 and r.stdout == "", r  # SIGSYS before any x32 getpid returns
     assert_serves(one)
+
+
+def test_reply_comes_from_the_status_report_not_the_reap(one: Sandbox) -> None:
+    """The worker answers when the program reports its status (fd 4), before the process has
+    finished exiting; a program that forges the report only ends its own call early."""
+    t0 = time.monotonic()
+    r = one.run_sync("import os, time\nos.write(4, bytes([7]))\ntime.sleep(5)\nprint('late')")
+    assert r.exit_code == 7 and "late" not in r.stdout, r
+    assert time.monotonic() - t0 < 4
+    assert one.run_sync("import sys\nsys.exit(3)").exit_code == 3
+    assert_serves(one)
