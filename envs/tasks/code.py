@@ -12,6 +12,10 @@ them, ``info["tests_passed"]`` / ``info["tests_total"]``. Each test calls the fu
 stdout captured (so its prints cannot fake a result), compares after a JSON round trip and prints
 its verdict behind a random marker the model's code never saw. A test that hangs ends the call at
 ``test_timeout_s``: it and the tests after it fail, the ones before it keep their verdict.
+Limit: the tests share the interpreter the model's code ran in, so code that deliberately
+patches ``builtins.print`` or ``json`` in its session could forge verdicts (the marker stops
+printed and accidental forgeries, not a hostile interpreter). Where reward hacking matters,
+watch for it in samples; replaying the model's calls into a fresh sandbox process is the fix.
 
 Session lifetime: opened lazily by the first call of an episode, closed at the episode's end, on
 ``close()`` (the agent loop calls it in a ``finally``, also when a turn or token limit or a

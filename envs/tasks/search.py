@@ -1,6 +1,6 @@
 """Multi-hop search QA (Search-R1 style) over a fictional encyclopedia: ``env=search``.
 
-The model gets a question and a ``search`` tool (BM25 over the world's 730 pages,
+The model gets a question and a ``search`` tool (BM25 over the world's 1,030 pages,
 :mod:`envs.tools.search`), searches as often as it likes and answers with
 ``<answer>...</answer>``. The world and its questions are generated
 (:mod:`envs.tasks.search_world`): a question follows 1-3 relations from a named entity
@@ -33,7 +33,15 @@ from typing import Any
 from envs.base import StepResult, ToolEnv, register_env
 from envs.formats import ToolCallFormat, get_format
 from envs.tasks.math import SPLITS, split_of
-from envs.tasks.search_world import QUESTION_TYPES, RELATIONS, hops, make_world, starts, walk
+from envs.tasks.search_world import (
+    QUESTION_TYPES,
+    RELATIONS,
+    hops,
+    make_world,
+    shortcut,
+    starts,
+    walk,
+)
 from envs.tools.search import BM25Index, search_tool
 from rl.types import Message, Task
 
@@ -122,6 +130,8 @@ def make_tasks(source: str = "mixed", split: str = "train", n: int = 100, seed: 
             continue
         seen.add(question)
         chain = walk(world, start, path)
+        if shortcut(world, chain):
+            continue
         tasks.append(Task(id=f"search-{split}-{seed}-{k}", prompt=question, answer=chain[-1],
                           data={"qtype": qtype, "hops": len(path), "chain": chain,
                                 "world_seed": world_seed}))

@@ -29,14 +29,14 @@ def env() -> SearchEnv:
 
 def test_world_is_reproducible_and_sized() -> None:
     w = make_world(0)
-    assert (len(w.countries), len(w.cities), len(w.people), len(w.companies)) == (30, 150, 400, 150)
-    assert len(w.docs) == 730
+    assert (len(w.countries), len(w.cities), len(w.people), len(w.companies)) == (30, 150, 600, 250)
+    assert len(w.docs) == 1030
     make_world.cache_clear()
     again = make_world(0)
     assert again.docs == w.docs  # a pure function of the seed, not of the cache
     assert make_world(1).docs != w.docs
     # every company has its own founder, who names it on their page
-    assert len({c["founder"] for c in w.companies.values()}) == 150
+    assert len({c["founder"] for c in w.companies.values()}) == 250
     for c, f in w.companies.items():
         assert w.people[f["founder"]]["company"] == c
         assert c in w.docs[w.doc_of[f["founder"]]][1]
@@ -129,15 +129,15 @@ def test_multi_hop_answers_are_not_on_the_first_page() -> None:
     """A 2-3 hop question's answer is absent from the start entity's page (so one lookup of
     the named entity cannot answer it)."""
     w = make_world(0)
-    for task in make_tasks("mixed", "train", 200, 0, hops=(2, 3)):
-        start = task.data["chain"][0]
-        assert task.answer not in w.docs[w.doc_of[start]][1], task.prompt
+    for task in make_tasks("mixed", "train", 300, 0, hops=(2, 3)):
+        for entity in task.data["chain"][:-2]:  # every page before the last hop's
+            assert task.answer not in w.docs[w.doc_of[entity]][1], task.prompt
 
 
 def test_no_search_guesser_is_low() -> None:
     train = make_tasks("mixed", "train", 2000, 0)
     out = majority_baseline(train, make_tasks("mixed", "test", 500, 0))
-    assert out["em"] < 0.05, out  # measured 0.02 on seed 0
+    assert out["em"] < 0.05, out  # measured 0.012 on seed 0 (500 test questions)
 
 
 def test_conformance_registry_and_no_search_variant() -> None:
