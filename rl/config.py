@@ -534,7 +534,32 @@ def config_problems(cfg: Config) -> list[str]:
         out.append(str(e))
     if cfg.sft.data_path and not Path(cfg.sft.data_path).is_file():
         out.append(f"sft.data_path={cfg.sft.data_path!r}: no such file")
-    return out + _registry_problems(cfg)
+    out += _model_problems(cfg)
+    out += _registry_problems(cfg)
+    if not out:  # the env's task maker knows its sources (cheap: one task)
+        from envs.tasks import make_tasks
+
+        t = cfg.tasks
+        try:
+            make_tasks(cfg.env.name, t.source, "train", 1, t.seed, **dict(t.kwargs))
+        except (KeyError, ValueError, TypeError) as e:
+            msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+            out.append(f"tasks.source={t.source!r} / tasks.kwargs for env {cfg.env.name!r}: {msg}")
+    return out
+
+
+def _model_problems(cfg: Config) -> list[str]:
+    """``model.name`` must be an embedded model, an existing folder, or a hub id (org/name)."""
+    from rl.models import EMBEDDED
+
+    name = cfg.model.name
+    if name in EMBEDDED or Path(name).expanduser().is_dir():
+        return []
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") != 1
+    if looks_like_path:
+        return [f"model.name={name!r} is not an embedded model ({', '.join(sorted(EMBEDDED))}), "
+                "an existing folder, or a hub id like org/name"]
+    return []
 
 
 def load_config(overrides: list[str] | None = None, config_dir: str | None = None):

@@ -72,6 +72,7 @@ def fit(driver: Driver, cfg: Config) -> dict[str, dict[str, float]]:
             driver.run_sft()
             if cfg.eval.compare_stages:
                 s.results["sft"] = driver.evaluate("sft")
+                warn_no_tool_use_after_sft(driver, s.results["sft"])
         s.stage = "rl"
         driver.start_rl()
     for step in driver.progress(range(s.step, cfg.trainer.steps)):
@@ -84,6 +85,17 @@ def fit(driver: Driver, cfg: Config) -> dict[str, dict[str, float]]:
     driver.save()
     driver.finish()
     return s.results
+
+
+def warn_no_tool_use_after_sft(driver: Any, res: dict[str, Any]) -> None:
+    """A cold start after which the model makes no successful tool call in an env that needs
+    tools: RL from here would teach it to answer without them. Say so, loudly, once."""
+    core = getattr(driver, "core", None)
+    if core is not None and core.tools.needs_tools and res.get("tool_call_rate", 1.0) == 0.0:
+        print(f"[turnrl] WARNING: after SFT, 0 of {int(res.get('n', 0))} held-out episodes made a "
+              "successful tool call in an env whose tasks need tools; RL from here would learn "
+              "to answer without them (check env.format / env.format=auto, raise sft.lr or "
+              "sft.num_examples, see learner.lora.train_token_rows)", flush=True)
 
 
 def should_save(cfg: Config, step: int) -> bool:
@@ -120,8 +132,13 @@ class StepCore:
     0 assigns it for every rank's rows, rl/trainer.py).
     """
 
-    def __init__(self, cfg: Config, train_tasks, pad_id: int, credit: Credit | None) -> None:
+    def __init__(self, cfg: Config, train_tasks, pad_id: int, credit: Credit | None,
+                 needs_tools: bool = False) -> None:
+        from rl.tracking import ToolUseMonitor
+
         self.cfg, self.train_tasks, self.pad_id, self.credit = cfg, train_tasks, pad_id, credit
+        # tool-use health: warns when an env whose tasks need tools sees no successful call
+        self.tools = ToolUseMonitor(needs_tools)
 
     # -- what the step samples ---------------------------------------------------------------------
     def task_batch(self, step: int) -> list[Task]:
@@ -186,6 +203,7 @@ class StepCore:
         from rewards.compose import reward_metrics
         from rewards.outcome import success as solved
         from rl.rollout.agent_loop import trajectory_stats
+        from rl.tracking import tool_use_stats
 
         n = max(len(trajs), 1)
         gen_tokens = sum(t.num_model_tokens for t in trajs)
@@ -197,6 +215,7 @@ class StepCore:
             "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
             "reward/success": sum(solved(t) for t in trajs) / n,  # the env's verdict
             **{f"episode/{k}": v for k, v in trajectory_stats(trajs).items()},
+            **tool_use_stats(trajs),  # tools/call_rate, parse errors by kind, lenient calls
             "perf/rollout_tokens_per_s": gen_tokens / max(rollout_s, 1e-9),
             "perf/update_tokens_per_s": update.get("update/tokens", 0.0)
             / max(times.get("update", 0.0), 1e-9),

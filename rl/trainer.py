@@ -28,7 +28,7 @@ from rl.step import (
     seed_everything,
     stage_table,
 )
-from rl.tracking import RunLogger, Timer
+from rl.tracking import RunLogger, Timer, env_needs_tools, tool_postfix
 from rl.types import Batch, Trajectory
 
 
@@ -52,7 +52,8 @@ class Trainer:
         # Credit is assigned on rank 0 for every rank's rows (rl/algos/credit.py).
         credit = build_credit(cfg, self.tokenizer, self.learner.model, self.engine,
                               self.loop.sampling()) if dist.is_main() else None
-        self.core = StepCore(cfg, self.parts.train_tasks, self.tokenizer.pad_token_id, credit)
+        self.core = StepCore(cfg, self.parts.train_tasks, self.tokenizer.pad_token_id, credit,
+                             needs_tools=env_needs_tools(self.parts.env_factory))
         # only rank 0 writes the run's logs; other ranks keep theirs under ranks/ (wandb off)
         self.logger = RunLogger(run_dir, asdict(cfg), cfg.trainer.wandb,
                                 cfg.trainer.wandb_project) if dist.is_main() else RunLogger(
@@ -173,6 +174,9 @@ class Trainer:
             return
         rewards = torch.tensor([t.outcome_reward for t in trajs], dtype=torch.float32)
         row = self.core.metrics_row(trajs, rewards, metrics, timer.times)
+        for warning in self.core.tools.observe(step, trajs):
+            print(warning, flush=True)
+        row["tools/no_call_steps"] = float(self.core.tools.no_call_steps)
         self.logger.log(step, row)
         self.logger.samples(step, trajs[: self.cfg.trainer.samples_to_log], self.tokenizer)
         if self._bar is not None:
@@ -183,7 +187,7 @@ class Trainer:
     def postfix(row: dict[str, Any], timer: Timer) -> dict[str, str]:
         return dict(reward=f"{row['reward/mean']:.3f}",
                     success=f"{row['reward/success']:.2f}",
-                    tools=f"{row.get('episode/tool_calls', 0.0):.2f}",
+                    **tool_postfix(row),  # episodes with a successful call, parse errors, lenient
                     tok_s=f"{row['perf/rollout_tokens_per_s']:.0f}",
                     step_s=f"{sum(timer.times.values()):.0f}")
 

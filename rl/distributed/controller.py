@@ -38,7 +38,7 @@ from rl.distributed.pool import WorkerPool
 from rl.distributed.workers import RolloutJob, RolloutResult
 from rl.learner.dist import shard as dist_shard
 from rl.step import RunState, StepCore, build_credit, eval_line, fit, stage_table
-from rl.tracking import RunLogger, Timer
+from rl.tracking import RunLogger, Timer, env_needs_tools
 from rl.types import Batch, Trajectory
 
 
@@ -81,7 +81,8 @@ class RayController:
         # Credit is assigned here, where the whole step is (an ArCHer encoder critic trains in
         # this process; the policy-backbone critic needs the policy and is refused).
         self.credit = build_credit(cfg, self.tokenizer)
-        self.core = StepCore(cfg, self.tasks, self.tokenizer.pad_token_id, self.credit)
+        self.core = StepCore(cfg, self.tasks, self.tokenizer.pad_token_id, self.credit,
+                             needs_tools=env_needs_tools(self._env_factory()))
         self._own_pool = pool is None
         self.pool = pool or WorkerPool(cfg, str(run_dir), config_yaml)
         ray.get([lr.set_delay.remote(learner_delay_s) for lr in self.pool.learners])
@@ -282,6 +283,8 @@ class RayController:
             "dist/elapsed_s": wall,
             **{f"dist/{k}": float(v) for k, v in self.counters.items()},
         }
+        for warning in self.core.tools.observe(step, trajs):
+            print(warning, flush=True)
         if loads:
             row["dist/weights_load_s"] = max(loads)
         self.history.append(row)

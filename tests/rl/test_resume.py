@@ -101,7 +101,7 @@ def test_kill_and_resume_continues_exactly(tmp_path, tiny_model_dir, capsys):
         capsys.readouterr()
         b.fit()
         assert "step_000002 at step 2 (rl)" in capsys.readouterr().out
-        assert b.step == 4
+        assert b.state.step == 4
     finally:
         torch.set_num_threads(threads)
 

@@ -36,13 +36,13 @@ def _batch(core: StepCore, trajs):
 
 
 def test_every_credit_member_implements_the_protocol():
-    assert set(CREDITS.names()) == {"outcome", "turn", "archer"}
+    assert {"outcome", "turn", "archer"} <= set(CREDITS.names())
     cfg = Config()
     for name in CREDITS.names():
         cfg.algorithm.credit = name
         assert isinstance(make_credit(cfg.algorithm, CreditContext(vocab_size=50)), Credit)
     cfg.algorithm.credit = "critic"
-    with pytest.raises(KeyError, match="valid names: 'archer', 'outcome', 'turn'"):
+    with pytest.raises(KeyError, match="valid names: 'archer', 'outcome'"):
         make_credit(cfg.algorithm, CreditContext())
 
 
