@@ -418,10 +418,20 @@ def _roundtrip(obj, work: Path) -> Path:
 
 
 def _train(ctx: Ctx, learner: str, run: str, steps: int, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "rl.cli", "train", f"model.name={ctx.model_dir}",
+    # `turnrl train` itself, plus the peak CUDA memory it allocated at exit (0: it never used
+    # the GPU, whatever it printed)
+    # the project's imports in that process too (lazy ones: reward scorers, task generators)
+    probe = ("import atexit, json, runpy, sys, torch; sys.path.insert(0, 'launch'); "
+             "import gpu_check; gpu_check._watch_imports(); "
+             "atexit.register(lambda: print('GPU_PEAK_BYTES', torch.cuda.max_memory_allocated() "
+             "if torch.cuda.is_available() else 0, json.dumps(gpu_check._third_party()))); "
+             "sys.argv = ['turnrl'] + sys.argv[1:]; runpy.run_module('rl.cli', run_name='__main__')")
+    cmd = [sys.executable, "-c", probe, "train", f"model.name={ctx.model_dir}",
            f"model.device={ctx.device}", f"learner={learner}", "engine=hf", "env=math",
            f"trainer.steps={steps}", "trainer.tasks_per_step=2", "algorithm.group_size=2",
            "sft.enabled=false", "eval.compare_stages=false", "trainer.wandb=disabled",
+           "algorithm.drop_uniform_groups=false",  # a random model's rewards are all equal:
+           # keep its groups so every step runs the learner's update on the device
            "rollout.max_turns=2", "rollout.max_tokens_per_turn=12",
            "rollout.max_total_tokens=384", "tasks.train_size=8", "tasks.eval_size=2",
            "learner.micro_batch_size=2", f"trainer.run_dir={ctx.work / run}", *extra]
@@ -433,8 +443,16 @@ def _train(ctx: Ctx, learner: str, run: str, steps: int, extra: list[str]) -> di
         raise RuntimeError(f"turnrl train exited {p.returncode}:\n{tail}")
     rows = [json.loads(x) for x in (ctx.work / run / "metrics.jsonl").read_text().splitlines()
             if x.strip()]
-    return {"seconds": round(time.perf_counter() - t0, 1), "metric_rows": len(rows),
-            "last": {k: rows[-1][k] for k in sorted(rows[-1]) if "loss" in k or k == "step"}}
+    probes = [ln.split(" ", 2) for ln in p.stdout.splitlines() if ln.startswith("GPU_PEAK_BYTES")]
+    peak = [int(x[1]) for x in probes]
+    _IMPORTED.update(m for x in probes for m in json.loads(x[2]))
+    out = {"seconds": round(time.perf_counter() - t0, 1), "metric_rows": len(rows),
+           "gpu_peak_mib": round(peak[-1] / 2**20, 1) if peak else None,
+           "last": {k: rows[-1].get(k) for k in ("step", "reward/mean", "update/trained_seqs",
+                                                  "time/rollout", "time/update")}}
+    assert len(rows) == steps and (out["last"]["update/trained_seqs"] or 0) > 0, out
+    assert ctx.dry or (out["gpu_peak_mib"] or 0) > 0, f"the run never allocated CUDA memory: {out}"
+    return out
 
 
 def sec_train_torch(ctx: Ctx) -> dict:
@@ -596,7 +614,7 @@ def _summarise(results: dict[str, dict], args: argparse.Namespace, seconds: floa
     return {"mode": "dry-run (CPU)" if args.dry_run else "cuda", "gpu": gpu,
             "torch": torch.__version__, "python": platform.python_version(),
             "seconds": round(seconds, 1), "sections": results,
-            "imported_not_on_device_or_bundle": missing}
+            "imported_by_project": imported, "imported_not_on_device_or_bundle": missing}
 
 
 def _report(summary: dict, log: str, out: str) -> None:
