@@ -385,11 +385,14 @@ def test_two_step_training_run(tmp_path: Path) -> None:
     from rl.cli import main
 
     run_dir = tmp_path / "run"
+    # Multi-turn prompts carry 2-5k tokens of function docs, so every rollout prefill and
+    # learner sequence is long: one model action per episode, short generations, no SFT stage
+    # (demonstrations are replayed in the tests above).
     main(["train", "env=bfcl", "tasks.source=multi_turn_base", f"trainer.run_dir={run_dir}",
           "trainer.steps=2", "trainer.tasks_per_step=1", "algorithm.group_size=2",
-          "algorithm.drop_uniform_groups=false", "sft.num_examples=2", "sft.batch_size=1",
+          "algorithm.drop_uniform_groups=false", "sft.enabled=false",
           "eval.compare_stages=false", "tasks.eval_size=1", "trainer.wandb=disabled",
-          "trainer.num_threads=2", "rollout.max_turns=3", "rollout.max_tokens_per_turn=32",
+          "trainer.num_threads=1", "rollout.max_turns=1", "rollout.max_tokens_per_turn=8",
           "rollout.max_total_tokens=6144"])
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r.get("stage") == "rl"] == [0, 1]
