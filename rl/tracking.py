@@ -262,6 +262,13 @@ class ToolUseMonitor:
                 f"calls could not be parsed ({kinds}); check env.format")
         return warnings
 
+    # a checkpoint part: a resumed run warns (and logs no_call_steps) as if never stopped
+    def state_dict(self) -> dict[str, int]:
+        return {"no_call_steps": self.no_call_steps}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.no_call_steps = int(state["no_call_steps"])
+
     def after_sft(self, trajs: Sequence[Trajectory]) -> list[str]:
         if not self.needs_tools or not trajs:
             return []

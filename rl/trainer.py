@@ -64,6 +64,7 @@ class Trainer:
         self.stateful: dict[str, ckpt.Stateful] = {
             "engine_rng": ckpt.GeneratorState(lambda: getattr(self.engine, "generator", None)),
             "data": self.parts.train_tasks,
+            "tools": self.core.tools,
         }
         if credit is not None:
             self.stateful["credit"] = credit

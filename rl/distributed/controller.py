@@ -296,7 +296,8 @@ class RayController:
               flush=True)
 
     def parts_state(self) -> dict[str, Any]:
-        return {"credit": self.credit.state_dict(), "data": self.tasks.state_dict()}
+        return {"credit": self.credit.state_dict(), "data": self.tasks.state_dict(),
+                "tools": self.core.tools.state_dict()}
 
     def resume(self) -> None:
         import ray
@@ -305,13 +306,15 @@ class RayController:
 
         if not config_resume(self.cfg):  # trainer.resume or the top-level alias, "false" = off
             return
-        out = ray.get([lr.resume.remote(["credit", "data"]) for lr in self.pool.learners])[0]
+        out = ray.get([lr.resume.remote(["credit", "data", "tools"])
+                       for lr in self.pool.learners])[0]
         if out is None:
             print("[turnrl] resume: no complete checkpoint found, starting fresh")
             return
         st, parts = out["state"], out["parts"]
         self.credit.load_state_dict(parts["credit"])
         self.tasks.load_state_dict(parts["data"])
+        self.core.tools.load_state_dict(parts["tools"])
         self.state = RunState(st["step"], st["stage"], st["results"])
         self.pool.publish(self.state.step)
         print(f"[turnrl] resumed from {out['path']} at step {self.state.step} "
