@@ -37,12 +37,20 @@ a varlen/flash CUDA path is not written (no GPU to test it on).
 Reused: the model's own decoder and LM head (HF), torch SDPA. Written here: the trie/packing
 and the mask; verl's PrefixGrouper and AReaL's tree training do the same idea (not copied).
 
-Micro-batches (:func:`prefix_microbatches`): whole packed sequences are put together up to a
-token budget, so a micro-batch's packed width bounds the attention's cost.
+Budgets (:func:`prefix_microbatches`, :func:`packed_length_cap`). The mask is dense, so a
+packed sequence of ``P`` tokens costs ``P**2`` attention scores however sparse its tree is:
+packing a whole batch that shares only a system prompt into one sequence would trade cheaper
+linear layers for quadratically more attention (prohibitive at long context). With ``L`` the
+batch's longest row and ``m`` = ``learner.micro_batch_size``, a plain micro-batch computes
+``m * L`` token slots and ``m * L**2`` attention scores; a prefix-shared micro-batch stays within
+both: packed sequences are at most ``L * sqrt(m)`` tokens, and whole sequences are put together
+while ``sequences * longest <= m * L`` and ``sum(P**2) <= m * L**2``. So it never does more
+work than the plain micro-batch, and does less wherever rows share prefixes.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -242,6 +250,12 @@ def prefix_token_logprobs(
     return out
 
 
+def packed_length_cap(micro_batch_size: int, width: int) -> int:
+    """Longest packed sequence: ``width * sqrt(micro_batch_size)`` tokens (its attention area is
+    at most a plain micro-batch's, ``micro_batch_size * width**2``), at least ``width``."""
+    return max(int(math.isqrt(micro_batch_size * width * width)), width, 1)
+
+
 def select_rows(batch: Batch, rows: Sequence[int]) -> Batch:
     """The batch restricted to ``rows`` (in that order), every ``(B, L)`` field alike."""
     idx = torch.as_tensor(list(rows), dtype=torch.long, device=batch.input_ids.device)
@@ -253,29 +267,30 @@ def prefix_microbatches(batch: Batch, micro_batch_size: int, min_shared: int = 1
                         ) -> list[tuple[list[int], Batch]]:
     """Micro-batches of whole packed sequences by a token budget: ``(rows, sub-batch)`` pairs.
 
-    The budget is what a plain micro-batch of ``micro_batch_size`` rows of this batch's width
-    occupies (``micro_batch_size * L`` tokens); a packed sequence is at most that long, and a
-    micro-batch's ``sequences * longest sequence`` stays within it (one sequence always fits).
-    Every row is in exactly one micro-batch; rows with no tokens go with the first.
+    Budgets (module docstring): what a plain micro-batch of ``micro_batch_size`` rows of this
+    batch's width ``L`` computes: ``micro_batch_size * L`` token slots (packed sequences padded
+    to the longest) and ``micro_batch_size * L**2`` attention scores; packed sequences are at
+    most :func:`packed_length_cap` long. One sequence always fits. Every row is in exactly one
+    micro-batch; rows with no tokens go with the first.
     """
     if micro_batch_size < 1:
         raise ValueError(f"learner.micro_batch_size must be >= 1, got {micro_batch_size}")
     B, L = batch.input_ids.shape
-    budget = micro_batch_size * max(L, 1)
+    tokens, area = micro_batch_size * max(L, 1), micro_batch_size * max(L, 1) ** 2
     lengths = row_lengths(batch.attention_mask)
     ids = batch.input_ids.detach().to("cpu")
     seqs = [ids[b, : lengths[b]].numpy() for b in range(B)]
-    packed, _, _ = pack_rows(seqs, budget, min_shared)
+    packed, _, _ = pack_rows(seqs, packed_length_cap(micro_batch_size, L), min_shared)
     groups: list[list[int]] = []
-    width = count = 0
+    width = count = used = 0
     for s in packed:
         w = max(width, s.length)
-        if groups and w * (count + 1) <= budget:
+        if groups and w * (count + 1) <= tokens and used + s.length ** 2 <= area:
             groups[-1].extend(s.rows)
-            width, count = w, count + 1
+            width, count, used = w, count + 1, used + s.length ** 2
         else:
             groups.append(list(s.rows))
-            width, count = s.length, 1
+            width, count, used = s.length, 1, s.length ** 2
     empty = [b for b in range(B) if lengths[b] == 0]
     if empty:
         if groups:

@@ -157,11 +157,11 @@ class TorchLearner:
         mb = batch_to(mb, self.device)
         with self._autocast():
             if self.cfg.prefix_sharing:  # shared prefixes once (rl/learner/prefix.py)
-                from rl.learner.prefix import prefix_token_logprobs
+                from rl.learner.prefix import packed_length_cap, prefix_token_logprobs
 
                 return prefix_token_logprobs(
                     self.model, mb.input_ids, mb.attention_mask, mb.loss_mask, temperature,
-                    max_len=self.cfg.micro_batch_size * mb.input_ids.shape[1])
+                    max_len=packed_length_cap(self.cfg.micro_batch_size, mb.input_ids.shape[1]))
             return token_logprobs(
                 self.model, mb.input_ids, mb.attention_mask, mb.loss_mask, temperature
             )

@@ -10,6 +10,7 @@ import torch
 from rl.learner.prefix import (
     build_plan,
     pack_rows,
+    packed_length_cap,
     prefix_microbatches,
     prefix_token_logprobs,
     scatter_rows,
@@ -180,10 +181,16 @@ def test_microbatches_cover_every_row_once_within_budget():
         assert rows == list(range(B))
         for rr, mb in parts:
             assert torch.equal(mb.input_ids, b.input_ids[rr])
-            plan = build_plan(mb.input_ids, mb.attention_mask, max_len=mbs * L)
+            plan = build_plan(mb.input_ids, mb.attention_mask,
+                              max_len=packed_length_cap(mbs, L))
             G, P = plan.input_ids.shape
-            assert G * P <= max(mbs * L, P)
+            if G > 1:  # within the plain micro-batch's token slots and attention area
+                assert G * P <= mbs * L
+                assert sum(s.length ** 2 for s in plan.sequences) <= mbs * L * L
+            assert P <= max(packed_length_cap(mbs, L), L)
     assert len(prefix_microbatches(b, 100)) == 1
+    assert packed_length_cap(4, 10) == 20 and packed_length_cap(8, 10) == 28
+    assert packed_length_cap(1, 10) == 10
     model = _model()
     with torch.no_grad():
         plain = token_logprobs(model, b.input_ids, b.attention_mask, b.loss_mask)
