@@ -579,3 +579,59 @@ class ComposeEnv:
 
 def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scripted players (BENCHMARKS.md): what each part of the composition is worth
+
+
+def _levels(env: ComposeEnv, task: Task, *, merge: bool = True, upto: int = 99,
+            reply: str | None = None) -> list[str]:
+    out: list[str] = []
+    demo = iter(env.demonstration(task))
+    for turn in task.data["turns"]:
+        for i, step in enumerate(turn["steps"]):
+            action = next(demo)
+            if i < upto:
+                out += [action] if merge else [env.format.format_call(c["name"], c["arguments"])
+                                               for c in step]
+        closing = next(demo)
+        out.append(closing if reply is None or not turn["steps"] else reply)
+    return out
+
+
+SCRIPTED_PLAYERS: dict[str, Any] = {
+    "the demonstration": lambda env, t: env.demonstration(t),
+    "demonstration, one call per message (no parallel merging)":
+        lambda env, t: _levels(env, t, merge=False),
+    'demonstration calls, reply "Done." (no results stated)':
+        lambda env, t: _levels(env, t, reply="Done."),
+    "first level of calls only, then the demonstration's reply":
+        lambda env, t: _levels(env, t, upto=1),
+    "refuse every turn": lambda env, t: [CANNOT] * len(t.data["turns"]),
+}
+
+
+def print_baselines(n: int = 500, seed: int = 0, **knobs: Any) -> None:
+    """A markdown table of the scripted players on ``n`` held-out tasks."""
+    import asyncio
+
+    from envs.base import replay_actions
+
+    async def play() -> None:
+        tasks = make_tasks("mixed", "test", n, seed, **knobs)
+        print("| player | success | user turns passed | mean episode env reward |")
+        print("|---|---|---|---|")
+        for name, player in SCRIPTED_PLAYERS.items():
+            wins = passed = turns = 0
+            reward = 0.0
+            for task in tasks:
+                env = ComposeEnv()
+                _, res = await replay_actions(env, task, player(env, task))
+                wins += bool(res[-1].info.get("success"))
+                passed += sum(bool(r.info.get("turn_passed")) for r in res)
+                turns += len(task.data["turns"])
+                reward += sum(r.reward for r in res)
+            print(f"| {name} | {wins / n:.3f} | {passed / turns:.3f} | {reward / n:.3f} |")
+
+    asyncio.run(play())

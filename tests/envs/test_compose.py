@@ -307,3 +307,20 @@ def test_two_training_steps_with_the_default_model(tmp_path) -> None:
     assert all("reward/env_success" in r and "reward/mean" in r for r in rl_rows)
     assert (run / "checkpoints" / "step_000002" / "manifest.json").exists()
     assert "compose" in (run / "config.yaml").read_text()
+
+
+def test_scripted_players_separate() -> None:
+    from envs.tasks.compose import SCRIPTED_PLAYERS
+
+    tasks = make_tasks("mixed", "test", 30, seed=2)
+    wins = {}
+    for name, player in SCRIPTED_PLAYERS.items():
+        wins[name] = 0
+        for task in tasks:
+            env = ComposeEnv()
+            _, res = play(task, player(env, task), env)
+            wins[name] += bool(res[-1].info.get("success"))
+    assert wins["the demonstration"] == 30
+    assert wins["demonstration, one call per message (no parallel merging)"] == 30
+    assert wins["refuse every turn"] <= 3 and wins['demonstration calls, reply "Done." '
+                                                    "(no results stated)"] < 15
