@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / ".gpu_bundle"
 TOKENIZER = "smollm2-135m-instruct"
 # (name, timeout s): the order is the order of value if time runs out
-SECTIONS = [("ds_zero2", 120), ("ds_zero3", 120), ("torch_learner", 60), ("hf_engine", 45),
+SECTIONS = [("ds_zero2", 150), ("ds_zero3", 150), ("torch_learner", 60), ("hf_engine", 45),
             ("nccl", 45), ("rng", 30), ("train_torch", 200), ("train_zero2", 100),
             ("pytest", 240)]
 DRY_SLOWDOWN = 5  # --dry-run: a loaded 2-core CPU box instead of an H200
