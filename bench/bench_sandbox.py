@@ -77,7 +77,10 @@ async def main(n: int, concurrency: int) -> None:
         async with Sandbox(cfg) as sb:
 
             async def one(sb: Sandbox = sb) -> bool:
-                return (await sb.run(CODE)).stdout == "1\n"
+                r = await sb.run(CODE)
+                if r.stdout != "1\n":  # say what went wrong before the assertion stops the run
+                    print(f"unexpected result: {r}", file=sys.stderr)
+                return r.stdout == "1\n"
 
             rows.append((name, sb.isolation, *await _measure(one, n, concurrency)))
             if name == "sandbox, default":

@@ -26,7 +26,13 @@ says what each isolation level stops and what it does not.
 from envs.sandbox.config import LEVELS, SandboxConfig, level_rank
 from envs.sandbox.probe import Support, supported_level
 from envs.sandbox.result import ExecResult
-from envs.sandbox.sandbox import Sandbox, SandboxUnavailable, configure_sandbox, get_sandbox
+from envs.sandbox.sandbox import (
+    Sandbox,
+    SandboxUnavailable,
+    configure_sandbox,
+    get_sandbox,
+    sandbox_metrics,
+)
 
 __all__ = [
     "LEVELS",
@@ -38,5 +44,6 @@ __all__ = [
     "configure_sandbox",
     "get_sandbox",
     "level_rank",
+    "sandbox_metrics",
     "supported_level",
 ]

@@ -465,18 +465,67 @@ def kill_orphans(parent: int, known: set[int], since_pid: int = 0) -> None:
             kill(p, signal.SIGKILL)
 
 
+def _children(pid: int) -> list[int] | None:
+    """Children of ``pid`` from /proc/<pid>/task/*/children; None when the kernel does not
+    offer that file (the caller then scans the process table)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    out: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out += [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            if os.path.isdir(f"/proc/{pid}/task/{tid}"):
+                return None
+        except OSError:
+            return None
+    return out
+
+
+def _live_descendants(root: int) -> set[int]:
+    """Live (non-zombie) descendants of ``root``: by walking the children lists (cost grows
+    with the tree, not with every process started on the machine since ``root``), else by
+    scanning the process table for pids above ``root``."""
+    desc: set[int] = set()
+    todo = [root]
+    while todo:
+        kids = _children(todo.pop())
+        if kids is None:
+            break
+        for k in kids:
+            if k not in desc:
+                desc.add(k)
+                todo.append(k)
+    else:
+        return {p for p in desc if _state(p) not in ("Z", "")}
+    procs = proc_table(root)
+    desc, grew = {root}, True
+    while grew:
+        grew = False
+        for p, pp, state in procs:
+            if pp in desc and p not in desc and state != "Z":
+                desc.add(p)
+                grew = True
+    desc.discard(root)
+    return desc
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""
+    return data[data.rindex(b")") + 2 :].split(None, 1)[0].decode()
+
+
 def kill_descendants(root: int) -> None:
     """Kill every live descendant of ``root`` (a session between two calls)."""
     for _ in range(64):
-        procs = proc_table(root)
-        desc, grew = {root}, True
-        while grew:
-            grew = False
-            for p, pp, state in procs:
-                if pp in desc and p not in desc and state != "Z":
-                    desc.add(p)
-                    grew = True
-        desc.discard(root)
+        desc = _live_descendants(root)
         if not desc:
             return
         for p in desc:

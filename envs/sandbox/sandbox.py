@@ -711,4 +711,22 @@ def configure_sandbox(config: SandboxConfig) -> Sandbox:
     return _DEFAULT
 
 
-__all__ = ["LEVELS", "Sandbox", "SandboxUnavailable", "configure_sandbox", "get_sandbox"]
+def sandbox_metrics(prefix: str = "sandbox/") -> dict[str, float]:
+    """The shared sandbox's ``metrics()`` with ``prefix`` (isolation reached and requested,
+    ``isolation_degraded``, calls, errors, latency...), or {} when no tool started it: for a
+    trainer's per-step metrics row. Never starts a sandbox."""
+    with _DEFAULT_LOCK:
+        box = _DEFAULT
+    if box is None or box._started is None or not box._ready:
+        return {}
+    return {prefix + k: v for k, v in box.metrics().items()}
+
+
+__all__ = [
+    "LEVELS",
+    "Sandbox",
+    "SandboxUnavailable",
+    "configure_sandbox",
+    "get_sandbox",
+    "sandbox_metrics",
+]

@@ -273,12 +273,16 @@ def test_metrics(box: Sandbox) -> None:
 
 
 def test_shared_default_sandbox() -> None:
-    from envs.sandbox import configure_sandbox, get_sandbox
+    from envs.sandbox import configure_sandbox, get_sandbox, sandbox_metrics
 
     sb = configure_sandbox(SandboxConfig(workers=1, timeout=3))
     try:
         assert get_sandbox() is sb
+        assert sandbox_metrics() == {}  # not started: nothing, and it does not start it
         assert get_sandbox().run_sync("print('shared')").stdout == "shared\n"
+        m = sandbox_metrics()
+        assert m["sandbox/calls"] == 1.0 and m["sandbox/isolation_degraded"] == 0.0
+        assert m["sandbox/isolation_rank"] == level_rank(sb.isolation)
     finally:
         sb.close_sync()
     assert get_sandbox() is not sb  # a closed default is replaced on next use
