@@ -133,6 +133,7 @@ def main() -> None:
     for name, learner in learners.items():  # warm-up on two rows (allocator, kernels)
         with _cap(caps[name]):
             learner.update(select_rows(batch, [0, 1]), loss_cfg)
+        learner.reset_optimizer()
     for r in range(args.rounds):  # alternating, the order flipped every round
         names = list(learners) if r % 2 == 0 else list(reversed(learners))
         for name in names:
@@ -145,6 +146,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 m = learner.update(b, loss_cfg)
                 dt = time.perf_counter() - t0
+            learner.reset_optimizer()  # one AdamW state alive at a time (1 GB each)
             times[name].append(dt)
             metrics[name] = m
             print(f"round {r} {name}: {dt:.2f} s  grad_norm {m['grad_norm']:.4f}", flush=True)

@@ -267,3 +267,43 @@ def test_deepspeed_backend_refuses_prefix_sharing():
     with pytest.raises(ValueError, match="prefix_sharing=true is implemented for learner.backend"
                                          "=torch only"):
         DeepSpeedLearner(_model(), LearnerConfig(backend="deepspeed", prefix_sharing=True))
+
+
+def test_trainer_step_with_prefix_sharing_and_tree_credit(tmp_path, tiny_model_dir):
+    """Through the real trainer (multi-turn guessing game, tiny Llama): learner.prefix_sharing
+    and algorithm.credit=tree train, and a group's rows share their prompt in the packed pass.
+    A test episode reward (share of even token ids) gives the random model a signal."""
+    from rewards.compose import register_reward, registered_rewards
+    from rl.config import load_config, to_dataclass
+    from rl.learner.prefix import build_plan
+    from rl.trainer import Trainer
+
+    if "even_tokens_prefix_test" not in registered_rewards():
+        @register_reward("even_tokens_prefix_test")
+        def _even(traj):
+            ids = [t for u in traj.turns for t in traj.token_ids[u.start:u.end]]
+            return sum(t % 2 == 0 for t in ids) / max(len(ids), 1)
+
+    overrides = [
+        "env=guess", f"model.name={tiny_model_dir}", f"trainer.run_dir={tmp_path}",
+        "trainer.steps=1", "trainer.tasks_per_step=2", "algorithm.group_size=3",
+        "tasks.train_size=4", "tasks.eval_size=2", "sft.enabled=false",
+        "eval.compare_stages=false", "rollout.max_turns=2", "rollout.max_tokens_per_turn=6",
+        "learner.autocast=fp32", "learner.lr=1e-3", "learner.micro_batch_size=2",
+        "learner.prefix_sharing=true", "algorithm.credit=tree", "trainer.num_threads=1",
+        "trainer.wandb=disabled", "trainer.samples_to_log=0",
+        "++algorithm.reward_weights={even_tokens_prefix_test: 1.0}",
+    ]
+    t = Trainer(to_dataclass(load_config(overrides)), tmp_path)
+    assert t.learner.cfg.prefix_sharing
+    trajs = t.rollout(0)
+    t.core.score(trajs)
+    adv, _ = t.core.assign_credit(trajs)
+    batch = t.core.make_batch(trajs, adv)
+    assert batch is not None
+    plan = build_plan(batch.input_ids, batch.attention_mask)
+    assert plan.packed_tokens < int(batch.attention_mask.sum())  # prompts computed once
+    before = {n: p.detach().clone() for n, p in t.learner.model.named_parameters()}
+    _, metrics, _ = t.train_step(1)
+    assert metrics["update/trained_seqs"] > 0
+    assert any(not torch.equal(before[n], p) for n, p in t.learner.model.named_parameters())
