@@ -147,3 +147,21 @@ def test_killed_rollout_worker_is_replaced_and_the_step_completes(pool, tiny_mod
     assert ctl.history[-1]["dist/restarts"] == 1.0
     assert ctl.history[-1]["dist/regenerated_jobs"] >= 1.0
     assert ray.get(pool.rollouts[0].ping.remote())[0] == 0  # the replacement answers
+
+
+def test_archer_under_ray_trains_the_critic_on_the_controller(pool, tiny_model_dir, tmp_path):
+    """algorithm.credit=archer with launcher=ray: the encoder critic trains in the controller on
+    the whole step's turns; after the warm-up step the learner group trains on its advantages,
+    and the critic's state goes into the checkpoint through learner rank 0."""
+    cfg = _cfg(tiny_model_dir, tmp_path, "algorithm=archer", "launcher.mode=sync",
+               "trainer.steps=2", "algorithm.archer.warmup_iters=1",
+               "algorithm.archer.critic_updates=2", "algorithm.archer.batch_size=4",
+               "algorithm.archer.critic_max_tokens=128",
+               "++algorithm.turn_reward_weights={env_progress: 1.0}")
+    ctl, changed = _fit(pool, cfg, tmp_path)
+    rows = ctl.history
+    assert all(r["critic/buffer"] > 0 for r in rows) and rows[1]["critic/actor_ready"] == 1.0
+    assert rows[0]["update/trained_seqs"] == 0.0  # warm-up: critic only
+    assert changed == (rows[1]["update/trained_seqs"] > 0)
+    state = torch.load(tmp_path / "checkpoints" / "step_000002" / "rank0.pt", weights_only=False)
+    assert state["parts"]["credit"]["iterations"] == 2

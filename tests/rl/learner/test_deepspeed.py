@@ -173,3 +173,40 @@ def test_torchrun_cli_train_zero2(tiny_model_dir, tmp_path):
     assert (ckpt / "rank0.pt").exists() and (ckpt / "rank1.pt").exists()
     assert (ckpt / "model" / "model.safetensors").exists()
     assert res.stdout.count("[turnrl] done") == 1
+
+
+def test_torchrun_archer_zero2(tiny_model_dir, tmp_path):
+    """algorithm.credit=archer under torchrun with 2 DeepSpeed ranks: rank 0 trains the critic
+    on every rank's turns and sends each rank its rows' advantages; after the warm-up step both
+    ranks' rows are trained; the critic is in rank 0's checkpoint only."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "rl.cli", "train", "learner=deepspeed_zero2", "algorithm=archer", "env=guess",
+           f"model.name={tiny_model_dir}", "sft.enabled=false", "eval.compare_stages=false",
+           "trainer.steps=2", "trainer.tasks_per_step=2", "algorithm.group_size=2",
+           "algorithm.archer.warmup_iters=1", "algorithm.archer.critic_updates=2",
+           "algorithm.archer.batch_size=4", "algorithm.archer.critic_max_tokens=128",
+           "rollout.max_tokens_per_turn=6", "rollout.max_turns=2", "tasks.train_size=8",
+           "tasks.eval_size=2", f"trainer.run_dir={run_dir}", "trainer.wandb=disabled"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rl = [r for r in rows if r.get("stage") == "rl"]
+    assert len(rl) == 2
+    assert all(r["critic/buffer"] > 0 for r in rl)  # rank 0's critic saw the turns
+    assert rl[0]["update/trained_seqs"] == 0.0  # warm-up: critic only
+    assert rl[1]["critic/actor_ready"] == 1.0
+    ckpt = run_dir / "checkpoints" / "step_000002"
+    r0 = torch.load(ckpt / "rank0.pt", weights_only=False)
+    r1 = torch.load(ckpt / "rank1.pt", weights_only=False)
+    assert "credit" in r0["parts"] and "credit" not in r1["parts"]
+    assert r0["parts"]["credit"]["iterations"] == 2
