@@ -16,8 +16,8 @@ Weights: ``algorithm.turn_reward_weights``; :func:`rewards.compose.compose_turns
 
 from __future__ import annotations
 
-from rewards.compose import register_turn_reward
 from envs.matching import match_calls
+from rewards.compose import register_turn_reward
 from rewards.outcome import reference_calls
 from rl.types import Trajectory
 

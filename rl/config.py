@@ -448,16 +448,16 @@ class Config:
 def _registry_problems(cfg: Config) -> list[str]:
     """Names that must exist in a registry (importing the registries, not a model)."""
     import envs.tasks  # noqa: F401  (registers the envs)
+    import rewards  # noqa: F401  (registers the reward terms)
     from envs.base import registered_envs
     from envs.formats import registered_formats
     from envs.tasks import TASK_MAKERS
-    import rewards  # noqa: F401  (registers the reward terms)
     from rewards.compose import _REWARDS as REWARDS
     from rewards.compose import _TURN_REWARDS as TURN_REWARDS
     from rl.algos.advantages import ADVANTAGES
+    from rl.algos.credit import CREDITS
     from rl.algos.kl import KL_ESTIMATORS
     from rl.algos.losses import AGGREGATIONS as LOSS_AGGS
-    from rl.algos.credit import CREDITS
     from rl.learner import LEARNERS
 
     a = cfg.algorithm
@@ -540,12 +540,13 @@ def config_problems(cfg: Config) -> list[str]:
     if not out:  # the env's task maker knows its sources (cheap: one task)
         from envs.tasks import make_tasks
 
-        t = cfg.tasks
+        ts = cfg.tasks
         try:
-            make_tasks(cfg.env.name, t.source, "train", 1, t.seed, **dict(t.kwargs))
+            make_tasks(cfg.env.name, ts.source, "train", 1, ts.seed, **dict(ts.kwargs))
         except (KeyError, ValueError, TypeError) as e:
             msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-            out.append(f"tasks.source={t.source!r} / tasks.kwargs for env {cfg.env.name!r}: {msg}")
+            out.append(f"tasks.source={ts.source!r} / tasks.kwargs for env {cfg.env.name!r}: "
+                       f"{msg}")
     return out
 
 

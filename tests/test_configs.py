@@ -99,11 +99,10 @@ def test_advantage_settings_are_reachable_from_the_cli():
 @pytest.mark.slow
 def test_the_wheel_ships_the_configs(tmp_path):
     """A non-editable install has configs: they are package data of ``rl``."""
+    import shutil
     import subprocess
     import sys
     import zipfile
-
-    import shutil
 
     root = Path(__file__).resolve().parent.parent
     had_build = (root / "build").exists()

@@ -54,8 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from envs.base import StepResult, register_env
-from envs.tasks.math import SPLITS, split_of
 from envs.formats import find_answers, get_format
+from envs.tasks.math import SPLITS, split_of
 from rl.types import Message, Task
 
 DATA = Path(__file__).resolve().parent / "data" / "objects.json"

@@ -22,7 +22,8 @@ def rl_loss(lp: torch.Tensor, mb: Batch, loss_cfg: LossConfig, norm: LossNorm,
     the old logprobs are ``lp`` detached (ratio exactly 1). Shared by every learner backend."""
     old = lp.detach() if on_policy else mb.old_logprobs
     mask = mb.loss_mask
-    is_w, tis_m = None, {}
+    is_w: torch.Tensor | None = None
+    tis_m: dict[str, torch.Tensor] = {}
     if loss_cfg.tis_cap > 0:
         sampler = mb.old_logprobs if on_policy else mb.sampler_logprobs
         assert sampler is not None

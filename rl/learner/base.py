@@ -35,13 +35,13 @@ class Learner(Protocol):
     model: torch.nn.Module
     optimizer_steps: int
 
-    def update(self, batch: Batch | None, loss_cfg: LossConfig,
+    def update(self, batch: Batch, loss_cfg: LossConfig,
                temperature: float = 1.0) -> dict[str, float]:
-        """One RL update (advantages are in ``batch``); collective under data parallel (a rank
-        with no rows passes None). Mean metrics."""
+        """One RL update (advantages are in ``batch``). Mean metrics. Collective under data
+        parallel, where a rank without rows passes None (DeepSpeedLearner accepts it)."""
         ...
 
-    def sft_update(self, batch: Batch | None) -> dict[str, float]:
+    def sft_update(self, batch: Batch) -> dict[str, float]:
         """One supervised step on the batch's loss-masked tokens; metrics incl. ``sft/nll``."""
         ...
 

@@ -85,7 +85,9 @@ class _ScriptedDriver:
         self.calls: list[str] = []
 
     def resume(self): self.calls.append("resume")
-    def evaluate(self, label): self.calls.append(f"eval:{label}"); return {"success": 0.0}
+    def evaluate(self, label):
+        self.calls.append(f"eval:{label}")
+        return {"success": 0.0}
     def run_sft(self): self.calls.append("sft")
     def start_rl(self): self.calls.append("start_rl")
     def train_step(self, step): self.calls.append(f"step{step}")

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from rl.algos.critic import CriticValues
 from rl.algos.archer import (
     Archer,
     ArcherConfig,
@@ -22,6 +21,7 @@ from rl.algos.archer import (
     transitions,
     v_targets,
 )
+from rl.algos.critic import CriticValues
 from rl.types import Task, Trajectory, Turn
 
 
