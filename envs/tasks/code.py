@@ -3,9 +3,10 @@
 Each episode owns one persistent sandbox session (``envs.sandbox``: a sandboxed interpreter
 whose variables survive between calls; ARTIST / ReTool-style code interpreter). The ``python``
 tool runs the model's code in that session, so a function defined in one turn can be called in
-the next. The episode ends when the model answers (``<answer>...</answer>``; a ```python block in
-the answer is run in the session first) or stops calling the tool; then the task's unit tests run
-**in the same session**, against whatever the model defined there.
+the next. The episode ends when the model answers (``<answer>...</answer>``) or replies without a
+tool call; ```python blocks in that final message are run in the session first (small models
+write their solution that way), then the task's unit tests run **in the same session**, against
+whatever the model defined there.
 
 Scoring: ``reward`` = ``info["score"]`` = the share of tests passed, ``info["success"]`` = all of
 them, ``info["tests_passed"]`` / ``info["tests_total"]``. Each test calls the function with
@@ -179,9 +180,9 @@ class CodeEnv:
             if time.monotonic() > self.deadline:  # the calls of this turn ran past the limit
                 return await self._cut(res.messages, res.info)
             return res
-        if parsed.answer is not None:
-            for block in _FENCE.findall(parsed.answer):
-                await self._run(block)
+        final = parsed.answer if parsed.answer is not None else parsed.content
+        for block in _FENCE.findall(final or ""):  # code submitted in the final message
+            await self._run(block)
         verdicts = await self._run_tests()
         await self._close_session()
         score = sum(verdicts) / len(verdicts)

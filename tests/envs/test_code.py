@@ -80,11 +80,16 @@ def test_partial_credit_is_the_share_of_tests_passed() -> None:
     assert results[-1].reward == 0.0
 
 
-def test_code_in_the_answer_is_run_first() -> None:
+def test_code_in_the_final_message_is_run_first() -> None:
     env = CodeEnv()
     answer = f"<answer>\n```python\n{ADD1.data['solution']}```\n</answer>"
     _, results = _episode(env, ADD1, [answer])
     assert results[-1].reward == 1.0 and results[-1].info["python_calls"] == 1
+    # a plain reply with a fenced function (what the base model writes) is a submission too
+    reply = "```python\ndef add1(x):\n    return 2 * x\n```\nThis adds one."  # right for x=1
+    _, results = _episode(env, ADD1, [reply])
+    assert results[-1].terminated and results[-1].info["tests_passed"] == 1
+    assert results[-1].reward == pytest.approx(0.25)
 
 
 def test_prints_cannot_fake_verdicts_and_a_hang_fails_only_from_there() -> None:
