@@ -21,7 +21,7 @@ import copy
 import hashlib
 import inspect
 import random
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from envs.base import Tool, ToolError
@@ -267,7 +267,7 @@ def schema(name: str) -> dict[str, Any]:
     return _schemas()[name].schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def defaults(name: str) -> dict[str, Any]:
     """Optional parameters of a library function and their defaults (for call normalisation)."""
     sig = inspect.signature(getattr(Backend, name))
