@@ -73,6 +73,9 @@ class Spec:
     ll_abi: int = 0
     ll_read: list[tuple[int, bool]] = field(default_factory=list)
     """O_PATH descriptors (opened once by the worker) of what calls may read."""
+    ll_base: int = -1
+    """Prebuilt Landlock ruleset (``_kernel.landlock_base``), used when the call's work dir is
+    a per-call tmpfs; otherwise each call builds its full ruleset from ``ll_read``."""
     seccomp: bytes = b""
     callns: bool = False
     """Per-call mount + IPC namespaces with a quota-limited tmpfs work dir."""
@@ -160,7 +163,10 @@ def enter(
     K.no_new_privs()
     if spec.ll_abi:
         rw = K.open_paths([workdir, os.devnull])
-        layer("landlock", lambda: K.landlock_restrict(spec.ll_abi, spec.ll_read, rw))
+        if spec.ll_base >= 0 and "callns" in got:
+            layer("landlock", lambda: K.landlock_layered(spec.ll_abi, spec.ll_base, rw))
+        else:
+            layer("landlock", lambda: K.landlock_restrict(spec.ll_abi, spec.ll_read, rw))
     if spec.seccomp:
         layer("seccomp", lambda: S.install(spec.seccomp))
     # Move kept fds to 3.. via numbers above the targets (no kept fd overwrites another).

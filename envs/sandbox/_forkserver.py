@@ -66,7 +66,7 @@ def start_fork_server(
     pid = os.fork()
     if pid == 0:
         try:
-            keep = {theirs.fileno(), ev_w, *(fd for fd, _ in spec.ll_read)}
+            keep = {theirs.fileno(), ev_w, spec.ll_base, *(fd for fd, _ in spec.ll_read)}
             _close_all_but(keep)
             _serve(spec, theirs, ev_w, worker, protect, echo)
         finally:

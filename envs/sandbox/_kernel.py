@@ -216,6 +216,41 @@ def landlock_restrict(
         os.close(rs)
 
 
+def landlock_base(
+    abi: int, read_fds: Sequence[tuple[int, bool]], rw_fds: Sequence[tuple[int, bool]]
+) -> int:
+    """A ruleset fd built once by the worker: read beneath ``read_fds``, everything beneath
+    ``rw_fds`` (the directory holding all work dirs), no TCP, no signals out (as above). Each
+    call then adds only a write-restricting layer (``landlock_layered``): a dozen syscalls
+    fewer per call. Used only where each work dir is a per-call tmpfs in the call's own mount
+    namespace, so reading "beneath all work dirs" shows other calls nothing (their files are
+    in mounts this call cannot see)."""
+    fs = _fs_rights(abi)
+    net = _NET_BIND_TCP | _NET_CONNECT_TCP if abi >= 4 else 0
+    scoped = _SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL if abi >= 6 else 0
+    rs = _ruleset(abi, fs, net, scoped)
+    try:
+        _add_rules(rs, fs, read_fds, _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR)
+        _add_rules(rs, fs, rw_fds, fs)
+    except OSError:
+        os.close(rs)
+        raise
+    return rs
+
+
+def landlock_layered(abi: int, base: int, write_fds: Sequence[tuple[int, bool]]) -> None:
+    """Enforce the ``base`` ruleset, then a layer allowing writes beneath ``write_fds`` only
+    (layers intersect: the call can write only to its own work dir)."""
+    _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, base, 0), "landlock_restrict_self")
+    writes = _fs_rights(abi) & ~(_FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR | _FS_IOCTL_DEV)
+    rs = _ruleset(abi, writes, 0, 0)
+    try:
+        _add_rules(rs, writes, write_fds, writes)
+        _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, rs, 0), "landlock_restrict_self")
+    finally:
+        os.close(rs)
+
+
 # --------------------------------------------------------------------------- mount views
 
 

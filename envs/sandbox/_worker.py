@@ -179,6 +179,14 @@ class Worker:
         spec.ll_abi = K.landlock_abi() if want_kernel else 0
         if spec.ll_abi:
             spec.ll_read = K.open_paths(cfg["read_paths"])
+            if spec.callns:
+                rw = K.open_paths([self.base, os.devnull])
+                try:
+                    spec.ll_base = K.landlock_base(spec.ll_abi, spec.ll_read, rw)
+                except OSError:
+                    spec.ll_base = -1
+                for fd, _ in rw:
+                    os.close(fd)
         if want_kernel:
             try:
                 spec.seccomp = S.build_filter([self.pid, os.getppid(), cfg["trainer_pid"]])
@@ -205,6 +213,9 @@ class Worker:
             spec.seccomp = b""
         if "callns" not in self.layers:
             spec.callns = False
+        if spec.ll_base >= 0 and not (spec.callns and spec.ll_abi):
+            os.close(spec.ll_base)
+            spec.ll_base = -1
 
     def _probe_child(self) -> list[str]:
         r, w = os.pipe()

@@ -148,6 +148,24 @@ def _victim_dirs(box: Sandbox) -> list[str]:
 
 
 def test_concurrent_call_cannot_read_another_calls_files_or_output(one: Sandbox) -> None:
+    _attack_a_concurrent_call(one)
+
+
+@pytest.mark.parametrize("level", ["process", "kernel"])
+def test_concurrent_call_isolation_without_per_call_tmpfs(level: str) -> None:
+    """Work dirs on disk (no per-call mount namespace): uids (root) and the per-call Landlock
+    ruleset must keep the victim's files out of reach on their own."""
+    if level == "process" and os.geteuid() != 0:
+        pytest.skip("process level without root or per-call namespaces: one uid, no boundary")
+    box = _pool(level, tmpfs_workdirs=False)
+    try:
+        assert "callns" not in box.layers
+        _attack_a_concurrent_call(box)
+    finally:
+        box.close_sync()
+
+
+def _attack_a_concurrent_call(one: Sandbox) -> None:
     token = secrets.token_hex(8)
 
     async def main() -> list[ExecResult]:
