@@ -23,6 +23,7 @@ import copy
 import json
 import statistics
 import time
+import zlib
 
 import torch
 
@@ -43,7 +44,7 @@ def make_trajectories(n_tasks: int, group: int):
         env = factory()
         demo = env.demonstration(task)  # type: ignore[attr-defined]
         fmt = env.format  # type: ignore[attr-defined]
-        wrong = fmt.format_answer(str(hash(task.id) % 97))
+        wrong = fmt.format_answer(str(zlib.crc32(task.id.encode()) % 97))  # deterministic
         variants = [demo, ["I will use the tool for this. " + demo[0]] + demo[1:],
                     demo[:-1] + [wrong], [wrong]]
         for k in range(group):
