@@ -387,8 +387,10 @@ def test_two_step_training_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     # Multi-turn prompts carry 2-5k tokens of function docs, so every rollout prefill and
     # learner sequence is long: one model action per episode, short generations, no SFT stage
-    # (demonstrations are replayed in the tests above).
-    main(["train", "env=bfcl", "tasks.source=multi_turn_base", f"trainer.run_dir={run_dir}",
+    # (demonstrations are replayed in the tests above). tasks.seed=7 draws entries with one API
+    # class (TradingBot, ~2k tokens of docs) for train steps 0-1 and the eval.
+    main(["train", "env=bfcl", "tasks.source=multi_turn_base", "tasks.seed=7",
+          f"trainer.run_dir={run_dir}",
           "trainer.steps=2", "trainer.tasks_per_step=1", "algorithm.group_size=2",
           "algorithm.drop_uniform_groups=false", "sft.enabled=false",
           "eval.compare_stages=false", "tasks.eval_size=1", "trainer.wandb=disabled",
