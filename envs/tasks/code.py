@@ -21,7 +21,9 @@ watch for it in samples; replaying the model's calls into a fresh sandbox proces
 Session lifetime: opened lazily by the first call of an episode, closed at the episode's end, on
 ``close()`` (the agent loop calls it in a ``finally``, also when a turn or token limit or a
 cancellation cuts the episode), on the next ``reset``, and when the env's own wall-clock limit
-``episode_time_s`` cuts the episode (``truncated``, score 0).
+``episode_time_s`` cuts the episode (``truncated``, score 0). That limit is off by default: it
+counts from ``reset`` and so includes the model's generation time, which on a loaded CPU
+exceeded 300 s per turn in a batched eval (every episode was cut); set it per machine.
 
 Tasks (:mod:`envs.tasks.code_data`): ``make_tasks("mixed", split, n, seed, n_tests=5)``; the prompt
 states the signature, the behaviour and one example; the split hashes the prompt.
@@ -117,7 +119,7 @@ class CodeEnv:
     """Function writing with a persistent Python session per episode (module docstring)."""
 
     def __init__(self, tool_format: str = "hermes-prompt", *, call_timeout_s: float = 5.0,
-                 test_timeout_s: float = 10.0, episode_time_s: float = 300.0,
+                 test_timeout_s: float = 10.0, episode_time_s: float | None = None,
                  max_calls_per_turn: int = 4, max_output_chars: int = 2000) -> None:
         self.format: ToolCallFormat = get_format(tool_format)
         self.call_timeout_s, self.test_timeout_s = call_timeout_s, test_timeout_s
@@ -164,7 +166,8 @@ class CodeEnv:
                              "data['tests']")
         await self._close_session()
         self.task, self.calls = task, 0
-        self.deadline = time.monotonic() + self.episode_time_s
+        limit = self.episode_time_s
+        self.deadline = time.monotonic() + limit if limit is not None else float("inf")
         messages: list[Message] = [{"role": "system", "content": self.system_prompt},
                                    {"role": "user", "content": task.prompt}]
         return messages, {"task_id": task.id, "tests": len(task.data["tests"])}
