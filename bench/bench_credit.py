@@ -293,6 +293,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--sizing", action="store_true", help="sizing from --out/results.json")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.sizing and not (out / "results.json").exists():
+        print_grid()  # no pilot yet: the plan for assumed rates and seed spreads
+        return None
     if args.report or args.sizing:
         results = json.loads((out / "results.json").read_text())
         if args.report:
@@ -374,6 +377,19 @@ def print_sizing(sz: dict) -> None:
     print(f"  held-out episodes per method (no seed variance): {sz['episodes_per_arm']}")
     print("  seeds per method at N held-out tasks: " + ", ".join(
         f"N={n}: {s}" for n, s in sz["seeds_at"].items()))
+
+
+def print_grid(rates=(0.2, 0.3, 0.5), deltas=(0.05, 0.10, 0.15),
+               seed_sds=(0.0, 0.05), n_tasks=(128, 256, 512)) -> None:
+    """The sizing table for assumed rates, differences and across-seed SDs (no pilot needed)."""
+    print("| p | delta | held-out episodes / method (seed SD 0) | seed SD | seeds at N = "
+          + ", ".join(str(n) for n in n_tasks) + " |")
+    print("|---|---|---|---|---|")
+    for p in rates:
+        for d in deltas:
+            for sd in seed_sds:
+                seeds = ", ".join(str(seeds_needed(p, d, sd ** 2, n)) for n in n_tasks)
+                print(f"| {p:.2f} | {d:.2f} | {n_two_proportions(p, p + d)} | {sd:.2f} | {seeds} |")
 
 
 def plot(results: dict, cv: dict, path: Path) -> None:
