@@ -520,6 +520,9 @@ def config_problems(cfg: Config) -> list[str]:
         (cfg.vllm.dtype in ("platform", "float32", "bfloat16", "float16", "auto"),
          f"vllm.dtype={cfg.vllm.dtype!r} is not one of: auto, bfloat16, float16, float32, "
          "platform"),
+        (str(cfg.learner.lora.train_token_rows).lower() in ("auto", "true", "false"),
+         f"learner.lora.train_token_rows={cfg.learner.lora.train_token_rows!r} is not one of: "
+         "auto, false, true"),
         (cfg.learner.autocast in ("bf16", "fp32"),
          f"learner.autocast={cfg.learner.autocast!r} is not one of: bf16, fp32"),
         (cfg.learner.deepspeed.zero_stage in (1, 2, 3),

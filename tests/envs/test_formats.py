@@ -9,7 +9,6 @@ import json
 import pytest
 
 from envs.base import ToolEnv
-from envs.tools.calculator import calculator
 from envs.formats import (
     ParsedAction,
     ToolCallFormat,
@@ -18,6 +17,7 @@ from envs.formats import (
     parse_hermes,
     registered_formats,
 )
+from envs.tools.calculator import calculator
 
 
 def _call(name: str, **args: object) -> str:
