@@ -2,13 +2,13 @@
 turn-level GRPO (per-index and pooled baselines), ArCHer and tree advantages, at equal SAMPLE
 budgets, over seeds, with 95% intervals, and the sizing of a run that could rank them.
 
-    # pilot (what a loaded 2-core CPU allows; see BENCHMARKS.md "Credit assignment")
-    nice .venv/bin/python bench/bench_credit.py --env compose \
-        --knobs depth=1 width=1 turns=1 distractors=0 unanswerable=0 \
-        --model runs/credit_env/sft_d1/checkpoints/step_000000/model \
-        --episodes 32 --eval-every 16 --eval-tasks 16 --seeds 0 1 2 --out runs/bench_credit
-    .venv/bin/python bench/bench_credit.py --report --out runs/bench_credit      # partial results
-    .venv/bin/python bench/bench_credit.py --sizing --out runs/bench_credit --delta 0.10
+    # the pilot recorded in BENCHMARKS.md (all a loaded 2-core CPU allowed: ranks nothing)
+    nice .venv/bin/python bench/bench_credit.py --knobs depth=1 width=1 turns=1 distractors=0 \
+        unanswerable=0 --model <SFT folder> --episodes 16 --eval-every 16 --eval-tasks 12 \
+        --tasks-per-step 2 --group 4 --seeds 0 --methods grpo grpo_turn-index --out runs/pilot
+    .venv/bin/python bench/bench_credit.py --report --out runs/pilot      # partial results too
+    .venv/bin/python bench/bench_credit.py --sizing --out runs/pilot --delta 0.10
+    .venv/bin/python bench/bench_credit.py --sizing --out <no results>    # the grid, no pilot
 
 Protocol. Every method starts from the same model (``--model``: a cold-start SFT folder; if
 absent, SFT on ``--sft-examples`` env demonstrations is run once into ``--out/sft``), sees the
@@ -269,7 +269,7 @@ def run_one(args, out: Path, model: Path, method: str, seed: int, save) -> dict:
 def main(argv: list[str] | None = None) -> dict | None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--env", default="compose")
-    p.add_argument("--knobs", nargs="*", default=["depth=1", "width=1", "turns=1",
+    p.add_argument("--knobs", nargs="*", default=["depth=2", "width=1", "turns=1",
                                                   "distractors=0", "unanswerable=0"],
                    help="tasks.kwargs k=v (compose difficulty)")
     p.add_argument("--episodes", type=int, default=256, help="training episodes per run")
