@@ -3,6 +3,7 @@
 #                                      # (vLLM where installed; ARGS=engine=hf for the HF engine)
 #   make train ARGS="trainer.steps=4"  # any Hydra override
 #   make test                          # the test suite (what CI runs)
+#   make test-heavy                    # + a 2-step training run per env (minutes each)
 #   make lint                          # ruff + mypy
 #   make install STACK=cuda            # CUDA stack (vLLM, DeepSpeed with CUDA torch); the default
 #                                      # is cuda when nvidia-smi lists a GPU, else cpu
@@ -25,7 +26,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install train test lint clean gpu-check-bundle FORCE
+.PHONY: install train test test-heavy lint clean gpu-check-bundle FORCE
 
 install: $(STAMP)
 
@@ -58,7 +59,10 @@ train: install
 	$(VENV)/bin/turnrl train engine=auto $(ARGS)
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
+
+test-heavy: install  # the per-env 2-step training runs with the default model (minutes each)
+	$(PY) -m pytest -q -m heavy $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check rl envs rewards tests

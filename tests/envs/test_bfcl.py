@@ -381,6 +381,7 @@ def test_step_before_reset_and_bad_task_are_clear_errors() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_two_step_training_run(tmp_path: Path) -> None:
     from rl.cli import main
 

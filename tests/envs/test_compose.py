@@ -288,6 +288,7 @@ def test_functions_are_disjoint_from_bfcl() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_two_training_steps_with_the_default_model(tmp_path) -> None:
     """`turnrl train env=compose` end to end, small: a cold start on 4 demonstrations, then 2 RL
     steps of 2 tasks x 2 samples with the embedded SmolLM2."""

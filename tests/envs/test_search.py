@@ -157,6 +157,7 @@ def test_conformance_registry_and_no_search_variant() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_two_training_steps_with_the_default_model(tmp_path) -> None:
     """`turnrl train env=search` end to end, small: a cold start on 4 demonstrations, then 2 RL
     steps of 2 tasks x 2 samples with the embedded SmolLM2 (~6 min on the loaded 2-core box)."""
