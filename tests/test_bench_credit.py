@@ -1,6 +1,6 @@
 """bench/bench_credit.py: its statistics against hand-computed values, the curve aggregation
 and pairwise verdicts on made-up results, and a smoke run of the whole harness (tiny random
-Llama, env=compose at its easiest knobs, every method, 2 seeds, 2 evaluations each)."""
+Llama, env=compose at the bench default knobs, every method, 2 seeds, 2 evaluations each)."""
 
 from __future__ import annotations
 
