@@ -306,7 +306,7 @@ class RayController:
 
         if not config_resume(self.cfg):  # trainer.resume or the top-level alias, "false" = off
             return
-        out = ray.get([lr.resume.remote(["credit", "data", "tools"])
+        out = ray.get([lr.resume.remote(["credit", "data", "tools"], str(self.run_dir))
                        for lr in self.pool.learners])[0]
         if out is None:
             print("[turnrl] resume: no complete checkpoint found, starting fresh")
@@ -331,7 +331,8 @@ class RayController:
                      "tasks_per_step": self.cfg.trainer.tasks_per_step,
                      "logs": log_offsets(self.run_dir)}
         parts = self.parts_state()
-        return ray.get([lr.save.remote(run_state, parts) for lr in self.pool.learners])[0]
+        return ray.get([lr.save.remote(run_state, parts, str(self.run_dir))
+                        for lr in self.pool.learners])[0]
 
     def memory_mb(self) -> list[float]:
         """Peak resident memory of every learner rank (MiB)."""

@@ -224,21 +224,27 @@ class LearnerWorker:
         return out if self.rank == 0 else None
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def save(self, run_state: dict[str, Any], parts: dict[str, Any]) -> str:
-        """Collective. ``parts``: the controller's stateful parts' states (rank 0 saves them)."""
+    def save(self, run_state: dict[str, Any], parts: dict[str, Any],
+             run_dir: str | None = None) -> str:
+        """Collective. ``parts``: the controller's stateful parts' states (rank 0 saves them);
+        ``run_dir``: the controller's run (actors may serve several runs)."""
         from rl import checkpoint as ckpt
 
+        if run_dir is not None:
+            self.run_dir = Path(run_dir)
         boxes = {k: _StateBox(v) for k, v in parts.items()} if self.rank == 0 else {}
         return str(ckpt.save_checkpoint(
             self.run_dir / "checkpoints", int(run_state["step"]), learner=self.learner,
             tokenizer=self.tokenizer, trainer_state=run_state, parts=boxes,
             config_yaml=self.config_yaml, keep_last=self.cfg.trainer.keep_last))
 
-    def resume(self, part_names: list[str]) -> dict[str, Any] | None:
+    def resume(self, part_names: list[str], run_dir: str | None = None) -> dict[str, Any] | None:
         """Collective: load the checkpoint ``trainer.resume`` names. Returns ``{"state",
         "parts", "path"}`` (parts only on rank 0), or None when there is none."""
         from rl import checkpoint as ckpt
 
+        if run_dir is not None:
+            self.run_dir = Path(run_dir)
         spec = ckpt.config_resume(self.cfg)
         path = ckpt.resolve_resume(spec, self.run_dir)
         if path is None:
