@@ -61,6 +61,24 @@ log = logging.getLogger(__name__)
 
 
 
+@contextlib.contextmanager
+def _hide_unscannable_module_attrs():
+    """vLLM's CPU worker start-up scans every module's attributes for Triton kernels and reads
+    ``vars(value)`` of each; llvmlite's ``ffi.lib`` (loaded with numba, e.g. by bm25s for
+    env=search) answers ``__dict__`` with a wrapped C function and the scan crashes
+    (AttributeError ... '_lib_fn_wrapper' object has no attribute 'get'). Hide it for the
+    start-up only; nothing uses llvmlite meanwhile."""
+    import sys
+
+    ffi = sys.modules.get("llvmlite.binding.ffi")
+    saved = ffi.__dict__.pop("lib", None) if ffi is not None else None
+    try:
+        yield
+    finally:
+        if ffi is not None and saved is not None:
+            ffi.__dict__["lib"] = saved
+
+
 # -- AMX -----------------------------------------------------------------------------------------
 
 _ARCH_REQ_XCOMP_PERM = 0x1023
@@ -295,7 +313,8 @@ class VLLMEngine:
         if self.adapter:
             kwargs.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=1)
         try:
-            self.llm = LLM(**kwargs)
+            with _hide_unscannable_module_attrs():
+                self.llm = LLM(**kwargs)
         finally:
             # vLLM's CPU worker sets this process to 1 torch thread and then replaces
             # torch.set_num_threads with a no-op; in-process, the learner needs both back.
