@@ -56,6 +56,8 @@ def test_sft_then_two_rl_steps_then_eval(tmp_path, capsys):
     assert any(not torch.equal(before[k], after[k]) for k in before), "RL changed nothing"
 
     capsys.readouterr()
-    main(["eval", "--checkpoint", str(ckpt), f"model.name={sft_model}", *SMALL])
+    main(["eval", "--checkpoint", str(ckpt), "--out", str(tmp_path / "eval"),
+          f"model.name={sft_model}", *SMALL])
     out = capsys.readouterr().out
-    assert "success:" in out and "tool_call_rate:" in out
+    assert "| success | " in out and "| tool_call_rate | " in out  # the harness's table
+    assert (tmp_path / "eval" / "results.json").exists()

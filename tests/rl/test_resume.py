@@ -63,8 +63,8 @@ def _logged(run_dir: Path, step: int) -> bool:
 
 def _rows(run_dir: Path) -> list[dict]:
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))}
-            for r in rows if r.get("stage") == "rl"]
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/", "sandbox/"))}
+            for r in rows if r.get("stage") == "rl"]  # (sandbox/: process-wide counters)
 
 
 def test_kill_and_resume_continues_exactly(tmp_path, tiny_model_dir, capsys):
