@@ -154,29 +154,3 @@ def test_conformance_registry_and_no_search_variant() -> None:
     json.dumps([t.data for t in make_tasks("mixed", "train", 5, 0)])  # tasks serialise
     for qtype, (path, _) in QUESTION_TYPES.items():
         assert 1 <= len(path) <= 3, qtype
-
-
-@pytest.mark.slow
-@pytest.mark.heavy
-def test_two_training_steps_with_the_default_model(tmp_path) -> None:
-    """`turnrl train env=search` end to end, small: a cold start on 4 demonstrations, then 2 RL
-    steps of 2 tasks x 2 samples with the embedded SmolLM2 (~6 min on the loaded 2-core box)."""
-    import json
-
-    from rl.cli import main
-
-    run = tmp_path / "run"
-    main(["train", "env=search", f"trainer.run_dir={run}", "trainer.wandb=disabled",
-          "trainer.num_threads=1", "trainer.steps=2", "trainer.tasks_per_step=2",
-          "algorithm.group_size=2", "algorithm.advantage=reinforce",
-          "algorithm.drop_uniform_groups=false", "sft.num_examples=4", "sft.batch_size=4",
-          "eval.compare_stages=false", "tasks.train_size=16", "tasks.eval_size=2",
-          "rollout.max_turns=3", "rollout.max_tokens_per_turn=48",
-          "rollout.max_total_tokens=1024"])
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    rl_rows = [r for r in rows if r.get("stage") == "rl"]
-    assert [r["step"] for r in rl_rows] == [0, 1]
-    assert all("reward/env_success" in r and "reward/mean" in r for r in rl_rows)
-    assert any(r.get("stage") == "sft" for r in rows)
-    assert (run / "checkpoints" / "step_000002" / "manifest.json").exists()
-    assert "name: search" in (run / "config.yaml").read_text()
