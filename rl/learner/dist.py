@@ -180,14 +180,3 @@ def check_data_parallel(cfg, multi: bool) -> None:
     if cfg.trainer.tasks_per_step < world:
         raise SystemExit(f"turnrl: trainer.tasks_per_step={cfg.trainer.tasks_per_step} < "
                          f"{world} processes: every rank needs at least one task (group)")
-
-
-def gather_rollouts(trajs: list, rewards: torch.Tensor) -> tuple[list, torch.Tensor]:
-    """All ranks' trajectories and rewards, in rank order, on rank 0 (collective; identity in
-    one process). Other ranks get theirs back unchanged."""
-    if world_size() == 1:
-        return trajs, rewards
-    parts = gather_objects((trajs, rewards))
-    if not is_main():
-        return trajs, rewards
-    return [t for p in parts for t in p[0]], torch.cat([p[1] for p in parts])
