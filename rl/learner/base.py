@@ -77,6 +77,35 @@ def rollout_policy(learner: Any) -> tuple[torch.nn.Module, bool]:
             bool(getattr(learner, "rollout_shared", True)))
 
 
+def param_groups(model: torch.nn.Module, cfg: Any) -> list[dict[str, Any]]:
+    """AdamW parameter groups: the trained special-token rows (PEFT trainable tokens,
+    rl/learner/tokens.py) at ``lr * cfg.lora.token_rows_lr_scale`` without weight decay (their
+    delta holds the whole row, so decay would shrink the row itself), everything else at ``lr``.
+    Each group carries its ``lr_scale``; :func:`set_group_lr` keeps it when the base LR changes.
+    """
+    from rl.learner.tokens import is_token_adapter_param
+
+    rows, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (rows if is_token_adapter_param(name) else rest).append(p)
+    groups = [{"params": rest, "lr": cfg.lr, "lr_scale": 1.0}]
+    if rows:
+        scale = float(cfg.lora.token_rows_lr_scale)
+        groups.append({"params": rows, "lr": cfg.lr * scale, "lr_scale": scale,
+                       "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def set_group_lr(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) -> None:
+    """Change the base learning rate of every group (times its ``lr_scale``); the scheduler's
+    warm-up factor still applies."""
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    scheduler.base_lrs = [lr * g.get("lr_scale", 1.0) for g in optimizer.param_groups]
+    for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        g["lr"] = base * factor
+
+
 class ReferenceSnapshot:
     """The KL reference as a copy of the trainable parameters at the start of RL.
 

@@ -35,7 +35,7 @@ from rl.algos import LossNorm, sft_loss
 from rl.algos.objective import rl_loss
 from rl.config import LearnerConfig, LossConfig
 from rl.learner import dist
-from rl.learner.base import ReferenceSnapshot, reference_logprobs
+from rl.learner.base import ReferenceSnapshot, param_groups, reference_logprobs, set_group_lr
 from rl.learner.torch import apply_lora, token_logprobs
 from rl.types import Batch
 
@@ -228,8 +228,8 @@ class DeepSpeedLearner:
         self.model = model
         self._module = _TokenLogprobs(model)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
-                                      weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr,
+                                      betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         warm = max(cfg.warmup_steps, 0)
 
         def schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
@@ -271,10 +271,8 @@ class DeepSpeedLearner:
             return self.engine(mb.input_ids, mb.attention_mask, mb.loss_mask, temperature).float()
 
     def set_lr(self, lr: float) -> None:
-        """Change the base learning rate (the scheduler's warm-up factor still applies)."""
-        self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        """Change the base learning rate (token rows keep their scale; warm-up still applies)."""
+        set_group_lr(self.optimizer, self.scheduler, lr)
 
     @torch.no_grad()
     def compute_logprobs(self, batch: Batch | None, temperature: float = 1.0) -> torch.Tensor:

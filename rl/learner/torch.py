@@ -18,7 +18,7 @@ import torch
 from rl.algos import LossNorm, sft_loss
 from rl.algos.objective import rl_loss
 from rl.config import DeepSpeedConfig, LearnerConfig, LoraConfig, LossConfig  # noqa: F401
-from rl.learner.base import ReferenceSnapshot, reference_logprobs
+from rl.learner.base import ReferenceSnapshot, param_groups, reference_logprobs, set_group_lr
 from rl.types import Batch
 
 
@@ -94,9 +94,8 @@ class TorchLearner:
             model = model.to(resolve_device(device))
         self.device = module_device(model)
         self.model = model
-        params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+            param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
         warm = max(cfg.warmup_steps, 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -113,10 +112,8 @@ class TorchLearner:
         self.reference.take()
 
     def set_lr(self, lr: float) -> None:
-        """Change the base learning rate (the scheduler's warm-up factor still applies)."""
-        self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        """Change the base learning rate (token rows keep their scale; warm-up still applies)."""
+        set_group_lr(self.optimizer, self.scheduler, lr)
 
     # -- checkpoint protocol (rl/checkpoint.py uses only these; DeepSpeedLearner has the same) --
     def save_pretrained(self, path) -> None:

@@ -154,3 +154,27 @@ def test_fast_token_forward_equals_peft_forward_values_and_grads(tie):
     assert set(grads[0]) == set(grads[1]) and any("trainable_tokens" in n for n in grads[0])
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], msg=n)
+
+
+def test_token_rows_get_their_own_learning_rate_and_no_weight_decay():
+    # Adam's first step moves every element with a non-zero gradient by exactly its group's lr
+    # (m/sqrt(v) = sign(g)): the token rows by lr * scale, the adapter by lr.
+    model = _tiny(tie=False)
+    before = model.lm_head.weight.detach().clone()
+    tag_format_tokens(model, [3, 7])
+    cfg = LearnerConfig(lr=1e-3, autocast="fp32", weight_decay=0.5,
+                        lora=LoraConfig(enabled=True, r=2, alpha=4, train_token_rows="true",
+                                        token_rows_lr_scale=20.0))
+    learner = TorchLearner(model, cfg)
+    groups = learner.optimizer.param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 2e-2])
+    assert [g["weight_decay"] for g in groups] == [0.5, 0.0]
+    learner.set_lr(1e-4)  # a stage change keeps the rows' scale
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 2e-3])
+    lora_b = [p for n, p in learner.model.named_parameters() if "lora_B" in n]
+    b0 = [p.detach().clone() for p in lora_b]
+    learner.sft_update(_batch([[1, 2, 3, 7, 9, 11, 3, 7]]))
+    moved = (dict(learner.named_weights())["lm_head.weight"] - before)[[3, 7]].abs()
+    assert moved.max().item() == pytest.approx(2e-3, rel=1e-3)
+    step_b = max((p.detach() - q).abs().max().item() for p, q in zip(lora_b, b0))
+    assert step_b == pytest.approx(1e-4, rel=1e-3)
