@@ -4,19 +4,39 @@ Each episode owns one persistent sandbox session (``envs.sandbox``: a sandboxed 
 whose variables survive between calls; ARTIST / ReTool-style code interpreter). The ``python``
 tool runs the model's code in that session, so a function defined in one turn can be called in
 the next. The episode ends when the model answers (``<answer>...</answer>``) or replies without a
-tool call; ```python blocks in that final message are run in the session first (small models
-write their solution that way), then the task's unit tests run **in the same session**, against
-whatever the model defined there.
+tool call; ```python blocks in that final message count as submitted code (small models write
+their solution that way).
 
-Scoring: ``reward`` = ``info["score"]`` = the share of tests passed, ``info["success"]`` = all of
-them, ``info["tests_passed"]`` / ``info["tests_total"]``. Each test calls the function with
-stdout captured (so its prints cannot fake a result), compares after a JSON round trip and prints
-its verdict behind a random marker the model's code never saw. A test that hangs ends the call at
-``test_timeout_s``: it and the tests after it fail, the ones before it keep their verdict.
-Limit: the tests share the interpreter the model's code ran in, so code that deliberately
-patches ``builtins.print`` or ``json`` in its session could forge verdicts (the marker stops
-printed and accidental forgeries, not a hostile interpreter). Where reward hacking matters,
-watch for it in samples; replaying the model's calls into a fresh sandbox process is the fix.
+Scoring runs **outside the session**, in a fresh one-shot sandbox process: the env records every
+code cell as it runs in the session (a cell that killed the interpreter, by a timeout, a limit or
+a lost worker, drops the cells before it with the state it took down, as the session itself
+did), appends the final message's blocks, and sends one program that replays those cells in a
+new ``__main__`` (their output discarded; each cell under its own ``call_timeout_s`` alarm; an
+exception ends only that cell), then calls the function on each test's **inputs** under its own
+``test_timeout_s`` alarm and prints ``<marker> <i> <json of the result>`` (a random marker per
+scoring call). The expected outputs never enter the sandbox: the env process parses the lines
+and compares each result with the expected value after a JSON round trip of both, canonically
+(``2.0`` is not ``2``, ``True`` is not ``1``, at any depth). A test with no line, with two lines
+(a forged extra line spoils a test, it never passes one) or with a result that is not JSON
+fails. A test that raises or hangs fails alone; only a hang that ignores the alarm (signal
+handlers replaced, a blocking C call) runs into the whole program's wall limit, and then the
+tests after it fail too.
+
+``reward`` = ``info["score"]`` = the share of tests passed, ``info["success"]`` = all of them,
+``info["tests_passed"]`` / ``info["tests_total"]``, ``info["python_calls"]`` = cells submitted
+(tool calls that ran plus final-message blocks).
+
+What this stops: code that patches ``builtins.print``, ``json``, ``sys.stdout`` or ``os.write``,
+prints lines with the marker (it can read it from the harness's frames), or returns an object
+that compares equal to anything. Each can only spoil its own lines, since passing needs the
+expected value and only the env process has it. What could still be gamed: a solution that
+special-cases inputs it has seen (the prompt's example; the test inputs are visible in the
+scoring process, so it can branch on them, but it still has to produce the right outputs);
+reading the reference solutions of :mod:`envs.tasks.code_data` from inside the sandbox, which
+works only where the isolation level lets the sandbox read the installed project (under the
+``kernel`` level Landlock denies it: measured, ``Permission denied``); and the replay differs
+from the session where the code is not deterministic (randomness, time, the files of a
+different work dir). Watch samples for reward hacking all the same.
 
 Session lifetime: opened lazily by the first call of an episode, closed at the episode's end, on
 ``close()`` (the agent loop calls it in a ``finally``, also when a turn or token limit or a
@@ -41,10 +61,10 @@ from typing import Any
 
 from envs.base import StepResult, Tool, ToolEnv, register_env
 from envs.formats import ToolCallFormat, get_format
-from envs.sandbox import get_sandbox
+from envs.sandbox import ExecResult, get_sandbox
 from envs.tasks.code_data import FAMILIES, make_instance
 from envs.tasks.math import SPLITS, split_of
-from envs.tools.python import execute
+from envs.tools.python import MAX_CODE_CHARS, execute
 from rl.types import Message, Task
 
 INSTRUCTIONS = ("Write the Python function the user asks for. Use the python tool to define it and "
@@ -88,30 +108,101 @@ def make_tasks(source: str = "mixed", split: str = "train", n: int = 100, seed: 
     return tasks
 
 
-def unit_test_program(fn: str, tests: list[list[Any]], marker: str) -> str:
-    """The program that runs ``tests`` against ``fn`` in the session; one line per test:
-    ``<marker> <i> <1|0>``."""
-    return f"""
-import contextlib as _tl_ctx, io as _tl_io, json as _tl_json
-for _tl_i, (_tl_args, _tl_want) in enumerate(_tl_json.loads({json.dumps(json.dumps(tests))})):
+# The scoring program. It runs in a fresh one-shot sandbox process: a prelude (saved references,
+# a dup of stdout), the model's cells in a new ``__main__`` (their output discarded, each under its
+# own alarm, an exception ends only that cell, as in the session), then one call per test input
+# under its own alarm, printing ``<marker> <i> <json of the result>``. No expected value is in it.
+_HARNESS = """
+import builtins as _tl_b, json as _tl_j, os as _tl_o, signal as _tl_sg, sys as _tl_s, types as _tl_t
+_tl_P = _tl_j.loads(__PAYLOAD__)
+_tl_fd, _tl_dumps, _tl_write = _tl_o.dup(1), _tl_j.dumps, _tl_o.write
+
+
+class _TLLate(BaseException):
+    pass
+
+
+def _tl_alarm(*_):
+    raise _TLLate()
+
+
+def _tl_limited(f, secs):
+    _tl_sg.signal(_tl_sg.SIGALRM, _tl_alarm)
+    _tl_sg.setitimer(_tl_sg.ITIMER_REAL, secs)
     try:
-        with _tl_ctx.redirect_stdout(_tl_io.StringIO()), _tl_ctx.redirect_stderr(_tl_io.StringIO()):
-            _tl_got = _tl_json.loads(_tl_json.dumps({fn}(*_tl_args)))
-        _tl_ok = _tl_got == _tl_want and type(_tl_got) is type(_tl_want)
+        return f()
+    finally:
+        _tl_sg.setitimer(_tl_sg.ITIMER_REAL, 0)
+
+
+class _TLNull:
+    def write(self, s):
+        return len(s)
+
+    def flush(self):
+        pass
+
+
+_tl_main = _tl_t.ModuleType("__main__")
+_tl_main.__dict__["__builtins__"] = _tl_b
+_tl_s.modules["__main__"] = _tl_main
+_tl_s.stdout = _tl_s.stderr = _TLNull()
+for _tl_i, _tl_c in enumerate(_tl_P["cells"]):
+    try:
+        _tl_limited(lambda: exec(compile(_tl_c, "<cell>", "exec"), _tl_main.__dict__),
+                    _tl_P["cell_s"])
     except BaseException:
-        _tl_ok = False
-    print("{marker}", _tl_i, int(_tl_ok), flush=True)
+        pass
+for _tl_i, _tl_args in enumerate(_tl_P["inputs"]):
+    try:
+        _tl_line = _tl_limited(lambda: _tl_dumps(_tl_main.__dict__[_tl_P["fn"]](*_tl_args)),
+                               _tl_P["test_s"])
+        _tl_write(_tl_fd, ("%s %d %s\\n" % (_tl_P["marker"], _tl_i, _tl_line)).encode())
+    except BaseException:
+        pass
 """
 
 
-def parse_verdicts(stdout: str, marker: str, n: int) -> list[bool]:
-    """Per-test verdicts from the test program's output; a missing line is a failure."""
-    ok = [False] * n
+def scoring_program(cells: list[str], fn: str, inputs: list[list[Any]], marker: str, *,
+                    cell_timeout_s: float, test_timeout_s: float) -> str:
+    """The one-shot program that replays ``cells`` and prints ``fn(*args)`` for each of
+    ``inputs`` as ``<marker> <i> <json>`` lines (module docstring). Only inputs go in."""
+    payload = json.dumps({"cells": cells, "fn": fn, "inputs": inputs, "marker": marker,
+                          "cell_s": cell_timeout_s, "test_s": test_timeout_s})
+    return _HARNESS.replace("__PAYLOAD__", repr(payload))
+
+
+_MISSING = object()
+
+
+def parse_outputs(stdout: str, marker: str, n: int) -> list[Any]:
+    """The ``n`` results printed behind ``marker``; ``_MISSING`` where a test printed no line,
+    more than one line (a forged extra line spoils the test, never helps it), or invalid JSON."""
+    lines: dict[int, list[str]] = {}
     for line in stdout.splitlines():
-        parts = line.split()
+        parts = line.split(" ", 2)
         if len(parts) == 3 and parts[0] == marker and parts[1].isdigit() and int(parts[1]) < n:
-            ok[int(parts[1])] = parts[2] == "1"
-    return ok
+            lines.setdefault(int(parts[1]), []).append(parts[2])
+    out: list[Any] = []
+    for i in range(n):
+        got = lines.get(i, [])
+        try:
+            out.append(json.loads(got[0]) if len(got) == 1 else _MISSING)
+        except ValueError:
+            out.append(_MISSING)
+    return out
+
+
+def _canonical(value: Any) -> str:
+    """Types count: ``2.0`` is not ``2``, ``True`` is not ``1``, at any depth."""
+    return json.dumps(value, sort_keys=True)
+
+
+def verdicts(outputs: list[Any], tests: list[list[Any]]) -> list[bool]:
+    """Per-test pass/fail, computed here in the env process: the result printed by the sandbox
+    against the expected value after a JSON round trip of both."""
+    return [got is not _MISSING and _canonical(got) == _canonical(json.loads(json.dumps(want)))
+            for got, (_args, want) in zip(outputs, tests, strict=True)]
 
 
 @register_env("code")
@@ -119,7 +210,7 @@ class CodeEnv:
     """Function writing with a persistent Python session per episode (module docstring)."""
 
     def __init__(self, tool_format: str = "hermes-prompt", *, call_timeout_s: float = 5.0,
-                 test_timeout_s: float = 10.0, episode_time_s: float | None = None,
+                 test_timeout_s: float = 3.0, episode_time_s: float | None = None,
                  max_calls_per_turn: int = 4, max_output_chars: int = 2000) -> None:
         self.format: ToolCallFormat = get_format(tool_format)
         self.call_timeout_s, self.test_timeout_s = call_timeout_s, test_timeout_s
@@ -128,6 +219,7 @@ class CodeEnv:
         self.task: Task | None = None
         self.deadline = float("inf")
         self.calls = 0
+        self.cells: list[str] = []  # the code the session holds the effects of, in order
 
         async def python(code: str) -> str:
             """Run Python code in your persistent interpreter and return what it prints (the
@@ -149,11 +241,27 @@ class CodeEnv:
     async def _run(self, code: str, timeout_s: float | None = None) -> str:
         if self.task is None:
             return "Error: no episode is running"
+        if len(code) > MAX_CODE_CHARS or "\x00" in code:
+            return await execute(code)  # refused before anything runs: nothing to record
         if self.session is None:
             self.session = f"code-{uuid.uuid4().hex[:16]}"
         self.calls += 1
-        return await execute(code, timeout_s=timeout_s or self.call_timeout_s,
-                             session=self.session)
+        result = await get_sandbox().run(code, timeout=timeout_s or self.call_timeout_s,
+                                         session=self.session)
+        self._record(code, result)
+        return result.render()
+
+    def _record(self, code: str, result: ExecResult) -> None:
+        """Keep ``self.cells`` equal to what the session's interpreter has run since it last
+        started: a cell that killed it (timeout, memory, a lost worker) takes the earlier
+        cells' state with it; a cell run in a restarted interpreter starts a new history."""
+        if (result.timed_out or result.exit_code is None
+                or "session was restarted" in (result.error or "")):
+            self.cells = []
+        elif result.stderr.startswith("[sandbox] the session"):  # lost or idle-expired
+            self.cells = [code]
+        else:
+            self.cells.append(code)
 
     async def _close_session(self) -> None:
         session, self.session = self.session, None
@@ -165,7 +273,7 @@ class CodeEnv:
             raise ValueError(f"task {task.id} is not a code task: needs data['fn'] and "
                              "data['tests']")
         await self._close_session()
-        self.task, self.calls = task, 0
+        self.task, self.calls, self.cells = task, 0, []
         limit = self.episode_time_s
         self.deadline = time.monotonic() + limit if limit is not None else float("inf")
         messages: list[Message] = [{"role": "system", "content": self.system_prompt},
@@ -184,43 +292,46 @@ class CodeEnv:
                 return await self._cut(res.messages, res.info)
             return res
         final = parsed.answer if parsed.answer is not None else parsed.content
+        await self._close_session()  # scoring does not use the session
         for block in _FENCE.findall(final or ""):  # code submitted in the final message
-            await self._run(block)
-        verdicts = await self._run_tests()
-        await self._close_session()
-        score = sum(verdicts) / len(verdicts)
+            if len(block) <= MAX_CODE_CHARS and "\x00" not in block:
+                self.cells.append(block)
+                self.calls += 1
+        passed = await self._run_tests()
+        score = sum(passed) / len(passed)
         res.reward = score
-        res.success, res.score = all(verdicts), score  # the typed verdict (envs.base.StepResult)
-        res.info.update(score=score, success=all(verdicts), tests_passed=sum(verdicts),
-                        tests_total=len(verdicts), python_calls=self.calls)
-        self.task = None
+        res.success, res.score = all(passed), score  # the typed verdict (envs.base.StepResult)
+        res.info.update(score=score, success=all(passed), tests_passed=sum(passed),
+                        tests_total=len(passed), python_calls=self.calls)
+        self.task, self.cells = None, []
         return res
 
     async def _run_tests(self) -> list[bool]:
+        """Replay the cells and call the function on the inputs in a fresh one-shot sandbox
+        process; compare here (module docstring)."""
         assert self.task is not None
         tests = self.task.data["tests"]
-        marker = secrets.token_hex(8)
-        out = await get_sandbox().run(unit_test_program(self.task.data["fn"], tests, marker),
-                                      session=self._ensure_session(),
-                                      timeout=self.test_timeout_s)
-        return parse_verdicts(out.stdout, marker, len(tests))
-
-    def _ensure_session(self) -> str:
-        if self.session is None:  # no call was made: the tests fail in a fresh session
-            self.session = f"code-{uuid.uuid4().hex[:16]}"
-        return self.session
+        if not self.cells:  # nothing was defined: every test fails without a process
+            return [False] * len(tests)
+        marker = secrets.token_hex(16)
+        program = scoring_program(self.cells, self.task.data["fn"], [a for a, _ in tests],
+                                  marker, cell_timeout_s=self.call_timeout_s,
+                                  test_timeout_s=self.test_timeout_s)
+        budget = self.call_timeout_s * len(self.cells) + self.test_timeout_s * len(tests) + 5.0
+        out = await get_sandbox().run(program, timeout=budget)
+        return verdicts(parse_outputs(out.stdout, marker, len(tests)), tests)
 
     async def _cut(self, messages: list[Message] | None = None,
                    info: dict[str, Any] | None = None) -> StepResult:
         await self._close_session()
-        self.task = None
+        self.task, self.cells = None, []
         info = {**(info or {}), "score": 0.0, "success": False, "time_limit": True}
         info.setdefault("tool_calls", [])
         return StepResult(messages or [], 0.0, truncated=True, info=info)
 
     async def close(self) -> None:
         await self._close_session()
-        self.task = None
+        self.task, self.cells = None, []
 
     def example_tasks(self, n: int, *, seed: int = 0) -> list[Task]:
         return make_tasks("mixed", "train", n, seed)

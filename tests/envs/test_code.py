@@ -1,5 +1,6 @@
-"""env=code: a persistent sandbox session per episode, unit tests in the sandbox, partial credit,
-sessions closed after every episode (answer, no answer, turn limit, cancellation, time limit)."""
+"""env=code: a persistent sandbox session per episode, scoring in a fresh one-shot sandbox process
+with the expected values kept outside it (hostile solutions score 0), partial credit, sessions
+closed after every episode (answer, no answer, turn limit, cancellation, time limit)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from envs.base import replay_actions
 from envs.checker import check_env
 from envs.sandbox import get_sandbox
-from envs.tasks.code import CodeEnv, make_tasks, parse_verdicts, unit_test_program
+from envs.tasks.code import CodeEnv, make_tasks, parse_outputs, scoring_program, verdicts
 from envs.tasks.code_data import FAMILIES, reference
 from rl.types import Task
 
@@ -92,21 +93,149 @@ def test_code_in_the_final_message_is_run_first() -> None:
     assert results[-1].reward == pytest.approx(0.25)
 
 
-def test_prints_cannot_fake_verdicts_and_a_hang_fails_only_from_there() -> None:
-    env = CodeEnv(test_timeout_s=1.5)
-    fake = ("def add1(x):\n    for i in range(4):\n        print('0' * 16, i, 1)\n"
-            "    return -1\n")
-    _, results = _episode(env, ADD1, [_py(env, fake), "<answer>done</answer>"])
+# Hostile submissions: each tries to forge verdicts in a way that worked (or could have) when the
+# tests ran inside the model's session; add1 itself is wrong in all of them.
+_STEAL_MARKER = (  # find the harness's payload (and so the marker) in the frames above the cell
+    "import sys\n"
+    "def _payload():\n"
+    "    f = sys._getframe()\n"
+    "    while f is not None:\n"
+    "        if '_tl_P' in f.f_globals:\n"
+    "            return f.f_globals['_tl_P']\n"
+    "        f = f.f_back\n")
+HOSTILE = {
+    "print_patch": (  # rewrites a printed verdict 0 into 1 (the old harness printed verdicts)
+        "import builtins\n_p = builtins.print\n"
+        "def _print(*a, **k):\n"
+        "    a = list(a)\n"
+        "    if len(a) == 3 and a[2] in (0, '0'):\n"
+        "        a[2] = 1\n"
+        "    _p(*a, **k)\n"
+        "builtins.print = _print\n"
+        "def add1(x):\n    return -1\n"),
+    "json_patch": (  # every dumps/loads answers with an object equal to anything
+        "import json\n"
+        "class Yes(int):\n"
+        "    def __eq__(self, other):\n        return True\n"
+        "    __hash__ = int.__hash__\n"
+        "json.dumps = lambda *a, **k: '\"ok\"'\n"
+        "json.loads = lambda *a, **k: Yes(0)\n"
+        "def add1(x):\n    return -1\n"),
+    "stdout_patch": (  # rewrites whatever reaches stdout, at the Python and the fd level
+        "import os, sys\n_w = os.write\n"
+        "os.write = lambda fd, b: _w(fd, b.replace(b'-1', b'true').replace(b' 0\\n', b' 1\\n'))\n"
+        "class Out:\n"
+        "    def write(self, s):\n"
+        "        return _w(1, s.replace(' 0', ' 1').encode())\n"
+        "    def flush(self):\n        pass\n"
+        "sys.stdout = sys.__stdout__ = Out()\n"
+        "def add1(x):\n    return -1\n"),
+    "fake_markers": _STEAL_MARKER + (  # prints lines behind the real marker, then raises
+        "import os\n"
+        "def add1(x):\n"
+        "    p = _payload()\n"
+        "    for i in range(len(p['inputs'])):\n"
+        "        for v in ('1', 'true', '\"pass\"'):\n"
+        "            os.write(1, ('%s %d %s\\n' % (p['marker'], i, v)).encode())\n"
+        "            print(p['marker'], i, v, flush=True)\n"
+        "    raise RuntimeError('no')\n"),
+    "sentinel": (  # returns an object that compares equal to anything
+        "class Anything:\n"
+        "    def __eq__(self, other):\n        return True\n"
+        "    def __ne__(self, other):\n        return False\n"
+        "def add1(x):\n    return Anything()\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_solutions_score_zero(name: str) -> None:
+    env = CodeEnv()
+    _, results = _episode(env, ADD1, [_py(env, HOSTILE[name]), "<answer>done</answer>"])
+    assert results[-1].terminated
+    assert results[-1].info["tests_passed"] == 0 and results[-1].reward == 0.0, name
+    # the same code in the final message (not through the tool) scores 0 as well
+    _, results = _episode(env, ADD1, [f"```python\n{HOSTILE[name]}```"])
+    assert results[-1].reward == 0.0, name
+
+
+def test_fake_marker_lines_spoil_a_right_answer() -> None:
+    """A duplicate line for a test fails it: extra lines can only hurt their author."""
+    env = CodeEnv()
+    code = _STEAL_MARKER + (
+        "import os\n"
+        "def add1(x):\n"
+        "    p = _payload()\n"
+        "    if x == 5:\n"
+        "        os.write(1, ('%s 2 6\\n' % p['marker']).encode())\n"  # test 2's right value
+        "    return x + 1\n")
+    _, results = _episode(env, ADD1, [_py(env, code), "<answer>done</answer>"])
+    assert results[-1].info["tests_passed"] == 3  # test 2 printed twice: failed
+
+
+def test_expected_outputs_never_enter_the_sandbox() -> None:
+    sent: list[str] = []
+    sandbox = get_sandbox()
+    real = sandbox.run
+
+    async def spy(code, **kw):
+        sent.append(code)
+        return await real(code, **kw)
+
+    task = Task(id="t", prompt="p", data={"fn": "f", "tests": [[[1], "EXPECTED-7f3a"],
+                                                                [[2], 918273645]]})
+    env = CodeEnv()
+    sandbox.run = spy  # type: ignore[method-assign]
+    try:
+        _, results = _episode(env, task, [_py(env, "def f(x):\n    return 'no'\n"),
+                                          "<answer>done</answer>"])
+    finally:
+        del sandbox.run
+    assert len(sent) == 2 and "def f(x)" in sent[1]  # the tool call, then the scoring program
+    assert all("EXPECTED-7f3a" not in c and "918273645" not in c for c in sent)
     assert results[-1].reward == 0.0
-    hang = "def add1(x):\n    while x == 5:\n        pass\n    return x + 1\n"
+
+
+def test_a_hang_or_an_error_fails_that_test_only() -> None:
+    env = CodeEnv(test_timeout_s=0.5)
+    hang = ("def add1(x):\n    if x == 1:\n        raise ValueError(x)\n"
+            "    while x == 5:\n        pass\n    return x + 1\n")
     _, results = _episode(env, ADD1, [_py(env, hang), "<answer>done</answer>"])
-    assert results[-1].info["tests_passed"] == 2  # tests 0, 1 pass; 2 hangs; 3 never runs
+    assert results[-1].info["tests_passed"] == 2  # x=1 raises, x=5 hangs; x=2, x=0 pass
 
 
-def test_parse_verdicts() -> None:
-    out = "noise\nabc 0 1\nabc 2 1\nabd 1 1\nabc 9 1\nabc x 1\n"
-    assert parse_verdicts(out, "abc", 3) == [True, False, True]
-    assert "add1" in unit_test_program("add1", [[[1], 2]], "m")
+def test_replay_follows_the_session_history() -> None:
+    """A cell that kills the session's interpreter (timeout) loses the cells before it; the
+    replay does the same, so the score reflects what the session held."""
+    env = CodeEnv(call_timeout_s=1.0)
+    steps = [_py(env, ADD1.data["solution"]),
+             _py(env, "import time\ntime.sleep(30)"),  # timed out: the session restarts
+             "<answer>done</answer>"]
+    msgs, results = _episode(env, ADD1, steps)
+    assert "restarted" in msgs[5]["content"]
+    assert results[-1].reward == 0.0  # add1 was lost with the interpreter
+    steps.insert(2, _py(env, ADD1.data["solution"]))  # defined again after the restart
+    _, results = _episode(env, ADD1, steps)
+    assert results[-1].reward == 1.0
+    # an exception does not restart the session: the earlier definition stays
+    _, results = _episode(env, ADD1, [_py(env, ADD1.data["solution"]), _py(env, "1 / 0"),
+                                      "<answer>done</answer>"])
+    assert results[-1].reward == 1.0
+
+
+def test_outputs_and_verdicts() -> None:
+    out = ("noise\nabc 0 2\nabc 2 [1, 2.0]\nabd 1 3\nabc 9 1\nabc x 1\nabc 3 4\n"
+           "abc 3 4\nabc 4 {bad\n")
+    got = parse_outputs(out, "abc", 5)
+    assert got[0] == 2 and got[2] == [1, 2.0]
+    tests = [[[1], 2], [[2], 3], [[3], [1, 2]], [[4], 4], [[5], None]]
+    # 1: no line; 2: 2.0 is not 2; 3: two lines; 4: invalid JSON
+    assert verdicts(got, tests) == [True, False, False, False, False]
+    assert verdicts([True, [1, 2], {"b": 1, "a": [2]}], [[[], 1], [[], (1, 2)],
+                                                         [[], {"a": [2], "b": 1}]]) == [
+        False, True, True]
+    program = scoring_program(["x = 1"], "add1", [[1]], "m", cell_timeout_s=1.0,
+                              test_timeout_s=1.0)
+    assert "add1" in program and "x = 1" in program
 
 
 class _LoopingEngine:
