@@ -213,13 +213,15 @@ def evaluate_tasks(cfg, parts, engine, tasks: Sequence[Task], n_samples: int = 1
     ``parts`` is rl.build's Parts (tokenizer, env_factory, native_tools); ``engine`` any Engine.
     """
     from rewards.compose import score
+    from rl.config import TreeConfig
     from rl.rollout.agent_loop import AgentLoop
 
     if n_samples < 1:
         raise ValueError(f"evaluate_tasks: n_samples={n_samples} must be >= 1")
     if not tasks:
         raise ValueError("evaluate_tasks: no tasks to evaluate")
-    rollout = replace(cfg.rollout, temperature=cfg.eval.temperature)
+    # evaluation samples plain episodes: no tree branches (rollout.tree is for training)
+    rollout = replace(cfg.rollout, temperature=cfg.eval.temperature, tree=TreeConfig())
     loop = AgentLoop(engine, parts.tokenizer, parts.env_factory, rollout,
                      native_tools=parts.native_tools)
     trajs: list[Trajectory] = []

@@ -203,6 +203,7 @@ class StepCore:
         from rewards.compose import reward_metrics
         from rewards.outcome import success as solved
         from rl.rollout.agent_loop import trajectory_stats
+        from rl.rollout.tree import tree_stats
         from envs.sandbox import sandbox_metrics
         from rl.tracking import tool_use_stats
 
@@ -216,6 +217,7 @@ class StepCore:
             "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
             "reward/success": sum(solved(t) for t in trajs) / n,  # the env's verdict
             **{f"episode/{k}": v for k, v in trajectory_stats(trajs).items()},
+            **tree_stats(trajs),  # error recovery; tree/ branch counts with rollout.tree
             **tool_use_stats(trajs),  # tools/call_rate, parse errors by kind, lenient calls
             **sandbox_metrics(),  # sandbox/: isolation reached vs requested, calls, latency
             "perf/rollout_tokens_per_s": gen_tokens / max(rollout_s, 1e-9),

@@ -168,15 +168,11 @@ class AgentLoop:
             for _ in range(n_samples):
                 live.append(await self._start(task, seed=seed + gi, group=group_offset + gi))
         try:
-            if self.per_trajectory():
-                await asyncio.gather(*(self._episode(x, seed) for x in live))
-            else:
-                for turn in range(self.cfg.max_turns):
-                    active = [x for x in live if not x.done]
-                    if not active:
-                        break
-                    last = turn == self.cfg.max_turns - 1
-                    await self._round(active, seed=seed * 1009 + turn, last=last)
+            await self._drive(live, seed)
+            if self.cfg.tree.mode != "off":  # branches of each group (rl/rollout/tree.py)
+                from rl.rollout.tree import grow_tree
+
+                await grow_tree(self, live, tasks, seed, group_offset)  # appends to live
             for x in live:
                 if not x.done:
                     x.traj.truncated = True
@@ -186,6 +182,19 @@ class AgentLoop:
         for x in live:
             x.traj.validate()
         return [x.traj for x in live]
+
+    async def _drive(self, live: list[_Live], seed: int) -> None:
+        """Sample every trajectory of ``live`` to its end from the turn it is at (0 for a fresh
+        episode; a tree branch starts after its fork turn). Sampling seeds: ``seed * 1009 + j``
+        for turn ``j`` (per_trajectory), for round ``j`` of this call (rounds)."""
+        if self.per_trajectory():
+            await asyncio.gather(*(self._episode(x, seed) for x in live))
+            return
+        for turn in range(self.cfg.max_turns):
+            active = [x for x in live if not x.done]
+            if not active:
+                break
+            await self._round(active, seed=seed * 1009 + turn)
 
     async def _start(self, task: Task, seed: int, group: int) -> _Live:
         env = self.env_factory()
@@ -209,7 +218,7 @@ class AgentLoop:
             return None
         return GenerationRequest(x.traj.token_ids, budget)
 
-    async def _round(self, active: list[_Live], seed: int, last: bool) -> None:
+    async def _round(self, active: list[_Live], seed: int) -> None:
         reqs = {id(x): self._request(x) for x in active}
         active = [x for x in active if not x.done]
         if not active:
@@ -220,11 +229,11 @@ class AgentLoop:
             *(x.env.step(text) for x, text in zip(active, texts))
         )
         for x, o, res in zip(active, outs, results):
-            self._absorb(x, o.token_ids, res, last)
+            self._absorb(x, o.token_ids, res, last=len(x.traj.turns) >= self.cfg.max_turns)
 
     async def _episode(self, x: _Live, seed: int) -> None:
         """One trajectory, turn after turn, awaiting the engine for its own request only."""
-        for turn in range(self.cfg.max_turns):
+        for turn in range(len(x.traj.turns), self.cfg.max_turns):
             req = self._request(x)
             if req is None:
                 return

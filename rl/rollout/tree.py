@@ -1,0 +1,259 @@
+"""Tree rollouts (``rollout.tree``): PORTool forks at tool-call steps, Fission-GRPO error branches.
+
+A group is sampled as today (``algorithm.group_size`` root episodes of one task). Then fork
+points are picked on its episodes and each gets ``branch`` new episodes that share the
+episode's exact token prefix through the fork turn's observation and continue on-policy:
+
+* ``fork`` (PORTool, arXiv 2510.26020): after a model turn that made a tool call. Level 1 forks
+  an episode's first such turn; level ``l`` an episode's ``l``-th, or a level ``l - 1`` branch's
+  first such turn after its own fork turn (breadth first, up to ``depth`` levels).
+* ``error`` (Fission-GRPO): after a turn whose observation was a tool error (a call that could
+  not be parsed, validated or run), so recovery continuations are resampled on-policy from the
+  errors the model actually makes; with ``error_hint`` a message describing the error follows the
+  observation (observation tokens, loss mask 0; the branch then differs from its parent from the
+  hint on).
+* ``both``: fork after tool-call turns; the hint (if on) only where the observation was an error.
+
+How a branch is made: **replay-to-fork**. A fresh env is reset on the same task with the same
+seed, the parent's recorded model turns through the fork turn are stepped through it (their
+sampled token ids and sampler logprobs are copied, never re-tokenized), and the re-produced
+prompt, messages and observation tokens must equal the recorded ones; an env that answers
+differently (not deterministic given its seed and the actions) has the branch skipped and
+counted (``tree/skipped_nondeterministic``). The branch then continues with the agent loop's own
+sampling (a different seed per level), so every branch is an ordinary trajectory under the
+token-in/token-out contract, and two episodes of a tree share exactly their common prefix ids:
+the engine's prefix cache serves it, ``learner.prefix_sharing`` computes it once and
+``algorithm.credit=tree`` (rl/algos/tree.py, which derives tree nodes from the token ids) sees the
+fork. Replay re-runs the env's tool calls before the fork (cheap for the deterministic tool envs
+here; a snapshot of env state would avoid it, but the Env protocol has none).
+
+Budget: every group gets exactly ``group_size + max_branches`` episodes. Fork points take
+``branch`` slots each, breadth first, until ``max_branches`` is spent; slots that no fork point
+fills (no qualifying turn, a skipped branch) are sampled as extra root episodes (``kind:
+"fill"``), so runs with and without trees can be compared at equal sample budget.
+
+Metadata: ``Trajectory.info["tree"]`` = ``{"id", "parent", "kind": root|branch|fill, "level",
+"fork_turn", "hint", "skipped", "skipped_nondeterministic"}`` (skips are counted on the parent).
+:func:`tree_stats` turns it into step metrics, with the error-recovery rate (success of episodes
+that saw an error observation) for every run.
+
+Departures: PORTool samples a full tree by step; here the budget caps it and forks are taken
+in group order. Fission-GRPO's error feedback comes from a learned error simulator; here the
+hint is a fixed template around the env's own error message, and recovery branches join their
+parent's group (tree credit compares them at the fork) instead of forming a separate group.
+Both written from the papers' descriptions; no code reused. Levels are sampled one after
+another (a level's branches in one batch): a tree rollout takes about ``1 + depth`` (+1 for
+fill) times the wall time of a flat one with the same number of turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from rl.rollout.engines.base import GenerationOutput
+from rl.types import Task, Trajectory, Turn
+
+if TYPE_CHECKING:
+    from rl.rollout.agent_loop import AgentLoop, _Live
+
+SEED_STRIDE = 100_003  # level l samples with the rollout seed + l * SEED_STRIDE
+
+
+def is_error_turn(turn: Turn) -> bool:
+    """The turn's observation reported a failed tool call (parse, validation or execution)."""
+    return int(turn.info.get("tool_errors", 0) or 0) > 0 or any(
+        c.error is not None for c in turn.tool_calls)
+
+
+def is_tool_turn(turn: Turn) -> bool:
+    """The model's turn made a tool call (well-formed or not)."""
+    return bool(turn.tool_calls) or is_error_turn(turn)
+
+
+def error_message(turn: Turn) -> str:
+    """The turn's first tool-call error, for the hint."""
+    msg = next((c.error for c in turn.tool_calls if c.error), None)
+    return str(msg or turn.info.get("error") or "the tool returned an error")
+
+
+def next_fork(traj: Trajectory, mode: str, after: int) -> int | None:
+    """The first turn index ``> after`` a branch may fork after, or None. A fork turn must have
+    been continued in ``traj`` (its observation is recorded, a later turn exists)."""
+    qualifies = is_error_turn if mode == "error" else is_tool_turn
+    for k in range(after + 1, len(traj.turns) - 1):
+        if qualifies(traj.turns[k]):
+            return k
+    return None
+
+
+def saw_error(traj: Trajectory) -> bool:
+    """The model acted after an error observation (an error turn that is not the last)."""
+    return any(is_error_turn(u) for u in traj.turns[:-1])
+
+
+@dataclass
+class _Node:
+    """A trajectory of a tree and where its fork search stands."""
+
+    live: _Live
+    cursor: int  # the next fork point is searched after this turn
+    level: int  # forks on the path to this trajectory's last fork point
+
+
+def _meta(id_: str, kind: str, parent: str | None = None, level: int = 0,
+          fork_turn: int | None = None, hint: bool = False) -> dict[str, Any]:
+    return {"id": id_, "parent": parent, "kind": kind, "level": level, "fork_turn": fork_turn,
+            "hint": hint, "skipped": 0, "skipped_nondeterministic": 0}
+
+
+async def grow_tree(loop: AgentLoop, live: list[_Live], tasks: Sequence[Task], seed: int,
+                    group_offset: int) -> None:
+    """Add the branch and fill episodes of every group to ``live`` (sampled to their end).
+
+    ``live``: the groups' finished root episodes, group ``group_offset + i`` of ``tasks[i]``,
+    reset with seed ``seed + i`` (as :meth:`AgentLoop.arun` samples them).
+    """
+    cfg = loop.cfg.tree
+    groups: dict[int, list[_Node]] = {}
+    for x in list(live):
+        nodes = groups.setdefault(x.traj.group_id, [])
+        x.traj.info["tree"] = _meta(f"{x.traj.group_id}.{len(nodes)}", "root")
+        nodes.append(_Node(x, cursor=-1, level=0))
+    spent = dict.fromkeys(groups, 0)  # branch slots taken by fork points
+    made = dict.fromkeys(groups, 0)  # branches sampled
+    forked: dict[int, set[tuple[int, ...]]] = {g: set() for g in groups}
+
+    def where(g: int) -> tuple[Task, int]:
+        return tasks[g - group_offset], seed + g - group_offset
+
+    for level in range(1, cfg.depth + 1):
+        jobs: list[tuple[int, _Node, int, int]] = []  # (group, parent, fork turn, sibling)
+        for g, nodes in groups.items():
+            for node in list(nodes):
+                if spent[g] >= cfg.max_branches:
+                    break
+                if node.level != level - 1:
+                    continue
+                t = node.live.traj
+                k = next_fork(t, cfg.mode, node.cursor)
+                if k is None:
+                    continue
+                node.cursor, node.level = k, level
+                key = tuple(t.token_ids[: t.turns[k].end])
+                if key in forked[g]:  # the same step reached twice (identical samples)
+                    continue
+                forked[g].add(key)
+                n = min(cfg.branch, cfg.max_branches - spent[g])
+                spent[g] += n
+                jobs += [(g, node, k, j) for j in range(n)]
+        if not jobs:
+            break
+        made_now = await asyncio.gather(*(
+            _replay(loop, node, k, f"{node.live.traj.info['tree']['id']}-{k}.{j}", level,
+                    *where(g)) for g, node, k, j in jobs))
+        branches = []
+        for (g, _, k, _), b in zip(jobs, made_now):
+            if b is not None:
+                live.append(b)
+                branches.append(b)
+                groups[g].append(_Node(b, cursor=k, level=level))
+                made[g] += 1
+        await loop._drive(branches, seed + SEED_STRIDE * level)
+
+    fill: list[_Live] = []
+    for g in groups:
+        task, reset_seed = where(g)
+        for j in range(cfg.max_branches - made[g]):
+            x = await loop._start(task, seed=reset_seed, group=g)
+            live.append(x)
+            x.traj.info["tree"] = _meta(f"{g}.fill{j}", "fill")
+            fill.append(x)
+    await loop._drive(fill, seed + SEED_STRIDE * (cfg.depth + 1))
+
+
+async def _replay(loop: AgentLoop, node: _Node, k: int, id_: str, level: int, task: Task,
+                  reset_seed: int) -> _Live | None:
+    """A branch of ``node``'s trajectory after its turn ``k``: a fresh env replays the recorded
+    turns ``0..k``; None (counted on the parent) when the env re-produces other messages or
+    tokens, or the hint leaves no room in the token budget."""
+    cfg = loop.cfg.tree
+    parent = node.live.traj
+    hint = None
+    if cfg.error_hint and cfg.mode in ("error", "both") and is_error_turn(parent.turns[k]):
+        hint = cfg.hint_text.format(error=error_message(parent.turns[k]))
+    x = await loop._start(task, seed=reset_seed, group=parent.group_id)
+    keep = False
+    try:
+        for j in range(k + 1):
+            turn = parent.turns[j]
+            ids = parent.token_ids[turn.start: turn.end]
+            out = GenerationOutput(ids, parent.logprobs[turn.start: turn.end], turn.finish_reason)
+            res = await x.env.step(loop._append(x, out))
+            if j == k and hint is not None and not (res.terminated or res.truncated):
+                res = replace(res, messages=[*res.messages,
+                                             {"role": cfg.hint_role, "content": hint}])
+            loop._absorb(x, ids, res, last=False)  # the parent continued after turn k
+            if x.done:
+                break
+        meta = parent.info["tree"]
+        if not _same_prefix(x.traj, parent, k, hinted=hint is not None):
+            meta["skipped"] += 1
+            meta["skipped_nondeterministic"] += 1
+            return None
+        if x.done:  # the hint did not fit in rollout.max_total_tokens
+            meta["skipped"] += 1
+            return None
+        x.traj.info["tree"] = _meta(id_, "branch", meta["id"], level, k, hint is not None)
+        keep = True
+        return x
+    finally:
+        if not keep:
+            await x.env.close()
+
+
+def _same_prefix(t: Trajectory, parent: Trajectory, k: int, hinted: bool) -> bool:
+    """``t`` (a replay through turn ``k``) re-produced ``parent``'s messages and tokens: all of
+    them through turn ``k``'s observation, or through turn ``k`` and its env messages when a
+    hint follows them."""
+    msgs = t.messages[:-1] if hinted else t.messages
+    if msgs != parent.messages[: len(msgs)]:
+        return False
+    if hinted:
+        end = parent.turns[k].end
+        return t.token_ids[:end] == parent.token_ids[:end]
+    return t.token_ids == parent.token_ids[: parent.turns[k + 1].start]
+
+
+def tree_stats(trajs: Sequence[Trajectory]) -> dict[str, float]:
+    """Step metrics: ``episode/error_seen`` (share of episodes that acted after an error
+    observation) and ``episode/error_recovery`` (their success rate), in every run; with tree
+    rollouts also per-step counts ``tree/branches``, ``tree/hinted``, ``tree/fill``,
+    ``tree/skipped``, ``tree/skipped_nondeterministic``, ``tree/episodes_per_group`` and
+    ``tree/error_branch_success`` (success of branches forked at an error turn)."""
+    from rewards.outcome import success
+
+    out: dict[str, float] = {}
+    saw = [t for t in trajs if saw_error(t)]
+    out["episode/error_seen"] = len(saw) / max(len(trajs), 1)
+    if saw:
+        out["episode/error_recovery"] = sum(success(t) for t in saw) / len(saw)
+    metas = [t.info["tree"] for t in trajs if "tree" in t.info]
+    if not metas:
+        return out
+    kinds = [m["kind"] for m in metas]
+    out.update({
+        "tree/branches": float(kinds.count("branch")),
+        "tree/hinted": float(sum(bool(m["hint"]) for m in metas)),
+        "tree/fill": float(kinds.count("fill")),
+        "tree/skipped": float(sum(m["skipped"] for m in metas)),
+        "tree/skipped_nondeterministic": float(sum(m["skipped_nondeterministic"] for m in metas)),
+        "tree/episodes_per_group": len(trajs) / max(len({t.group_id for t in trajs}), 1),
+    })
+    err = [t for t in trajs if t.info.get("tree", {}).get("kind") == "branch"
+           and is_error_turn(t.turns[t.info["tree"]["fork_turn"]])]
+    if err:
+        out["tree/error_branch_success"] = sum(success(t) for t in err) / len(err)
+    return out
