@@ -13,6 +13,9 @@ from typing import Any
 # (markers that must all be present, format, what the markers mean) — first match wins. Order
 # matters: Qwen3-Coder templates also contain <tool_call>; Llama 4 also mentions "parameters".
 _RULES: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("<|channel|>", "<|call|>", "tools"), "harmony", "harmony <|channel|> / <|call|> (gpt-oss)"),
+    (("<|channel|>", "<|call|>"), "harmony-prompt",
+     "harmony <|channel|> / <|call|> but no tool rendering: definitions in the system prompt"),
     (("<function=",), "qwen3-coder", "XML <function=...><parameter=...> calls (Qwen3-Coder)"),
     (("[TOOL_CALLS]",), "mistral", "[TOOL_CALLS] (Mistral)"),
     (("<tool_call>", "<think>"), "qwen3", "<tool_call> with <think> reasoning (Qwen3)"),
@@ -27,7 +30,6 @@ _RULES: tuple[tuple[tuple[str, ...], str, str], ...] = (
 )
 _FALLBACK = "hermes-prompt"
 _UNSUPPORTED: tuple[tuple[tuple[str, ...], str], ...] = (  # call syntaxes recognised but not implemented: say so rather than mis-pick
-    (("<|channel|>", "<|call|>"), "gpt-oss harmony"),
     (("<arg_key>",), "GLM-4.5 (<arg_key>/<arg_value>)"),
     (("<|tool_call>call:",), "Gemma 4"),
 )

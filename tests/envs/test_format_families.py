@@ -36,7 +36,7 @@ def test_every_family_is_registered_with_the_interface() -> None:
     for name in registered_formats():
         fmt = get_format(name)
         assert isinstance(fmt, ToolCallFormat) and fmt.name == name
-        assert fmt.native_tools == (name != "hermes-prompt")
+        assert fmt.native_tools == (not name.endswith("-prompt"))  # hermes-, harmony-prompt
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -280,8 +280,7 @@ def test_auto_without_tool_support_and_from_a_tokenizer(tokenizer) -> None:
     assert detect_format("{% for m in messages %}{{ m.content }}{% endfor %}")[0] == \
         "hermes-prompt"
     harmony = "<|start|>assistant<|channel|>commentary to=functions.f<|call|>{% if tools %}"
-    assert detect_format(harmony) == ("hermes-prompt", detect_format(harmony)[1])
-    assert "harmony" in detect_format(harmony)[1]
+    assert detect_format(harmony)[0] == "harmony"  # tests/envs/test_format_harmony.py
     # several named templates: the tool_use one
     assert detect_format({"default": "x", "tool_use": TEMPLATES["hermes"]})[0] == "hermes"
     assert resolve_format("auto+lenient", TEMPLATES["qwen3"])[0] == "qwen3+lenient"

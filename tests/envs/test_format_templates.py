@@ -39,13 +39,13 @@ def _template(name: str) -> str:
      ("qwen3_6", "qwen3-coder"), ("qwen3_5_think", "qwen3-coder"),
      ("nemotron_3_nano", "qwen3-coder"), ("llama3_1", "llama3-json"),
      ("llama3_2", "llama3-json"), ("lfm2", "pythonic"), ("lfm2_2_5", "pythonic"),
-     ("llama3", "hermes-prompt"), ("smolvlm", "hermes-prompt"), ("gptoss", "hermes-prompt"),
+     ("llama3", "hermes-prompt"), ("smolvlm", "hermes-prompt"), ("gptoss", "harmony"),
      ("glm4moe", "hermes-prompt")],
 )
 def test_auto_on_real_templates(template: str, expected: str) -> None:
     name, reason = detect_format(_template(template))
     assert name == expected, reason
-    if template in ("gptoss", "glm4moe"):  # recognised, not implemented: it says so
+    if template == "glm4moe":  # recognised, not implemented: it says so
         assert "not implemented" in reason
 
 
