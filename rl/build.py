@@ -91,15 +91,27 @@ def build_env_factory(cfg: Config) -> tuple[Callable[[], Env], bool]:
 
 
 def build_user_model(cfg: Config, name: str) -> Any:
-    """``env.kwargs.user_model=<model>``: an LLM-simulated user (envs.tasks.llm_user) on its own
-    HF engine and frozen model; nothing ever updates its weights."""
+    """``env.kwargs.user_model=<model>``: an LLM-simulated user (envs.tasks.llm_user). Under
+    ``launcher=ray`` (with Ray up) a proxy to the run's one user model actor
+    (rl.distributed.user_actor); otherwise loaded in this process."""
+    if cfg.launcher.kind == "ray":
+        from rl.distributed.user_actor import shared_user
+
+        remote = shared_user(cfg, name)
+        if remote is not None:
+            return remote
+    return build_local_user_model(cfg, name)
+
+
+def build_local_user_model(cfg: Config, name: str, max_batch: int = 1) -> Any:
+    """The LLM user on its own HF engine and frozen model; nothing ever updates its weights."""
     from envs.tasks.llm_user import LLMUser
     from rl.rollout.engines.hf import HFEngine
 
     tokenizer = load_tokenizer(name)
     model = load_model(name, cfg.model.dtype, cfg.model.device).eval().requires_grad_(False)
     return LLMUser(HFEngine(model, tokenizer, seed=cfg.trainer.seed), tokenizer,
-                   seed=cfg.trainer.seed)
+                   seed=cfg.trainer.seed, max_batch=max_batch)
 
 
 def build_tasks(cfg: Config, split: str, n: int) -> list[Task]:

@@ -17,7 +17,15 @@ builder (``rl.build``), which loads the model into such an engine once and share
 episodes.
 
 Engines are not thread-safe: calls are serialised with a lock and run in a worker thread so the
-event loop (other episodes' tools) keeps going.
+event loop (other episodes' tools) keeps going. With ``max_batch > 1`` (what the Ray actor uses),
+replies requested within ``batch_wait_s`` of each other that share sampling parameters go to the
+engine as one ``generate`` call: greedy replies batch; above temperature 0 each prompt has its own
+seed, so those still go one by one. The default (1) is the unbatched path.
+
+Under ``launcher=ray`` the engine is not loaded in every worker: one
+:class:`rl.distributed.user_actor.UserModelActor` holds this class and its engine, and the envs
+of every rollout and env worker get a :class:`rl.distributed.user_actor.RemoteUser` with the same
+``reply(goal, conversation)``.
 """
 
 from __future__ import annotations
@@ -65,18 +73,24 @@ class LLMUser:
     """
 
     def __init__(self, engine: Any, tokenizer: Any, *, max_new_tokens: int = 64,
-                 temperature: float = 0.0, seed: int = 0, persona: str = PERSONA) -> None:
+                 temperature: float = 0.0, seed: int = 0, persona: str = PERSONA,
+                 max_batch: int = 1, batch_wait_s: float = 0.005) -> None:
         if not callable(getattr(engine, "generate", None)):
             raise TypeError(f"the user engine needs a generate(requests, sampling) method, "
                             f"got {type(engine).__name__}")
-        if max_new_tokens < 1 or temperature < 0:
-            raise ValueError(f"LLMUser: need max_new_tokens >= 1 and temperature >= 0, got "
-                             f"{max_new_tokens}, {temperature}")
+        if max_new_tokens < 1 or temperature < 0 or max_batch < 1 or batch_wait_s < 0:
+            raise ValueError(f"LLMUser: need max_new_tokens >= 1, temperature >= 0, "
+                             f"max_batch >= 1, batch_wait_s >= 0; got {max_new_tokens}, "
+                             f"{temperature}, {max_batch}, {batch_wait_s}")
         self.engine, self.tokenizer = engine, tokenizer
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
         self.persona = persona
+        self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
         self.calls = 0  # replies generated (for logging)
+        self.engine_calls = 0  # generate() calls (fewer than replies when batched)
         self._lock = threading.Lock()
+        self._queue: list[tuple[list[int], asyncio.Future[str]]] = []
+        self._flusher: asyncio.Future[None] | None = None
 
     def prompt_messages(self, goal: str, conversation: Sequence[Message]) -> list[Message]:
         """The user model's own chat: persona + hidden goal, then the conversation with the
@@ -103,16 +117,51 @@ class LLMUser:
     async def reply(self, goal: str, conversation: Sequence[Message]) -> str:
         """The user's next message given the hidden ``goal`` and the conversation so far."""
         ids = self.encode(self.prompt_messages(goal, conversation))
-        return await asyncio.to_thread(self._generate, ids)
+        if self.max_batch == 1:
+            return await asyncio.to_thread(self._generate, ids)
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._queue.append((ids, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        """Send what queued up within ``batch_wait_s`` (module docstring), one engine call per
+        sampling seed and at most ``max_batch`` prompts."""
+        await asyncio.sleep(self.batch_wait_s)
+        while self._queue:
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+            groups: dict[int | None, list[tuple[list[int], asyncio.Future[str]]]] = {}
+            for ids, fut in batch:
+                groups.setdefault(self._seed(ids), []).append((ids, fut))
+            for seed, items in groups.items():
+                try:
+                    texts = await asyncio.to_thread(self._generate_many,
+                                                    [ids for ids, _ in items], seed)
+                except Exception as e:  # noqa: BLE001 - each waiting reply gets the error
+                    for _, fut in items:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+                for (_, fut), text in zip(items, texts, strict=True):
+                    if not fut.done():  # a cancelled episode no longer waits
+                        fut.set_result(text)
+
+    def _seed(self, ids: list[int]) -> int | None:
+        if self.temperature == 0:
+            return None
+        return int(hashlib.sha256(f"{self.seed}/{ids}".encode()).hexdigest()[:8], 16)
 
     def _generate(self, ids: list[int]) -> str:
-        seed = None
-        if self.temperature > 0:
-            h = hashlib.sha256(f"{self.seed}/{ids}".encode()).hexdigest()
-            seed = int(h[:8], 16)
+        return self._generate_many([ids], self._seed(ids))[0]
+
+    def _generate_many(self, prompts: list[list[int]], seed: int | None) -> list[str]:
         sampling = UserSampling(max_new_tokens=self.max_new_tokens,
                                 temperature=self.temperature, seed=seed)
         with self._lock:
-            (out,) = self.engine.generate([UserRequest(ids, self.max_new_tokens)], sampling)
-            self.calls += 1
-        return str(self.tokenizer.decode(out.token_ids, skip_special_tokens=True)).strip()
+            outs = self.engine.generate([UserRequest(ids, self.max_new_tokens) for ids in prompts],
+                                        sampling)
+            self.calls += len(prompts)
+            self.engine_calls += 1
+        return [str(self.tokenizer.decode(o.token_ids, skip_special_tokens=True)).strip()
+                for o in outs]
