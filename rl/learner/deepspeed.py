@@ -13,6 +13,15 @@ communication. What makes the shards add up to the full batch:
   forward (collectives), so all ranks run the same number of micro-batches: a rank with fewer
   rows runs padding micro-batches whose loss mask is all zero (gradient exactly 0).
 
+``learner.prefix_sharing`` (rl/learner/prefix.py) works here as in the torch learner: each rank
+regroups its own shard's rows into prefix-shared micro-batches by the token budget
+(``prefix_microbatches``), and the engine's module runs the packed forward
+(``prefix_token_logprobs``) through the DeepSpeed engine, so ZeRO-3 gathers parameters and
+``engine.backward`` reduces gradients as in the plain pass. Regrouping changes nothing in the
+loss: micro-batch losses are sums over their rows with the global normaliser above, so any
+partition of a shard's rows adds up to the same shard loss (logprobs of old/reference policies
+are scattered back to the shard's row order).
+
 Gradient accumulation is ours (``managed_gradient_accumulation: false``): any number of
 backward passes, then one ``engine.step()`` (clipping, optimizer, LR schedule). The optimizer is
 a client ``torch.optim.AdamW``: DeepSpeed's fused Adam ops would JIT-compile for minutes on
@@ -120,13 +129,21 @@ def ds_config(cfg: LearnerConfig, device: torch.device | None = None) -> dict[st
 
 
 class _TokenLogprobs(torch.nn.Module):
-    """What the engine runs forward: logprobs of the sampled tokens (``token_logprobs``)."""
+    """What the engine runs forward: logprobs of the sampled tokens (``token_logprobs``), or
+    with ``prefix_max_len > 0`` the prefix-shared pass (``prefix_token_logprobs``, packed
+    sequences of at most that many tokens)."""
 
     def __init__(self, policy: torch.nn.Module) -> None:
         super().__init__()
         self.policy = policy
 
-    def forward(self, input_ids, attention_mask, loss_mask, temperature: float = 1.0):
+    def forward(self, input_ids, attention_mask, loss_mask, temperature: float = 1.0,
+                prefix_max_len: int = 0):
+        if prefix_max_len > 0:
+            from rl.learner.prefix import prefix_token_logprobs
+
+            return prefix_token_logprobs(self.policy, input_ids, attention_mask, loss_mask,
+                                         temperature, max_len=prefix_max_len)
         return token_logprobs(self.policy, input_ids, attention_mask, loss_mask, temperature)
 
 
@@ -154,10 +171,21 @@ def global_norm(mask: torch.Tensor, max_tokens: float | None) -> LossNorm:
                     max_tokens=max_tokens)
 
 
-def synced_split(batch: Batch | None, size: int) -> list[Batch | None]:
-    """Micro-batches of at most ``size`` rows, padded with ``None`` to the largest count over all
-    ranks (collective). ``None`` stands for a padding micro-batch."""
-    local: list[Batch | None] = list(batch.split(size)) if batch is not None and len(batch) else []
+def synced_split(batch: Batch | None, size: int, prefix_sharing: bool = False
+                 ) -> list[tuple[list[int], Batch] | None]:
+    """This rank's micro-batches as ``(rows, sub-batch)`` pairs (``rows``: indices into
+    ``batch``), padded with ``None`` to the largest count over all ranks (collective; ``None``
+    stands for a padding micro-batch). Plain: ``size`` rows in order; ``prefix_sharing``: whole
+    prefix-shared groups of this rank's rows by a token budget (rl/learner/prefix.py)."""
+    local: list[tuple[list[int], Batch] | None] = []
+    if batch is not None and len(batch):
+        if prefix_sharing:
+            from rl.learner.prefix import prefix_microbatches
+
+            local = list(prefix_microbatches(batch, size))
+        else:
+            local = [(list(range(i, i + len(mb))), mb)
+                     for i, mb in zip(range(0, len(batch), size), batch.split(size))]
     n = int(dist.all_reduce_max(torch.tensor([float(len(local))]))[0])
     return local + [None] * (n - len(local))
 
@@ -185,9 +213,6 @@ class DeepSpeedLearner:
                  device: torch.device | str | None = None) -> None:
         from rl.models import resolve_device
 
-        if cfg.prefix_sharing:  # rl/learner/prefix.py is wired into TorchLearner only
-            raise ValueError("learner.prefix_sharing=true is implemented for learner.backend=torch "
-                             "only, not deepspeed")
         if dist.is_initialized():
             dev = resolve_device(device) if device is not None else dist.group_device()
             if dist.backend_for(dev) != dist.backend():
@@ -267,8 +292,18 @@ class DeepSpeedLearner:
 
     def _logprobs(self, mb: Batch, temperature: float) -> torch.Tensor:
         mb = self._device(mb)
+        cap = 0  # the plain pass
+        if self.cfg.prefix_sharing:  # the torch learner's cap (sub-batches keep the width L)
+            from rl.learner.prefix import packed_length_cap
+
+            cap = packed_length_cap(self.cfg.micro_batch_size, mb.input_ids.shape[1])
         with self._autocast():
-            return self.engine(mb.input_ids, mb.attention_mask, mb.loss_mask, temperature).float()
+            return self.engine(mb.input_ids, mb.attention_mask, mb.loss_mask, temperature,
+                               cap).float()
+
+    def _split(self, batch: Batch | None) -> list[tuple[list[int], Batch] | None]:
+        """Micro-batches, the same count on every rank (collective; :func:`synced_split`)."""
+        return synced_split(batch, self.cfg.micro_batch_size, self.cfg.prefix_sharing)
 
     def set_lr(self, lr: float) -> None:
         """Change the base learning rate (token rows keep their scale; warm-up still applies)."""
@@ -279,15 +314,17 @@ class DeepSpeedLearner:
         """``(B, L)`` logprobs of this rank's sampled tokens under the current policy."""
         was = self.engine.training
         self.engine.eval()
-        outs = []
-        for mb in synced_split(batch, self.cfg.micro_batch_size):
-            lp = self._logprobs(mb if mb is not None else padding_batch(), temperature).cpu()
-            if mb is not None:
-                outs.append(lp)
+        outs: list[tuple[list[int], torch.Tensor]] = []
+        for part in self._split(batch):
+            lp = self._logprobs(part[1] if part is not None else padding_batch(), temperature)
+            if part is not None:
+                outs.append((part[0], lp.cpu()))
         self.engine.train(was)
-        if not outs:
+        if batch is None or not outs:
             return torch.zeros((0, 0))
-        return torch.cat(outs)
+        from rl.learner.prefix import scatter_rows
+
+        return scatter_rows(outs, tuple(batch.input_ids.shape), "cpu")  # the shard's row order
 
     @torch.no_grad()
     def compute_ref_logprobs(self, batch: Batch | None, temperature: float = 1.0) -> torch.Tensor:
@@ -296,11 +333,11 @@ class DeepSpeedLearner:
         return reference_logprobs(self.reference,
                                   lambda: self.compute_logprobs(batch, temperature))
 
-    def _step(self, micro: list[Batch | None],
+    def _step(self, parts: list[tuple[list[int], Batch] | None],
               loss_fn: Callable[[Batch], tuple[torch.Tensor, dict]]) -> dict[str, float]:
-        """Backward every micro-batch (padding ones too), then one optimizer step.
-
-        Returns metrics averaged over all ranks' rows; ``*/loss`` is the global loss."""
+        """Backward every micro-batch of :meth:`_split` (padding ones too), then one optimizer
+        step. Returns metrics averaged over all ranks' rows; ``*/loss`` is the global loss."""
+        micro = [p[1] if p is not None else None for p in parts]
         self.engine.train()
         world = dist.world_size()
         sums: dict[str, float] = {}
@@ -366,7 +403,7 @@ class DeepSpeedLearner:
                 norm = global_norm(mask, float(loss_cfg.max_tokens) if loss_cfg.max_tokens
                                    else None)
                 loss_fn = self._rl_loss(loss_cfg, norm, temp, on_policy)
-                out = self._step(synced_split(mini, self.cfg.micro_batch_size), loss_fn)
+                out = self._step(self._split(mini), loss_fn)
                 out["actor/loss"] = out.pop("loss")
                 history.append(out)
         return {k: sum(h[k] for h in history) / len(history) for k in history[0]}
@@ -391,7 +428,7 @@ class DeepSpeedLearner:
             loss, m = sft_loss(lp, self._device(mb).loss_mask, agg=agg, norm=norm)
             return loss + 0.0 * lp.sum(), {"sft/nll": float(m["nll"])}
 
-        out = self._step(synced_split(batch, self.cfg.micro_batch_size), loss_fn)
+        out = self._step(self._split(batch), loss_fn)
         out["sft/loss"] = out.pop("loss")
         return out
 

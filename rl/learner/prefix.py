@@ -229,8 +229,10 @@ def prefix_token_logprobs(
         plan = build_plan(input_ids, attention_mask, max_len, min_shared)
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     target_mask = (loss_mask[:, 1:] > 0) & (plan.index[:, 1:] >= 0)
-    if not plan.sequences or not bool(target_mask.any()):
+    if not plan.sequences:
         return out
+    # the forward runs even without loss tokens (like token_logprobs): every parameter stays in
+    # the graph, so backward works, and DeepSpeed's per-forward/backward collectives match
     decoder = model.get_decoder()
     head = model.get_output_embeddings()
     impl = _attention_implementation(model)

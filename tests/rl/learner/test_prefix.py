@@ -259,16 +259,6 @@ def test_learner_old_logprobs_and_sft_equal_with_prefix_sharing():
     assert m1["grad_norm"] == pytest.approx(m0["grad_norm"], rel=1e-4)
 
 
-def test_deepspeed_backend_refuses_prefix_sharing():
-    pytest.importorskip("deepspeed")
-    from rl.learner.deepspeed import DeepSpeedLearner
-    from rl.learner.torch import LearnerConfig
-
-    with pytest.raises(ValueError, match="prefix_sharing=true is implemented for learner.backend"
-                                         "=torch only"):
-        DeepSpeedLearner(_model(), LearnerConfig(backend="deepspeed", prefix_sharing=True))
-
-
 def test_trainer_step_with_prefix_sharing_and_tree_credit(tmp_path, tiny_model_dir):
     """Through the real trainer (multi-turn guessing game, tiny Llama): learner.prefix_sharing
     and algorithm.credit=tree train, and a group's rows share their prompt in the packed pass.
@@ -307,3 +297,15 @@ def test_trainer_step_with_prefix_sharing_and_tree_credit(tmp_path, tiny_model_d
     _, metrics, _ = t.train_step(1)
     assert metrics["update/trained_seqs"] > 0
     assert any(not torch.equal(before[n], p) for n, p in t.learner.model.named_parameters())
+
+
+def test_rows_without_loss_tokens_still_run_the_forward():
+    """A micro-batch with no loss token still puts every parameter in the graph (zero gradient),
+    as the plain pass does: backward works, and DeepSpeed's per-pass collectives match."""
+    model = _model()
+    b = _disjoint_batch()
+    b.loss_mask.zero_()
+    lp = prefix_token_logprobs(model, b.input_ids, b.attention_mask, b.loss_mask)
+    assert lp.requires_grad and torch.all(lp == 0)
+    lp.sum().backward()
+    assert all(p.grad is not None and torch.all(p.grad == 0) for p in model.parameters())
