@@ -155,3 +155,18 @@ def test_config_path_shares_one_frozen_actor(ray_up, tiny_model_dir) -> None:
     # launcher=local: the in-process LLMUser, as before
     local = to_dataclass(load_config(["env=simuser", f"+env.kwargs.user_model={tiny_model_dir}"]))
     assert isinstance(build_env_factory(local)[0]().user_model, LLMUser)
+
+
+class _SyncWorker:
+    """Like a RolloutWorker: a threaded (non-async) actor whose agent loop runs asyncio.run."""
+
+    def episode(self, actor) -> list[str]:
+        return _user_turns(RemoteUser(actor))[0]
+
+
+def test_a_sync_worker_actor_reaches_the_user_actor(ray_up) -> None:
+    kw = {"temperature": 1.0, "seed": 3}
+    actor = get_user_actor("test-echo-sampled", functools.partial(echo_user, **kw))
+    worker = ray.remote(num_cpus=0)(_SyncWorker).remote()
+    assert ray.get(worker.episode.remote(actor)) == _user_turns(echo_user(**kw))[0]
+    ray.kill(worker)
