@@ -41,16 +41,18 @@ def _shards():
     return b, [[r for r, t in enumerate(first) if t in (1, 3)], tree]
 
 
-def _run(stage: int, share: bool, rank: int) -> dict:
+def _run(stage: int, share: bool, rank: int, lora_gc: bool = False) -> dict:
     from ds_worker import capture_grads
     from test_prefix import _model
 
     from rl.learner import make_learner
     from rl.learner.prefix import select_rows
-    from rl.learner.torch import DeepSpeedConfig, LearnerConfig, LossConfig
+    from rl.learner.torch import DeepSpeedConfig, LearnerConfig, LoraConfig, LossConfig
 
     cfg = LearnerConfig(backend="deepspeed", lr=1e-2, grad_clip=0.0, micro_batch_size=2,
                         mini_batches=2, autocast="fp32", prefix_sharing=share,
+                        lora=LoraConfig(enabled=lora_gc, r=4, alpha=8),
+                        gradient_checkpointing=lora_gc,
                         deepspeed=DeepSpeedConfig(zero_stage=stage, bf16="off"))
     learner = make_learner(_model(), cfg)  # seeded: the same weights on every rank and run
     full, rows = _shards()
@@ -69,17 +71,17 @@ def _run(stage: int, share: bool, rank: int) -> dict:
 
 
 def main() -> None:
-    out_dir, stage = Path(sys.argv[1]), int(sys.argv[2])
+    out_dir, stage, lora_gc = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:] == ["lora_gc"]
     torch.set_num_threads(1)
     from rl.learner import dist
 
     rank = int(os.environ["RANK"])
-    res = {share: _run(stage, share, rank) for share in (False, True)}
+    res = {share: _run(stage, share, rank, lora_gc) for share in (False, True)}
     dist.barrier()
     torch.save(res, out_dir / f"rank{rank}.pt")
 
 
-def _launch(out_dir: Path, stage: int, timeout: float = 400) -> list[dict]:
+def _launch(out_dir: Path, stage: int, lora_gc: bool, timeout: float = 400) -> list[dict]:
     import subprocess
 
     from rl.learner.dist import free_port
@@ -95,7 +97,7 @@ def _launch(out_dir: Path, stage: int, timeout: float = 400) -> list[dict]:
         log = open(out_dir / f"log{r}.txt", "w")  # noqa: SIM115 (closed below)
         logs.append(log)
         procs.append(subprocess.Popen(
-            [sys.executable, str(here), str(out_dir), str(stage)],
+            [sys.executable, str(here), str(out_dir), str(stage)] + ["lora_gc"] * lora_gc,
             env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=log,
             stderr=subprocess.STDOUT, cwd=repo))
     try:
@@ -113,8 +115,9 @@ def _launch(out_dir: Path, stage: int, timeout: float = 400) -> list[dict]:
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_prefix_sharing_equals_plain_pass_under_two_process_zero(stage, tmp_path):
+@pytest.mark.parametrize("stage,lora_gc", [(2, False), (3, False), (3, True)])
+def test_prefix_sharing_equals_plain_pass_under_two_process_zero(stage, lora_gc, tmp_path):
+    """``lora_gc``: with a LoRA adapter and gradient checkpointing."""
     pytest.importorskip("deepspeed")
     from rl.learner.prefix import build_plan, select_rows
 
@@ -123,7 +126,7 @@ def test_prefix_sharing_equals_plain_pass_under_two_process_zero(stage, tmp_path
         sub = select_rows(full, r)
         assert build_plan(sub.input_ids, sub.attention_mask).packed_tokens < int(
             sub.attention_mask.sum())
-    ranks = _launch(tmp_path, stage)
+    ranks = _launch(tmp_path, stage, lora_gc)
     for rank, res in enumerate(ranks):
         plain, shared = res[False], res[True]
         # the shared pass regroups this rank's rows (whole trie groups), the plain pass does not
@@ -152,13 +155,18 @@ def test_prefix_sharing_equals_plain_pass_under_two_process_zero(stage, tmp_path
         assert w0.keys() == w1.keys()
         for n in w0:
             torch.testing.assert_close(w1[n], w0[n], atol=1e-5, rtol=1e-5, msg=f"rank {rank} {n}")
-    # data parallel: both ranks hold the same weights, and the update moved every one
+    # data parallel: both ranks hold the same weights, and the update moved every one (with
+    # LoRA: every adapted projection, merged)
     from test_prefix import _model
 
     start = dict(_model().named_parameters())
+    moved = set()
     for n, w in ranks[0][True]["weights"].items():
         assert torch.equal(w, ranks[1][True]["weights"][n])
-        assert not torch.equal(w, start[n].detach()), n
+        if not torch.equal(w, start[n].detach()):
+            moved.add(n)
+    expect = {n for n in start if n.endswith("proj.weight")} if lora_gc else set(start)
+    assert expect <= moved and expect, sorted(set(start) - moved)
     assert ranks[0][True]["metrics"] == ranks[1][True]["metrics"]
 
 
