@@ -84,8 +84,8 @@ class LearnerConfig:
     branch) once: one packed forward/backward per micro-batch with a tree attention mask and
     per-branch positions (rl/learner/prefix.py); same logprobs and gradients as the plain pass.
     Micro-batches then hold whole packed groups within the token slots and attention area of a
-    plain micro-batch (micro_batch_size rows of the batch's longest row). Torch backend only;
-    sdpa or eager attention."""
+    plain micro-batch (micro_batch_size rows of the batch's longest row); under DeepSpeed each
+    rank packs its own shard. sdpa or eager attention."""
     ref_offload: bool = False
     """Keep the KL reference snapshot (the policy at the start of RL; rl/learner/base.py) in CPU
     memory. Only used when ``algorithm.loss.kl_coef > 0``."""
