@@ -51,7 +51,9 @@ class Parts:
     model: torch.nn.Module
     env_factory: Callable[[], Env]
     native_tools: bool
-    train_tasks: TaskStream
+    train_tasks: TaskStream | None
+    """None when built for evaluation only (``build_parts(..., train=False)``: ``turnrl eval``
+    builds the held-out split alone, so a split with no train entries still evaluates)."""
     eval_tasks: list[Task]
     make_engine: Callable[..., Engine]
     """``make_engine(policy, shared=True)``: shared = generate with the learner's own module."""
@@ -122,7 +124,8 @@ def build_tasks(cfg: Config, split: str, n: int) -> list[Task]:
     return make_tasks(cfg.env.name, t.source, split, n, t.seed, **dict(t.kwargs))
 
 
-def build_parts(cfg: Config, model: torch.nn.Module | None = None) -> Parts:
+def build_parts(cfg: Config, model: torch.nn.Module | None = None, *,
+                train: bool = True) -> Parts:
     import envs.tasks  # noqa: F401  (registers the envs)
 
     resolve_engine(cfg)
@@ -151,7 +154,7 @@ def build_parts(cfg: Config, model: torch.nn.Module | None = None) -> Parts:
 
     return Parts(
         tokenizer=tokenizer, model=model, env_factory=env_factory, native_tools=native,
-        train_tasks=TaskStream(build_tasks(cfg, "train", cfg.tasks.train_size)),
+        train_tasks=TaskStream(build_tasks(cfg, "train", cfg.tasks.train_size)) if train else None,
         eval_tasks=build_tasks(cfg, "test", cfg.tasks.eval_size),
         make_engine=make_engine,
     )
@@ -167,6 +170,8 @@ def sft_trajectories(cfg: Config, parts: Parts) -> list[Trajectory]:
         return [conversation_trajectory(parts.tokenizer, r, native_tools=parts.native_tools)
                 for r in rows]
     # Demonstrations come from the end of the train stream, RL batches from its start.
+    if parts.train_tasks is None:
+        raise ValueError("sft demonstrations need the train split: build_parts(..., train=True)")
     tasks = parts.train_tasks.tasks[-c.num_examples:]
     out = []
     for task in tasks:

@@ -270,7 +270,7 @@ def run_eval(cfg, checkpoint: str | None = None, out_dir: Path | None = None,
                                                                       enabled=False)))
     policy = load_policy(cfg, checkpoint)
     policy.eval()
-    parts = build_parts(cfg, model=policy)
+    parts = build_parts(cfg, model=policy, train=False)  # the eval split only
     engine = _engine_for(cfg, parts, policy, from_checkpoint=bool(checkpoint))
     res = evaluate_tasks(cfg, parts, engine, parts.eval_tasks, n_samples, seeds=list(seeds))
     res.settings.update(checkpoint=checkpoint, seconds=round(time.perf_counter() - t0, 1))
