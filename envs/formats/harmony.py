@@ -60,6 +60,8 @@ vocabulary file on first use and fails offline (``HarmonyError: error downloadin
 vocab file``). The package parses token ids of its own encoding, so the text is encoded with it
 first; what it cannot parse (not harmony, or a header cut short) is handled here, and so are the
 JSON arguments and every error, which the trainer needs as error observations of a counted kind.
+Cost: 4 ms to parse a 500-token turn (analysis + call) on the loaded shared 2-core machine, where
+the qwen3 parser takes 0.03 ms for the same content; small next to sampling the turn.
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ def _harmony() -> tuple[Any, Any, frozenset[int]]:
 
 def _normalize(text: str) -> str:
     text = text.lstrip()
+    if text.startswith(START + "assistant"):  # the turn's own header start, written out
+        text = text[len(START + "assistant"):]
     return _JOIN_RE.sub(
         lambda m: m.group(1) + (START if m.group(2) == START else START + "assistant" + CHANNEL),
         text,
@@ -121,8 +125,14 @@ def _normalize(text: str) -> str:
 def _messages(text: str) -> tuple[list[Any], str]:
     """The complete or last (cut) harmony messages of ``text``, and the text after the last one
     that could not be read as harmony ("" when all of it could)."""
+    if MESSAGE not in text:  # no message body anywhere: not harmony, or a header cut short (the
+        return [], text  # library reads such a header in time quadratic in its length)
     h, enc, ends = _harmony()
     ids = enc.encode(text, allowed_special="all")
+    try:  # one call into the library for well-formed text
+        return list(enc.parse_messages_from_completion_tokens(ids, h.Role.ASSISTANT)), ""
+    except h.HarmonyError:
+        pass
     parser = h.StreamableParser(enc, h.Role.ASSISTANT)
     done_at = 0  # token index after the last message that ended with a terminator
     try:

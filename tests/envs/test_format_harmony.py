@@ -139,6 +139,8 @@ def test_final_answer_with_reasoning() -> None:
         "<|channel|>analysis<|message|>2+2 is 4.<|end|>" + A
         + "<|channel|>final<|message|><answer>4</answer>")
     assert p.tool_calls == [] and p.answer == "4" and p.reasoning == "2+2 is 4."
+    # a turn that writes out its own "<|start|>assistant" (a prompt without it) reads the same
+    assert get_format("harmony").parse(A + FINAL + "<answer>4</answer><|return|>").answer == "4"
 
 
 def test_a_tool_reply_written_by_the_model_is_dropped() -> None:
