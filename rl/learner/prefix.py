@@ -31,8 +31,20 @@ mask that is already 4-D ``(B, 1, q, kv)`` unchanged (``_preprocess_mask_argumen
 ``sdpa`` attention passes it to ``torch.nn.functional.scaled_dot_product_attention`` (a bool
 mask: True = attend), the ``eager`` one adds it to the scores (an additive float mask), with the
 explicit ``position_ids`` used for the rotary embedding. Llama, Qwen2/3 and Mistral-family
-decoders take this path. Other attention implementations (flash_attention_2, flex) are refused:
-a varlen/flash CUDA path is not written (no GPU to test it on).
+decoders take this path.
+
+CUDA kernels. ``flex_attention`` (the model loaded with ``attn_implementation="flex_attention"``)
+gets the tree as a ``BlockMask`` (:func:`flex_block_mask`: key ``kv`` is visible to query ``q``
+iff ``kv <= q <= subtree_end[kv]``, preorder layout), which transformers passes through as a
+4-D mask; the kernel skips fully-masked blocks. WRITTEN BUT UNTESTED: no GPU was lent; only the
+mask it encodes is checked on CPU (equal to the dense tree mask). transformers compiles flex
+attention on first use. ``flash_attention_2`` / varlen kernels are refused: they take only
+causal masks over concatenated segments (``cu_seqlens``), not a tree. A flash path would have to
+run the trie level by level: each packed segment (the tokens a node adds) as a varlen query
+block whose keys are its ancestors' cached K/V followed by its own (cascade/prefix attention,
+e.g. flash-attn's ``flash_attn_varlen_func`` with per-segment ``cu_seqlens_k`` over gathered
+ancestor K/V, or FlashInfer's cascade API), i.e. its own attention layer with a KV gather per
+segment, plus a backward through the gathered K/V: a larger, separately tested piece of work.
 
 Reused: the model's own decoder and LM head (HF), torch SDPA. Written here: the trie/packing
 and the mask; verl's PrefixGrouper and AReaL's tree training do the same idea (not copied).
@@ -59,7 +71,7 @@ import torch
 
 from rl.types import Batch
 
-SUPPORTED_ATTENTION = ("sdpa", "eager")
+SUPPORTED_ATTENTION = ("sdpa", "eager", "flex_attention")
 
 
 @dataclass
@@ -78,6 +90,7 @@ class PrefixPlan:
     input_ids: torch.Tensor  # (G, P) long, packed tokens, 0 where padding
     position_ids: torch.Tensor  # (G, P) long, each token's position in its rows
     tree_mask: torch.Tensor  # (G, P, P) bool, True = query may attend key
+    subtree_end: torch.Tensor  # (G, P) long, last packed index of each token's subtree
     index: torch.Tensor  # (B, L) long, flat packed index g * P + p of row b's token t; -1 = none
     sequences: list[PackedSequence]
 
@@ -161,6 +174,7 @@ def build_plan(input_ids: torch.Tensor, attention_mask: torch.Tensor,
     mask = torch.eye(P, dtype=torch.bool).repeat(G, 1, 1) if G else torch.zeros((0, P, P),
                                                                                dtype=torch.bool)
     index = torch.full((B, L), -1, dtype=torch.long)
+    end_of = torch.arange(P).repeat(G, 1)  # padding: its own subtree
     tri_cache: dict[int, torch.Tensor] = {}
     for g, s in enumerate(packed):
         end = 0  # packed tokens written so far in this sequence
@@ -185,19 +199,24 @@ def build_plan(input_ids: torch.Tensor, attention_mask: torch.Tensor,
                                                .tril())
                 mask[g, end: end + new, end: end + new] = tri
             index[r, :n] = torch.cat([prev_idx, seg]) + g * P
+            if n:  # rows come in preorder: a token's subtree ends at its last row's last token
+                local = index[r, :n] - g * P
+                end_of[g, local] = torch.maximum(end_of[g, local], local[-1])
             end += new
             prev = r
         assert end == s.length
     return PrefixPlan(ids.to(input_ids.device), pos.to(input_ids.device),
-                      mask.to(input_ids.device), index.to(input_ids.device), packed)
+                      mask.to(input_ids.device), end_of.to(input_ids.device),
+                      index.to(input_ids.device), packed)
 
 
 def _attention_implementation(model: torch.nn.Module) -> str:
     cfg = getattr(model, "config", None)
     impl = getattr(cfg, "_attn_implementation", None) or "eager"
     if impl not in SUPPORTED_ATTENTION:
-        raise ValueError(f"learner.prefix_sharing needs attn_implementation sdpa or eager; the "
-                         f"model uses {impl!r} (a flash/varlen path is not implemented)")
+        raise ValueError(f"learner.prefix_sharing needs attn_implementation sdpa, eager or "
+                         f"flex_attention; the model uses {impl!r} (flash/varlen kernels cannot "
+                         "take a tree mask)")
     return impl
 
 
@@ -208,6 +227,26 @@ def attention_mask_4d(tree_mask: torch.Tensor, impl: str, dtype: torch.dtype) ->
         return m
     neg = torch.finfo(dtype).min  # eager adds the mask to the scores
     return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, neg)
+
+
+def flex_block_mask(plan: PrefixPlan):
+    """The tree mask as a flex-attention ``BlockMask`` (UNTESTED on CUDA; no GPU was lent).
+
+    In the packed (preorder) layout the keys a query may attend are its trie ancestors and
+    itself: key ``kv`` is one exactly when ``kv <= q <= subtree_end[kv]``. That needs ``O(P)``
+    memory per sequence instead of the dense ``(P, P)`` mask, and flex attention skips the
+    fully-masked blocks (most of a wide tree). Checked on CPU: the mask it describes equals
+    ``plan.tree_mask`` (tests/rl/learner/test_prefix.py); the fused kernel itself is not run here.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    end = plan.subtree_end
+
+    def tree(b, h, q, kv):
+        return (kv <= q) & (q <= end[b, kv])
+
+    G, P = end.shape
+    return create_block_mask(tree, G, None, P, P, device=end.device)
 
 
 def prefix_token_logprobs(
@@ -237,7 +276,8 @@ def prefix_token_logprobs(
     head = model.get_output_embeddings()
     impl = _attention_implementation(model)
     dtype = head.weight.dtype
-    mask4 = attention_mask_4d(plan.tree_mask, impl, dtype)
+    mask4 = (flex_block_mask(plan) if impl == "flex_attention"
+             else attention_mask_4d(plan.tree_mask, impl, dtype))
     hidden = decoder(input_ids=plan.input_ids, attention_mask=mask4,
                      position_ids=plan.position_ids).last_hidden_state  # (G, P, H)
     flat = hidden.reshape(-1, hidden.shape[-1])

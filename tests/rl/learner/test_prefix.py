@@ -203,7 +203,8 @@ def test_flash_attention_is_refused():
     model = _model()
     model.config._attn_implementation = "flash_attention_2"
     b = _disjoint_batch()
-    with pytest.raises(ValueError, match="sdpa or eager"):
+    with pytest.raises(ValueError, match="sdpa, eager or flex_attention; the model uses "
+                                         "'flash_attention_2'"):
         prefix_token_logprobs(model, b.input_ids, b.attention_mask, b.loss_mask)
 
 
@@ -309,3 +310,27 @@ def test_rows_without_loss_tokens_still_run_the_forward():
     assert lp.requires_grad and torch.all(lp == 0)
     lp.sum().backward()
     assert all(p.grad is not None and torch.all(p.grad == 0) for p in model.parameters())
+
+
+@pytest.mark.parametrize("max_len", [None, 30])
+def test_flex_block_mask_encodes_the_tree_mask(max_len):
+    """The flex-attention path's mask (ancestors = ``kv <= q <= subtree_end[kv]``), evaluated
+    densely on CPU, is exactly the dense tree mask (padding included). The fused CUDA kernel
+    itself is not run here."""
+    from torch.nn.attention.flex_attention import create_mask
+
+    from rl.learner.prefix import flex_block_mask
+
+    b = _tree_batch(seed=5)
+    plan = build_plan(b.input_ids, b.attention_mask, max_len=max_len)
+    G, P = plan.input_ids.shape
+    end = plan.subtree_end
+    q = torch.arange(P)[:, None]
+    kv = torch.arange(P)[None, :]
+    dense = (kv <= q) & (q <= end[:, None, :])  # (G, P, P)
+    assert torch.equal(dense, plan.tree_mask)
+    block = flex_block_mask(plan)
+    assert tuple(block.shape) == (G, 1, P, P)
+    tree = block.mask_mod
+    got = create_mask(tree, G, 1, P, P, device="cpu")[:, 0]
+    assert torch.equal(got, plan.tree_mask)
