@@ -85,7 +85,7 @@ class LearnerConfig:
     per-branch positions (rl/learner/prefix.py); same logprobs and gradients as the plain pass.
     Micro-batches then hold whole packed groups within the token slots and attention area of a
     plain micro-batch (micro_batch_size rows of the batch's longest row); under DeepSpeed each
-    rank packs its own shard. sdpa or eager attention."""
+    rank packs its own shard. sdpa, eager or flex_attention (flex untested on CUDA)."""
     ref_offload: bool = False
     """Keep the KL reference snapshot (the policy at the start of RL; rl/learner/base.py) in CPU
     memory. Only used when ``algorithm.loss.kl_coef > 0``."""
