@@ -22,6 +22,11 @@ fails. A test that raises or hangs fails alone; only a hang that ignores the ala
 handlers replaced, a blocking C call) runs into the whole program's wall limit, and then the
 tests after it fail too.
 
+Cost: one forked sandbox process per episode. Measured on the shared 2-core machine under load
+(load average ~6; 30 test tasks, reference solutions): the final step took 12 ms median, 20 ms p90
+(2-3 ms median when the tests ran in the session). A program over the sandbox's
+``max_code_bytes`` (512 KiB of cells, JSON-escaped) is refused, and every test fails.
+
 ``reward`` = ``info["score"]`` = the share of tests passed, ``info["success"]`` = all of them,
 ``info["tests_passed"]`` / ``info["tests_total"]``, ``info["python_calls"]`` = cells submitted
 (tool calls that ran plus final-message blocks).
