@@ -33,7 +33,9 @@ fills (no qualifying turn, a skipped branch) are sampled as extra root episodes 
 "fill"``), so runs with and without trees can be compared at equal sample budget.
 
 Metadata: ``Trajectory.info["tree"]`` = ``{"id", "parent", "kind": root|branch|fill, "level",
-"fork_turn", "hint", "skipped", "skipped_nondeterministic"}`` (skips are counted on the parent).
+"fork_turn", "hint", "hints", "skipped", "skipped_nondeterministic"}`` (skips are counted on the
+parent; ``hints`` lists the ``[turn, text]`` of every hint on the path, which a replay of the
+trajectory puts back before comparing).
 :func:`tree_stats` turns it into step metrics, with the error-recovery rate (success of episodes
 that saw an error observation) for every run.
 
@@ -104,9 +106,13 @@ class _Node:
 
 
 def _meta(id_: str, kind: str, parent: str | None = None, level: int = 0,
-          fork_turn: int | None = None, hint: bool = False) -> dict[str, Any]:
+          fork_turn: int | None = None, hints: Sequence[tuple[int, str]] = (),
+          hint: bool = False) -> dict[str, Any]:
+    """``hints``: ``(turn, text)`` of every hint on the path (replays of a branch of this
+    trajectory put them back); ``hint``: whether this branch's own fork added one."""
     return {"id": id_, "parent": parent, "kind": kind, "level": level, "fork_turn": fork_turn,
-            "hint": hint, "skipped": 0, "skipped_nondeterministic": 0}
+            "hint": hint, "hints": [list(h) for h in hints], "skipped": 0,
+            "skipped_nondeterministic": 0}
 
 
 async def grow_tree(loop: AgentLoop, live: list[_Live], tasks: Sequence[Task], seed: int,
@@ -181,9 +187,13 @@ async def _replay(loop: AgentLoop, node: _Node, k: int, id_: str, level: int, ta
     tokens, or the hint leaves no room in the token budget."""
     cfg = loop.cfg.tree
     parent = node.live.traj
+    meta = parent.info["tree"]
     hint = None
     if cfg.error_hint and cfg.mode in ("error", "both") and is_error_turn(parent.turns[k]):
         hint = cfg.hint_text.format(error=error_message(parent.turns[k]))
+    hints = {int(j): str(text) for j, text in meta["hints"]}  # earlier forks' hints: put back
+    if hint is not None:
+        hints[k] = hint
     x = await loop._start(task, seed=reset_seed, group=parent.group_id)
     keep = False
     try:
@@ -192,13 +202,12 @@ async def _replay(loop: AgentLoop, node: _Node, k: int, id_: str, level: int, ta
             ids = parent.token_ids[turn.start: turn.end]
             out = GenerationOutput(ids, parent.logprobs[turn.start: turn.end], turn.finish_reason)
             res = await x.env.step(loop._append(x, out))
-            if j == k and hint is not None and not (res.terminated or res.truncated):
+            if j in hints and not (res.terminated or res.truncated):
                 res = replace(res, messages=[*res.messages,
-                                             {"role": cfg.hint_role, "content": hint}])
+                                             {"role": cfg.hint_role, "content": hints[j]}])
             loop._absorb(x, ids, res, last=False)  # the parent continued after turn k
             if x.done:
                 break
-        meta = parent.info["tree"]
         if not _same_prefix(x.traj, parent, k, hinted=hint is not None):
             meta["skipped"] += 1
             meta["skipped_nondeterministic"] += 1
@@ -206,7 +215,8 @@ async def _replay(loop: AgentLoop, node: _Node, k: int, id_: str, level: int, ta
         if x.done:  # the hint did not fit in rollout.max_total_tokens
             meta["skipped"] += 1
             return None
-        x.traj.info["tree"] = _meta(id_, "branch", meta["id"], level, k, hint is not None)
+        x.traj.info["tree"] = _meta(id_, "branch", meta["id"], level, k,
+                                    sorted(hints.items()), hint is not None)
         keep = True
         return x
     finally:

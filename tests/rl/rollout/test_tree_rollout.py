@@ -271,6 +271,34 @@ def test_error_branches_fire_only_after_error_observations(tokenizer, hint):
     assert s["tree/error_branch_success"] == pytest.approx(1 / 2)
 
 
+def repeat_error_policy(text: str, n: int) -> str:
+    """Errs from the prompt; from an error context, sample 0 errs again, sample n >= 1 adds."""
+    tail = text.rsplit("<|im_start|>tool", 1)[-1]
+    if text.count("<|im_start|>tool") == 0:
+        return "1*2=?"
+    if "error:" in tail:
+        return "2*2=?" if n == 0 else f"{n}+1=?"
+    return f"{last_result(text)}!"
+
+
+def test_hinted_branch_forked_again_replays_its_earlier_hint(tokenizer):
+    tree = TreeConfig(mode="error", branch=1, depth=2, max_branches=3, error_hint=True)
+    trajs, engine = run_tree(tokenizer, repeat_error_policy, tree, group_size=1)
+    t = by_id(trajs)
+    assert sorted(t) == ["7.0", "7.0-0.0", "7.0-0.0-1.0", "7.0-1.0"]  # nothing skipped
+    for x in trajs:
+        assert_token_contract(x, engine, tokenizer)
+    b, bb = t["7.0-0.0"], t["7.0-0.0-1.0"]
+    hint = "The last tool call failed: unknown tool 'mul'. Fix the call and try again."
+    assert b.info["tree"]["hints"] == [[0, hint]]
+    assert bb.info["tree"]["hints"] == [[0, hint], [1, hint]]
+    assert t["7.0-1.0"].info["tree"]["hints"] == [[1, hint]]  # the root had none before
+    # bb shares b's tokens through b's first hint and its second failed call's error message
+    assert b.turns[1].end < lcp(bb.token_ids, b.token_ids) < b.turns[2].start
+    assert [m["content"] for m in bb.messages].count(hint) == 2
+    assert tree_stats(trajs)["tree/skipped"] == 0
+
+
 def test_no_error_no_error_branch(tokenizer):
     tree = TreeConfig(mode="error", branch=2, max_branches=2)
     trajs, _ = run_tree(tokenizer, one_call_policy, tree, group_size=2)
