@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jinja2.exceptions import TemplateError
 
 import envs.tasks  # noqa: F401  (registers the task envs)
 from envs.base import StepResult, ToolEnv, make_env, registered_envs
@@ -418,3 +419,16 @@ def test_episode_through_the_agent_loop_keeps_what_the_model_saw(harmony_tokeniz
         assert thought in text and thought not in canonical
     assert "It is 42." in canonical  # the last turn's analysis is rendered (training view)
     assert t.info["history_rewrites"] == 2 and trajectory_stats([t])["history_rewrites"] == 2
+
+
+@pytest.mark.skipif(GPTOSS is None or not GPTOSS.exists(), reason="trl's templates not installed")
+@pytest.mark.xfail(strict=True, raises=TemplateError, reason="the agent loop passes a turn as raw content; gpt-oss's "
+                   "template wants thinking / tool_calls (envs/formats/harmony.py, 'Limit')")
+def test_gpt_oss_shipped_template_through_the_agent_loop(harmony_tokenizer) -> None:
+    tok = copy.deepcopy(harmony_tokenizer)
+    tok.chat_template = GPTOSS.read_text()  # type: ignore[union-attr]
+    turns = [_call("calculator", '{"expression": "6*7"}'), FINAL + "<answer>42</answer><|return|>"]
+    loop = AgentLoop(ScriptedEngine(tok, turns), tok, lambda: DialogueEnv("harmony"),
+                     RolloutConfig(max_turns=3), native_tools=True)
+    (t,) = loop.run([Task(id="a", prompt="a")])
+    assert t.terminated and t.info["final_answer"] == "42"
