@@ -384,6 +384,10 @@ def test_episode_through_the_agent_loop_keeps_what_the_model_saw(harmony_tokeniz
     tok = harmony_tokenizer
     fmt_name, _ = resolve_format("auto", tok)
     assert fmt_name == "harmony-prompt"
+    from rl.learner.tokens import format_token_ids  # the rows a LoRA cold start trains
+
+    assert format_token_ids(tok, get_format(fmt_name)) == sorted(
+        tok.convert_tokens_to_ids(HARMONY_TOKENS))
     turns = [  # a question to the user; a call (stopped at <|call|>); the answer (EOS <|return|>)
         "<|channel|>analysis<|message|>Which numbers?<|end|>" + A + FINAL + "Which ones?<|return|>",
         "<|channel|>analysis<|message|>Use the tool.<|end|>" + A
