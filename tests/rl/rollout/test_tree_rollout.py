@@ -449,3 +449,47 @@ def test_step_core_scores_credits_batches_and_reports_a_tree(tokenizer):
     assert batch is not None and len(batch) == 6  # every row has a non-zero fork advantage
     row = core.metrics_row(trajs, rewards, {}, {"rollout": 1.0})
     assert (row["tree/branches"], row["tree/episodes_per_group"]) == (4.0, 6.0)
+
+
+class AnyCallEnv(CalcEnv):
+    """Every action counts as a tool call answered by a fixed result; 3 turns, then ends."""
+
+    async def step(self, action: str) -> StepResult:
+        self.turns = getattr(self, "turns", 0) + 1
+        if self.turns == 3:
+            return StepResult(messages=[], terminated=True, success=False)
+        return StepResult(messages=[{"role": "tool", "content": "= 1"}],
+                          tool_calls=[ToolCall("any", {})])
+
+
+def test_hf_engine_branches_resample_and_keep_the_sampler_logprobs(tokenizer, tiny_model):
+    """A real engine (HF, tiny random model): branches continue with new samples (the level's
+    seed differs from the roots'), and the learner-side logprobs of every model token, shared
+    prefix included, equal the sampler's."""
+    from rl.rollout.engines.hf import HFEngine
+
+    torch.manual_seed(0)
+    engine = HFEngine(tiny_model, tokenizer, seed=0)
+    tree = TreeConfig(mode="fork", branch=2, depth=1, max_branches=2)
+    cfg = RolloutConfig(max_turns=3, max_tokens_per_turn=6, max_total_tokens=512,
+                        schedule="rounds", tree=tree)
+    trajs = AgentLoop(engine, tokenizer, AnyCallEnv, cfg).run(
+        [Task(id="a", prompt="add", answer=0)], n_samples=1, seed=11)
+    t = by_id(trajs)
+    root = t["0.0"]
+    kids = [x for x in trajs if x.info["tree"]["kind"] == "branch"]
+    assert len(kids) == 2
+    end = root.turns[1].start
+    for kid in kids:
+        assert kid.token_ids[:end] == root.token_ids[:end]
+        kid.validate()
+    conts = {tuple(x.token_ids[end: x.turns[1].end]) for x in (root, *kids)}
+    assert len(conts) == 3  # three different samples of turn 1 from one context
+    with torch.no_grad():
+        for x in (root, *kids):
+            ids = torch.tensor([x.token_ids])
+            lp = torch.log_softmax(tiny_model(ids).logits[0, :-1].float(), -1)
+            got = lp.gather(-1, ids[0, 1:, None])[:, 0]
+            mask = torch.tensor(x.loss_mask[1:], dtype=torch.bool)
+            want = torch.tensor(x.logprobs[1:])
+            assert torch.allclose(got[mask], want[mask], atol=1e-4)
