@@ -493,3 +493,18 @@ def test_hf_engine_branches_resample_and_keep_the_sampler_logprobs(tokenizer, ti
             mask = torch.tensor(x.loss_mask[1:], dtype=torch.bool)
             want = torch.tensor(x.logprobs[1:])
             assert torch.allclose(got[mask], want[mask], atol=1e-4)
+
+
+def test_evaluation_never_branches(tokenizer):
+    from types import SimpleNamespace
+
+    from rl.evaluate import evaluate_tasks
+
+    cfg = Config()
+    cfg.rollout.tree = TreeConfig(mode="fork", branch=2, max_branches=4)
+    parts = SimpleNamespace(tokenizer=tokenizer, native_tools=False, env_factory=CalcEnv)
+    res = evaluate_tasks(cfg, parts, CountingEngine(tokenizer, one_call_policy),
+                         [Task(id="a", prompt="add", answer=3)], n_samples=2, seed=1)
+    assert len(res.trajectories) == 2
+    assert all("tree" not in x.info for x in res.trajectories)
+    assert cfg.rollout.tree.mode == "fork"  # the run's config is left as it was
