@@ -310,6 +310,12 @@ class LauncherConfig:
     gpus_per_learner: float = 0.0
     cpus_per_env_worker: float = 0.0
     """Env workers mostly wait on tools; their sandbox processes are not Ray-scheduled."""
+    cpus_per_user_model: float = 1.0
+    """CPUs of the LLM-user actor (``env.kwargs.user_model`` under Ray: one frozen user model per
+    run, rl/distributed/user_actor.py), scheduled outside the run's placement group."""
+    gpus_per_user_model: float = 0.0
+    """GPUs (or a fraction) of the LLM-user actor; set it on GPU clusters so the user model does
+    not decode on CPU."""
     threads_per_actor: int = 1
     """torch intra-op threads in each rollout / learner actor (0 = torch's default)."""
     trajectory_timeout_s: float = 0.0

@@ -18,8 +18,8 @@ named :class:`UserModelActor` per (model, seed) in the run's Ray namespace and h
   (``rl.build.build_local_user_model``), and :meth:`UserModelActor.trainable_parameters` says so.
   Its replies reach the policy only as ``user`` messages, i.e. observation tokens with loss
   mask 0 (tests/rl/distributed/test_user_actor.py asserts both).
-* Resources: the actor asks for one rollout worker's share (``launcher.cpus_per_rollout_worker``,
-  ``launcher.gpus_per_rollout_worker``), outside the run's placement group.
+* Resources: the actor asks for its own ``launcher.cpus_per_user_model`` /
+  ``launcher.gpus_per_user_model`` (default 1 CPU, no GPU), outside the run's placement group.
 
 The hidden goal travels from the env to the actor only (in the ``reply`` call); the agent's
 context gets nothing but the reply text, as in-process.
@@ -113,7 +113,7 @@ def shared_user(cfg: Any, name: str) -> RemoteUser | None:
     lc = cfg.launcher
     actor = get_user_actor(actor_name(name, cfg.trainer.seed),
                            functools.partial(build_local_user_model, cfg, name, max_batch=16),
-                           num_cpus=lc.cpus_per_rollout_worker,
-                           num_gpus=lc.gpus_per_rollout_worker)
+                           num_cpus=lc.cpus_per_user_model,
+                           num_gpus=lc.gpus_per_user_model)
     ray.get(actor.ping.remote())  # built (a model that cannot load fails the run here)
     return RemoteUser(actor)

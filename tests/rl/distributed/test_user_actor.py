@@ -141,7 +141,7 @@ def test_config_path_shares_one_frozen_actor(ray_up, tiny_model_dir) -> None:
 
     cfg = to_dataclass(load_config([
         "launcher=ray", "env=simuser", f"+env.kwargs.user_model={tiny_model_dir}",
-        "launcher.cpus_per_rollout_worker=0.5"]))
+        "launcher.cpus_per_user_model=0.5"]))
     f1, _ = build_env_factory(cfg)
     f2, _ = build_env_factory(cfg)  # another worker's factory: the same named actor
     a, b = f1(), f2()
@@ -170,3 +170,26 @@ def test_a_sync_worker_actor_reaches_the_user_actor(ray_up) -> None:
     worker = ray.remote(num_cpus=0)(_SyncWorker).remote()
     assert ray.get(worker.episode.remote(actor)) == _user_turns(echo_user(**kw))[0]
     ray.kill(worker)
+
+
+def test_user_actor_asks_for_the_user_model_resources(monkeypatch) -> None:
+    """launcher.cpus_per_user_model / gpus_per_user_model (not a rollout worker's share) size the
+    actor; checked on the call, without Ray running."""
+    import rl.distributed.user_actor as ua
+    from rl.config import load_config, to_dataclass
+
+    asked: dict = {}
+
+    def fake_get(name, build, **kw):
+        asked.update(kw, name=name)
+        return SimpleNamespace(ping=SimpleNamespace(remote=lambda: None))
+
+    monkeypatch.setattr(ua, "get_user_actor", fake_get)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get", lambda ref: ref)
+    cfg = to_dataclass(load_config([
+        "launcher=ray", "launcher.cpus_per_user_model=2.5", "launcher.gpus_per_user_model=0.25",
+        "launcher.cpus_per_rollout_worker=3", "launcher.gpus_per_rollout_worker=0.5"]))
+    assert isinstance(ua.shared_user(cfg, "some/model"), RemoteUser)
+    assert (asked["num_cpus"], asked["num_gpus"]) == (2.5, 0.25)
+    assert asked["name"] == actor_name("some/model", cfg.trainer.seed)
