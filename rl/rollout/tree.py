@@ -169,14 +169,15 @@ async def grow_tree(loop: AgentLoop, live: list[_Live], tasks: Sequence[Task], s
                 made[g] += 1
         await loop._drive(branches, seed + SEED_STRIDE * level)
 
-    fill: list[_Live] = []
-    for g in groups:
+    slots = [(g, j) for g in groups for j in range(cfg.max_branches - made[g])]
+    starts = []
+    for g, _ in slots:
         task, reset_seed = where(g)
-        for j in range(cfg.max_branches - made[g]):
-            x = await loop._start(task, seed=reset_seed, group=g)
-            live.append(x)
-            x.traj.info["tree"] = _meta(f"{g}.fill{j}", "fill")
-            fill.append(x)
+        starts.append(loop._start(task, seed=reset_seed, group=g))
+    fill = list(await asyncio.gather(*starts))
+    for (g, j), x in zip(slots, fill):
+        live.append(x)
+        x.traj.info["tree"] = _meta(f"{g}.fill{j}", "fill")
     await loop._drive(fill, seed + SEED_STRIDE * (cfg.depth + 1))
 
 
