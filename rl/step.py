@@ -208,7 +208,9 @@ class StepCore:
         from rl.tracking import tool_use_stats
 
         n = max(len(trajs), 1)
-        gen_tokens = sum(t.num_model_tokens for t in trajs)
+        tree = tree_stats(trajs)  # tree branches copy their parents' tokens up to the fork
+        gen_tokens = sum(t.num_model_tokens for t in trajs) - tree.get(
+            "tree/replayed_model_tokens", 0.0)
         rollout_s = times.get("rollout", times.get("rollout_wait", 0.0))
         return {
             **reward_metrics(trajs),  # reward/<name>: mean of each episode and turn term
@@ -217,7 +219,7 @@ class StepCore:
             "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
             "reward/success": sum(solved(t) for t in trajs) / n,  # the env's verdict
             **{f"episode/{k}": v for k, v in trajectory_stats(trajs).items()},
-            **tree_stats(trajs),  # error recovery; tree/ branch counts with rollout.tree
+            **tree,  # error recovery; tree/ branch counts with rollout.tree
             **tool_use_stats(trajs),  # tools/call_rate, parse errors by kind, lenient calls
             **sandbox_metrics(),  # sandbox/: isolation reached vs requested, calls, latency
             "perf/rollout_tokens_per_s": gen_tokens / max(rollout_s, 1e-9),

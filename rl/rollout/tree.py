@@ -218,6 +218,7 @@ async def _replay(loop: AgentLoop, node: _Node, k: int, id_: str, level: int, ta
             return None
         x.traj.info["tree"] = _meta(id_, "branch", meta["id"], level, k,
                                     sorted(hints.items()), hint is not None)
+        x.traj.info["tree"]["replayed_model_tokens"] = sum(x.traj.loss_mask)  # copied, not sampled
         keep = True
         return x
     finally:
@@ -242,8 +243,10 @@ def tree_stats(trajs: Sequence[Trajectory]) -> dict[str, float]:
     """Step metrics: ``episode/error_seen`` (share of episodes that acted after an error
     observation) and ``episode/error_recovery`` (their success rate), in every run; with tree
     rollouts also per-step counts ``tree/branches``, ``tree/hinted``, ``tree/fill``,
-    ``tree/skipped``, ``tree/skipped_nondeterministic``, ``tree/episodes_per_group`` and
-    ``tree/error_branch_success`` (success of branches forked at an error turn)."""
+    ``tree/skipped``, ``tree/skipped_nondeterministic``, ``tree/episodes_per_group``,
+    ``tree/replayed_model_tokens`` (model tokens branches copied from their parents: trained on,
+    not sampled) and ``tree/error_branch_success`` (success of branches forked at an error
+    turn)."""
     from rewards.outcome import success
 
     out: dict[str, float] = {}
@@ -262,6 +265,8 @@ def tree_stats(trajs: Sequence[Trajectory]) -> dict[str, float]:
         "tree/skipped": float(sum(m["skipped"] for m in metas)),
         "tree/skipped_nondeterministic": float(sum(m["skipped_nondeterministic"] for m in metas)),
         "tree/episodes_per_group": len(trajs) / max(len({t.group_id for t in trajs}), 1),
+        "tree/replayed_model_tokens": float(sum(m.get("replayed_model_tokens", 0)
+                                                for m in metas)),
     })
     err = [t for t in trajs if t.info.get("tree", {}).get("kind") == "branch"
            and is_error_turn(t.turns[t.info["tree"]["fork_turn"]])]

@@ -449,6 +449,12 @@ def test_step_core_scores_credits_batches_and_reports_a_tree(tokenizer):
     assert batch is not None and len(batch) == 6  # every row has a non-zero fork advantage
     row = core.metrics_row(trajs, rewards, {}, {"rollout": 1.0})
     assert (row["tree/branches"], row["tree/episodes_per_group"]) == (4.0, 6.0)
+    # branches copy their parent's turn 0: trained on, but not sampled in this rollout
+    ids = by_id(trajs)
+    copied = sum(ids[x.info["tree"]["parent"]].turns[0].end - ids[x.info["tree"]["parent"]]
+                 .turns[0].start for x in trajs if x.info["tree"]["kind"] == "branch")
+    assert copied > 0 and row["tree/replayed_model_tokens"] == copied
+    assert row["perf/rollout_tokens_per_s"] == sum(x.num_model_tokens for x in trajs) - copied
 
 
 class AnyCallEnv(CalcEnv):
