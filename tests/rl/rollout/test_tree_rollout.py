@@ -514,3 +514,23 @@ def test_evaluation_never_branches(tokenizer):
     assert len(res.trajectories) == 2
     assert all("tree" not in x.info for x in res.trajectories)
     assert cfg.rollout.tree.mode == "fork"  # the run's config is left as it was
+
+
+@pytest.mark.parametrize("flaky", [False, True])
+def test_every_env_a_tree_opens_is_closed(tokenizer, flaky):
+    """Roots, kept and skipped replays, fill episodes: each env is closed exactly once."""
+    log: list[tuple[str, int]] = []
+
+    class Counted(FlakyCalcEnv if flaky else CalcEnv):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.n = len(log)
+            log.append(("open", self.n))
+
+        async def close(self):
+            log.append(("close", self.n))
+
+    tree = TreeConfig(mode="fork", branch=2, depth=2, max_branches=4)
+    trajs, _ = run_tree(tokenizer, two_call_policy, tree, group_size=2, env=Counted)
+    opened = [n for kind, n in log if kind == "open"]
+    closed = sorted(n for kind, n in log if kind == "close")
+    assert closed == opened and len(opened) == len(trajs) + tree_stats(trajs)["tree/skipped"]
