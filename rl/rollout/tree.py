@@ -40,10 +40,14 @@ trajectory puts back before comparing).
 that saw an error observation) for every run.
 
 Departures: PORTool samples a full tree by step; here the budget caps it and forks are taken
-in group order. Fission-GRPO's error feedback comes from a learned error simulator; here the
-hint is a fixed template around the env's own error message, and recovery branches join their
-parent's group (tree credit compares them at the fork) instead of forming a separate group.
-Both written from the papers' descriptions; no code reused. Levels are sampled one after
+in group order. Fission-GRPO (arXiv 2601.15625) makes each failed trajectory, with diagnostic
+feedback from a fine-tuned error simulator, a new training instance whose recovery rollouts
+form their own group, triggered from a buffer; here the hint is a fixed template around the
+env's own error message, any episode's error turn forks (not only failed episodes'), in the
+same step, and the recoveries join their parent's group: with ``algorithm.credit=tree`` the
+fork-relative term compares them with each other at the error turn (their own group's
+baseline), the trajectory term with the whole group. Both written from the papers'
+descriptions; no code reused. Levels are sampled one after
 another (a level's branches in one batch): a tree rollout takes about ``1 + depth`` (+1 for
 fill) times the wall time of a flat one with the same number of turns.
 """
