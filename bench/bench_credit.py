@@ -232,9 +232,9 @@ def method_overrides(method: str, group: int, tree_branches: int) -> list[str]:
     if not any(x.startswith("rollout.tree.mode=") for x in o):
         return [*o, f"algorithm.group_size={group}"]
     roots = group - tree_branches
-    if tree_branches < 1 or roots < 2:
+    if tree_branches < 1 or roots < 1:
         raise ValueError(f"--tree-branches={tree_branches} with --group={group}: a tree method "
-                         f"needs >= 1 branch slot and >= 2 root episodes per task")
+                         f"needs >= 1 branch slot and >= 1 root episode per task")
     return [*o, f"algorithm.group_size={roots}", f"rollout.tree.max_branches={tree_branches}",
             f"rollout.tree.branch={min(2, tree_branches)}"]
 

@@ -99,7 +99,9 @@ def test_method_overrides_and_tree_sample_accounting():
     assert err[2:] == ["rollout.tree.mode=error", "algorithm.group_size=5",
                        "rollout.tree.max_branches=3", "rollout.tree.branch=2"]
     assert bc.method_overrides("tree-fork", 3, 1)[-1] == "rollout.tree.branch=1"
-    for g, b in ((4, 0), (4, 3), (2, 1)):  # no branch slot, or fewer than 2 roots
+    assert bc.method_overrides("tree-fork", 2, 1)[-3:] == [
+        "algorithm.group_size=1", "rollout.tree.max_branches=1", "rollout.tree.branch=1"]
+    for g, b in ((4, 0), (4, 4), (2, 3)):  # no branch slot, or no root
         with pytest.raises(ValueError, match="tree method"):
             bc.method_overrides("tree-fork", g, b)
     with pytest.raises(ValueError, match="not one of"):
@@ -296,3 +298,19 @@ def test_smoke_run_every_method(tmp_path, tiny_model_dir):
             assert r["branch_episodes"] == r["fill_episodes"] == 0
     assert json.loads((out / "results.json").read_text())["runs"] == res["runs"]
     assert (out / "credit.png").exists()
+
+
+@pytest.mark.slow
+def test_child_processes_for_real(tmp_path, tiny_model_dir):
+    """The default path: each job in a fresh `bench_credit.py --only <job>` process."""
+    out = tmp_path / "bench"
+    argv = ["--model", str(tiny_model_dir), "--episodes", "4", "--eval-every", "4",
+            "--tasks-per-step", "2", "--group", "2", "--eval-tasks", "2", "--seeds", "0",
+            "--methods", "grpo", "tree-fork", "--lr", "1e-3", "--out", str(out), "--override",
+            "rollout.max_turns=2", "rollout.max_tokens_per_turn=6", "learner.autocast=fp32"]
+    res = bc.main(argv)
+    assert [(r["method"], r["episodes"], r["done"]) for r in res["runs"]] == [
+        ("grpo", 4, True), ("tree-fork", 4, True)]
+    assert res["start"]["n"] == 2 and (out / "credit.png").exists()
+    assert json.loads((out / "plan.json").read_text())["jobs"] == ["start", "grpo-s0",
+                                                                  "tree-fork-s0"]
