@@ -75,6 +75,8 @@ def fit(driver: Driver, cfg: Config) -> dict[str, dict[str, float]]:
                 warn_no_tool_use_after_sft(driver, s.results["sft"])
         s.stage = "rl"
         driver.start_rl()
+        if cfg.sft.enabled and should_save(cfg, s.step):  # the cold-start policy: step 0
+            driver.save()
     for step in driver.progress(range(s.step, cfg.trainer.steps)):
         driver.train_step(step)
         s.step = step + 1
@@ -99,7 +101,8 @@ def warn_no_tool_use_after_sft(driver: Any, res: dict[str, Any]) -> None:
 
 
 def should_save(cfg: Config, step: int) -> bool:
-    """Periodic checkpoints (the final one is always written by :func:`fit`)."""
+    """Periodic checkpoints (the final one is always written by :func:`fit`); with SFT on, step 0
+    is the cold-start policy (evaluable with ``turnrl eval --checkpoint``; a resume skips SFT)."""
     every = cfg.trainer.save_every
     return every > 0 and step % every == 0 and step < cfg.trainer.steps
 

@@ -101,9 +101,18 @@ def test_stage_machine_order_and_save_cadence():
     cfg.trainer.steps, cfg.trainer.save_every = 3, 2
     d = _ScriptedDriver()
     results = fit(d, cfg)
-    assert d.calls == ["resume", "eval:base", "sft", "eval:sft", "start_rl", "step0", "step1",
-                       "save@2", "step2", "eval:grpo", "save@3", "finish"]
+    assert d.calls == ["resume", "eval:base", "sft", "eval:sft", "start_rl", "save@0", "step0",
+                       "step1", "save@2", "step2", "eval:grpo", "save@3", "finish"]
     assert set(results) == {"base", "sft", "grpo"} and d.state.stage == "rl"
+
+
+def test_no_cold_start_checkpoint_without_sft_or_periodic_saves():
+    for sft, every in ((False, 2), (True, 0)):
+        cfg = Config()
+        cfg.trainer.steps, cfg.trainer.save_every, cfg.sft.enabled = 2, every, sft
+        d = _ScriptedDriver()
+        fit(d, cfg)
+        assert [c for c in d.calls if c.startswith("save")] == ["save@2"]  # the final one
 
 
 def test_stage_machine_resumed_in_rl_skips_the_pre_rl_stages():
