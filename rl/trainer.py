@@ -102,10 +102,11 @@ class Trainer:
         """Every rank's trajectories meet on rank 0, which assigns credit (a critic sees the
         whole step) and sends each rank its rows' advantages. Returns (all trajectories on rank
         0 / this rank's elsewhere, this rank's batch, credit metrics)."""
-        per_rank = dist.gather_objects(trajs)
-        everyone = [t for part in per_rank for t in part]
+        per_rank = dist.gather_to_main(trajs)  # None off rank 0
+        everyone = trajs
         share = None
-        if dist.is_main():
+        if per_rank is not None:
+            everyone = [t for part in per_rank for t in part]
             adv, metrics = self.core.assign_credit(everyone)
             bounds = [0]
             for part in per_rank:

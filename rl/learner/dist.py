@@ -168,6 +168,16 @@ def gather_objects(obj) -> list:
     return out
 
 
+def gather_to_main(obj) -> list | None:
+    """Every rank's object, in rank order, on rank 0; ``None`` on the other ranks (``[obj]`` in
+    one process). Half the traffic of :func:`gather_objects` when only rank 0 needs them."""
+    if not is_initialized():
+        return [obj]
+    out: list | None = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def check_data_parallel(cfg, multi: bool) -> None:
     """Refuse data-parallel setups (``cfg``: rl.config.Config) that would silently train
     something else."""
