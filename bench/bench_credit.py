@@ -253,7 +253,8 @@ def n_evals(episodes: int, every: int) -> int:
 
 
 # -- the plan: every job, its exact overrides and its episodes -----------------------------------
-CONTROL = ("report", "sizing", "dry_run", "only", "in_process", "threshold", "delta", "note")
+CONTROL = ("report", "sizing", "dry_run", "only", "in_process", "threshold", "delta", "note",
+           "start_window")
 
 
 def _common(args) -> list[str]:
@@ -350,7 +351,8 @@ def print_plan(args, jobs: list[dict[str, Any]]) -> None:
           f"# greedy held-out evaluation on {args.eval_tasks} tasks at episode 0 (shared) and "
           f"every {args.eval_every} episodes. Each run trains exactly the config of its "
           f"`turnrl train` line;\n# the harness drives those steps itself (a fresh process per "
-          f"job) to evaluate between them.")
+          f"job) to evaluate between them; it stops after the start evaluation unless the start "
+          f"model's success is in [{args.start_window[0]}, {args.start_window[1]}].")
     for j in jobs:
         print(command(j))
     print(f"# budget: training episodes {b['train_episodes']} ({b['runs']} x {args.episodes}); "
@@ -445,6 +447,21 @@ def run_one(args, job: dict[str, Any], save) -> dict:
     return run
 
 
+def check_start(out: Path, lo: float, hi: float) -> None:
+    """Stop before any run when the start model's held-out success is outside ``[lo, hi]``: a
+    start that never (or nearly always) succeeds gives no method a signal (issue 18, (a))."""
+    f = run_file(out, "start")
+    if not f.exists():  # the start job failed: failed.json says so; the runs still go
+        return
+    s = json.loads(f.read_text())
+    rate = s["k"] / s["n"]
+    if not lo <= rate <= hi:
+        raise SystemExit(f"bench_credit: the start model's held-out success {s['k']}/{s['n']} = "
+                         f"{rate:.3f} is outside --start-window [{lo}, {hi}]: change the cold "
+                         f"start (--model / --sft-examples) or the env knobs, and use another "
+                         f"--out")
+
+
 def plan_args(args) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k not in CONTROL}
 
@@ -495,6 +512,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--threshold", type=float, default=0.5, help="success for episodes-to-reach")
     p.add_argument("--delta", type=float, default=0.10, help="difference to size a run for")
     p.add_argument("--note", default="", help="plot title note (machine, load)")
+    p.add_argument("--start-window", type=float, nargs=2, default=[0.15, 0.60],
+                   metavar=("LO", "HI"), help="stop before the runs unless the start model's "
+                   "held-out success is in [LO, HI] (every method needs signal; 0 1: no check)")
     p.add_argument("--out", default="runs/bench_credit")
     p.add_argument("--report", action="store_true", help="table + plot from --out (partial too)")
     p.add_argument("--sizing", action="store_true", help="sizing from --out's results")
@@ -563,6 +583,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                 _write(out / "failed.json", failed)
                 if job["kind"] == "sft":  # no start model: nothing can follow
                     raise SystemExit(f"bench_credit: job {job['job']} failed (exit {rc})")
+        if job["kind"] == "start":
+            check_start(out, *args.start_window)
         _write(out / "results.json", collect(out))
     results = collect(out)
     results["total_seconds"] = time.perf_counter() - t0

@@ -233,15 +233,15 @@ def test_report_from_partial_results(tmp_path, capsys):
     assert (tmp_path / "credit.png").stat().st_size > 1000 and out["runs"] == res["runs"]
 
 
-def _fake_child(out: Path, fail: set[str], calls: list[str]):
+def _fake_child(out: Path, fail: set[str], calls: list[str], start_k: int = 1):
     def run(cmd, *a, **kw):
         job = cmd[cmd.index("--only") + 1]
         calls.append(job)
         if job in fail:
             return subprocess.CompletedProcess(cmd, 3)
         if job == "start":
-            bc._write(bc.run_file(out, job), {"k": 1, "n": 4, "success": 0.25, "seconds": 0,
-                                              "done": True})
+            bc._write(bc.run_file(out, job), {"k": start_k, "n": 4, "success": start_k / 4,
+                                              "seconds": 0, "done": True})
         else:
             m, s = job.rsplit("-s", 1)
             bc._write(bc.run_file(out, job), {"method": m, "seed": int(s), "done": True,
@@ -271,13 +271,28 @@ def test_jobs_run_in_child_processes_resume_and_refuse_other_plans(tmp_path, mon
         bc.main([*argv[:3], "16", *argv[4:]])
 
 
+def test_a_start_model_outside_the_window_stops_before_any_run(tmp_path, monkeypatch):
+    argv = ["--model", str(tmp_path), "--episodes", "8", "--eval-every", "8", "--tasks-per-step",
+            "2", "--group", "4", "--seeds", "0", "--methods", "grpo"]
+    calls: list[str] = []
+    monkeypatch.setattr(bc.subprocess, "run", _fake_child(tmp_path / "a", set(), calls, 0))
+    with pytest.raises(SystemExit, match=r"0/4 = 0.000 is outside --start-window \[0.15, 0.6\]"):
+        bc.main([*argv, "--out", str(tmp_path / "a")])
+    assert calls == ["start"]
+    calls.clear()  # 3/4 = 0.75 passes a window of [0.5, 0.8]; the run follows
+    monkeypatch.setattr(bc.subprocess, "run", _fake_child(tmp_path / "b", set(), calls, 3))
+    bc.main([*argv, "--out", str(tmp_path / "b"), "--start-window", "0.5", "0.8"])
+    assert calls == ["start", "grpo-s0"]
+
+
 @pytest.mark.slow
 def test_smoke_run_every_method(tmp_path, tiny_model_dir):
     out = tmp_path / "bench"
     res = bc.main([
         "--model", str(tiny_model_dir), "--episodes", "8", "--eval-every", "4",
         "--tasks-per-step", "2", "--group", "2", "--eval-tasks", "3", "--seeds", "0", "1",
-        "--lr", "1e-3", "--out", str(out), "--in-process", "--override", "rollout.max_turns=2",
+        "--lr", "1e-3", "--out", str(out), "--in-process", "--start-window", "0", "1",
+        "--override", "rollout.max_turns=2",
         "rollout.max_tokens_per_turn=6", "learner.autocast=fp32",
         "algorithm.archer.critic_updates=2", "algorithm.archer.batch_size=4",
         "algorithm.archer.critic_max_tokens=128"])
@@ -306,7 +321,8 @@ def test_child_processes_for_real(tmp_path, tiny_model_dir):
     out = tmp_path / "bench"
     argv = ["--model", str(tiny_model_dir), "--episodes", "4", "--eval-every", "4",
             "--tasks-per-step", "2", "--group", "2", "--eval-tasks", "2", "--seeds", "0",
-            "--methods", "grpo", "tree-fork", "--lr", "1e-3", "--out", str(out), "--override",
+            "--methods", "grpo", "tree-fork", "--lr", "1e-3", "--out", str(out),
+            "--start-window", "0", "1", "--override",
             "rollout.max_turns=2", "rollout.max_tokens_per_turn=6", "learner.autocast=fp32"]
     res = bc.main(argv)
     assert [(r["method"], r["episodes"], r["done"]) for r in res["runs"]] == [
