@@ -90,42 +90,23 @@ class _cap:
         prefix.packed_length_cap = self.saved
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tasks", type=int, default=8)
-    ap.add_argument("--group", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--autocast", default="", help="override learner.autocast (bf16 | fp32)")
-    ap.add_argument("--out", default="")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-
+def time_variants(model, cfg, batch, rounds: int, autocast: str, variants) -> dict[str, dict]:
+    """Update seconds of each ``(name, prefix_sharing, packed_length_cap or None)`` variant on
+    ``batch``: one TorchLearner each over ``model`` (``cfg.learner`` with ``prefix_sharing`` and
+    ``autocast`` overridden), a warm-up update on two rows, then ``rounds`` rounds alternating
+    (order flipped each round), each update from the same weights and a fresh optimizer.
+    Returns per variant: update seconds, their median, token slots, attention scores, real
+    tokens/s and the last update's grad norm."""
     from rl.config import LearnerConfig, LossConfig
-    from rl.learner.prefix import build_plan, select_rows
+    from rl.learner.prefix import select_rows
     from rl.learner.torch import TorchLearner
-    from rl.models import load_model
     from rl.types import Batch
 
-    trajs, pad, cfg = make_trajectories(args.tasks, args.group)
-    lengths = sorted(len(t.token_ids) for t in trajs)
-    first_model = sorted(t.loss_mask.index(1) for t in trajs)
-    adv = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(len(trajs))])
-    batch = Batch.from_trajectories(trajs, adv, pad_id=pad)
-    whole = build_plan(batch.input_ids, batch.attention_mask)
-    print(f"{len(trajs)} trajectories; length median {statistics.median(lengths)} "
-          f"(min {lengths[0]}, max {lengths[-1]}); tokens before the first model token median "
-          f"{statistics.median(first_model)}; batch tokens {int(batch.attention_mask.sum())}, "
-          f"whole-batch trie {whole.packed_tokens}", flush=True)
-
-    model = load_model(cfg.model.name)
     state = copy.deepcopy(model.state_dict())
     learners, caps = {}, {}
-    variants = (("plain", False, None), ("shared", True, None),
-                ("shared, sequences up to m*L", True, lambda m, L: m * L))
     for name, share, cap in variants:
         lc = copy.deepcopy(cfg.learner)
-        over = {"prefix_sharing": share, **({"autocast": args.autocast} if args.autocast else {})}
+        over = {"prefix_sharing": share, **({"autocast": autocast} if autocast else {})}
         learners[name] = TorchLearner(model, LearnerConfig(**{**vars(lc), **over}))
         caps[name] = cap
     loss_cfg = LossConfig()
@@ -135,7 +116,7 @@ def main() -> None:
         with _cap(caps[name]):
             learner.update(select_rows(batch, [0, 1]), loss_cfg)
         learner.reset_optimizer()
-    for r in range(args.rounds):  # alternating, the order flipped every round
+    for r in range(rounds):  # alternating, the order flipped every round
         names = list(learners) if r % 2 == 0 else list(reversed(learners))
         for name in names:
             learner = learners[name]
@@ -151,6 +132,7 @@ def main() -> None:
             times[name].append(dt)
             metrics[name] = m
             print(f"round {r} {name}: {dt:.2f} s  grad_norm {m['grad_norm']:.4f}", flush=True)
+    model.load_state_dict(state)
     real = int(batch.attention_mask.sum())
     rows = {}
     for name, learner in learners.items():
@@ -160,7 +142,11 @@ def main() -> None:
         rows[name] = {"update_s": times[name], "median_s": med,
                       "computed_tokens": slots, "attention_scores": area,
                       "real_tokens_per_s": real / med, "grad_norm": metrics[name]["grad_norm"]}
-    speedup = rows["plain"]["median_s"] / rows["shared"]["median_s"]
+    return rows
+
+
+def print_table(rows: dict[str, dict]) -> None:
+    """The markdown table of :func:`time_variants`' rows (speed relative to ``plain``)."""
     base = rows["plain"]
     print("| learner pass | token slots | attention scores | update s: median (each) | "
           "real tokens/s | vs plain | grad norm |")
@@ -170,6 +156,41 @@ def main() -> None:
               f"{row['median_s']:.1f} ({', '.join(f'{x:.1f}' for x in row['update_s'])}) | "
               f"{row['real_tokens_per_s']:.0f} | {base['median_s'] / row['median_s']:.2f}x | "
               f"{row['grad_norm']:.4f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", type=int, default=8)
+    ap.add_argument("--group", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--autocast", default="", help="override learner.autocast (bf16 | fp32)")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from rl.learner.prefix import build_plan
+    from rl.models import load_model
+    from rl.types import Batch
+
+    trajs, pad, cfg = make_trajectories(args.tasks, args.group)
+    lengths = sorted(len(t.token_ids) for t in trajs)
+    first_model = sorted(t.loss_mask.index(1) for t in trajs)
+    adv = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(len(trajs))])
+    batch = Batch.from_trajectories(trajs, adv, pad_id=pad)
+    whole = build_plan(batch.input_ids, batch.attention_mask)
+    print(f"{len(trajs)} trajectories; length median {statistics.median(lengths)} "
+          f"(min {lengths[0]}, max {lengths[-1]}); tokens before the first model token median "
+          f"{statistics.median(first_model)}; batch tokens {int(batch.attention_mask.sum())}, "
+          f"whole-batch trie {whole.packed_tokens}", flush=True)
+
+    model = load_model(cfg.model.name)
+    rows = time_variants(model, cfg, batch, args.rounds, args.autocast, (
+        ("plain", False, None), ("shared", True, None),
+        ("shared, sequences up to m*L", True, lambda m, L: m * L)))
+    speedup = rows["plain"]["median_s"] / rows["shared"]["median_s"]
+    real = int(batch.attention_mask.sum())
+    print_table(rows)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"args": vars(args), "rows": rows, "speedup": speedup,
