@@ -534,6 +534,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         results = collect(out)
         if args.report:
             report(results, out, args.threshold, args.note)
+        if not finals(results) and args.report:  # a run too young to size from
+            print("sizing: no run has finished an evaluation yet")
+            return results
         print_sizing(sizing(results, args.delta))
         return results
     per_step = args.tasks_per_step * args.group
@@ -723,7 +726,8 @@ def plot(results: dict, cv: dict, path: Path, note: str = "") -> None:
     ax.set_title(f"env={a['env']} {' '.join(a['knobs'])}\nmean over seeds; band: 95% t across "
                  f"seeds (pooled Wilson where 1 seed); dots: seeds. {note}".strip(), fontsize=8)
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7)
+    if shown:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

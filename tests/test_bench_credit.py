@@ -231,6 +231,10 @@ def test_report_from_partial_results(tmp_path, capsys):
     assert "| 8; 16, 8 |" in printed
     assert "| archer |" not in printed  # nothing past episode 0 yet
     assert (tmp_path / "credit.png").stat().st_size > 1000 and out["runs"] == res["runs"]
+    for f in tmp_path.glob("*-s*/bench_run.json"):  # earlier still: no evaluation after start
+        f.unlink()
+    assert bc.main(["--report", "--out", str(tmp_path)])["runs"] == []
+    assert "sizing: no run has finished an evaluation yet" in capsys.readouterr().out
 
 
 def _fake_child(out: Path, fail: set[str], calls: list[str], start_k: int = 1):
