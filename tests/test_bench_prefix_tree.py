@@ -9,6 +9,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 _spec = importlib.util.spec_from_file_location(
     "bench_prefix_tree", Path(__file__).resolve().parents[1] / "bench" / "bench_prefix_tree.py")
@@ -138,3 +139,45 @@ def test_tree_branches_continue_wrong_or_reworded(tree_batch, tokenizer):
             assert text.startswith(bt.PREAMBLE), text
             seen.add("reworded")
     assert seen == {"error", "wrong reply", "reworded"}
+
+
+def test_learner_update_on_the_tree_batch_equals_plain_in_fp32(tree_batch):
+    """The bench's comparison is of equal work: on this exact batch (token ids renumbered into a
+    small vocabulary, which keeps every shared prefix), a tiny fp32 Llama's prefix-shared update
+    has the plain update's gradients. Micro-batch 8 as in the bench: the shared pass packs the
+    whole batch into one sequence, the plain one runs the 8 padded rows."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rl.learner.torch import LearnerConfig, LossConfig, TorchLearner
+    from rl.types import Batch
+
+    trajs = tree_batch
+    adv = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(len(trajs))])
+    b = Batch.from_trajectories(trajs, adv, pad_id=0)
+    vocab = {v: i + 1 for i, v in enumerate(sorted(set(b.input_ids[b.attention_mask.bool()]
+                                                       .tolist())))}
+    b.input_ids = torch.where(b.attention_mask.bool(),
+                              b.input_ids.apply_(lambda v: vocab.get(v, 0)), 0)
+    grads, norms, shapes = [], [], []
+    for share in (False, True):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(vocab) + 1, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+            tie_word_embeddings=True, attn_implementation="sdpa")).float()
+        learner = TorchLearner(model, LearnerConfig(micro_batch_size=8, autocast="fp32",
+                                                    prefix_sharing=share))
+        learner.optimizer.step = lambda *a, **k: None  # gradients only
+        learner.scheduler.step = lambda *a, **k: None
+        model.get_decoder().register_forward_pre_hook(
+            lambda mod, args, kw, s=share: shapes.append((s, tuple(kw["input_ids"].shape))),
+            with_kwargs=True)
+        m = learner.update(b, LossConfig(kl_coef=0.0))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        norms.append(m["grad_norm"])
+    trie = len({tuple(t.token_ids[: i + 1]) for t in trajs for i in range(len(t.token_ids))})
+    # plain: the 8 padded rows; shared: one sequence, the whole batch's trie (each prefix once)
+    assert shapes == [(False, tuple(b.input_ids.shape)), (True, (1, trie))]
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+    assert norms[1] == pytest.approx(norms[0], rel=1e-4)
