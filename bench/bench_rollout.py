@@ -139,10 +139,10 @@ class TRLStepper:
         from transformers import AutoModelForCausalLM, TrainerCallback
         from trl import GRPOConfig, GRPOTrainer
 
+        from envs.formats import find_answers
         from envs.tools.calculator import calculator
         from rewards.outcome import answers_match
         from rl.models import load_tokenizer, resolve_model_path
-        from envs.formats import find_answers
 
         cfg = trainer.cfg
         n_tasks, group = cfg.trainer.tasks_per_step, cfg.algorithm.group_size

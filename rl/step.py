@@ -203,11 +203,11 @@ class StepCore:
     def metrics_row(self, trajs: list[Trajectory], rewards: torch.Tensor,
                     update: dict[str, float], times: dict[str, float]) -> dict[str, Any]:
         """The step's metrics (same keys under every driver; drivers add their own extras)."""
+        from envs.sandbox import sandbox_metrics
         from rewards.compose import reward_metrics
         from rewards.outcome import success as solved
         from rl.rollout.agent_loop import trajectory_stats
         from rl.rollout.tree import tree_stats
-        from envs.sandbox import sandbox_metrics
         from rl.tracking import tool_use_stats
 
         n = max(len(trajs), 1)
