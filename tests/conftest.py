@@ -6,6 +6,18 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _sigint_handled():
+    """A shell starts a background job (``make test &``, ``nohup ... &``) with SIGINT ignored,
+    and every child inherits that: the Ctrl-C tests (here and in their subprocesses) need
+    Python's own handler, so restore it for the session."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from rl.models import load_tokenizer
