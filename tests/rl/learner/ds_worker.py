@@ -140,8 +140,17 @@ def main() -> None:
 
 def launch(scenarios: str, model_dir, out_dir, stage: int, world: int = 2, lora: bool = False,
            timeout: float = 300, gc: bool = False) -> list[dict]:
-    """Run this script as ``world`` ranks (one process each, gloo, a free port); every rank's
-    results, in rank order. Raises with the ranks' output if one fails."""
+    """Run this script as ``world`` ranks; every rank's results, in rank order."""
+    args = [scenarios, str(model_dir), str(out_dir), str(stage)]
+    return launch_ranks(Path(__file__), args + (["lora"] if lora else []) + (["gc"] if gc else []),
+                        out_dir, world, timeout)
+
+
+def launch_ranks(script: Path, args: list[str], out_dir, world: int,
+                 timeout: float) -> list[dict]:
+    """Run ``script args`` as ``world`` ranks (one process each, gloo, a free port), each
+    writing ``out_dir/rank<r>.pt``; their contents in rank order. Raises with the ranks'
+    output if one fails."""
     import subprocess
 
     from rl.learner.dist import free_port
@@ -153,8 +162,7 @@ def launch(scenarios: str, model_dir, out_dir, stage: int, world: int = 2, lora:
            "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), scenarios, str(model_dir),
-           str(out_dir), str(stage)] + (["lora"] if lora else []) + (["gc"] if gc else [])
+    cmd = [sys.executable, str(Path(script).resolve()), *args]
     procs, logs = [], []
     for r in range(world):
         log = open(out_dir / f"log{r}.txt", "w")  # noqa: SIM115 (closed below)

@@ -82,37 +82,10 @@ def main() -> None:
 
 
 def _launch(out_dir: Path, stage: int, lora_gc: bool, timeout: float = 400) -> list[dict]:
-    import subprocess
+    from ds_worker import launch_ranks
 
-    from rl.learner.dist import free_port
-
-    here = Path(__file__).resolve()
-    repo = here.parents[3]
-    env = {**os.environ, "WORLD_SIZE": str(WORLD), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    procs, logs = [], []
-    for r in range(WORLD):
-        log = open(out_dir / f"log{r}.txt", "w")  # noqa: SIM115 (closed below)
-        logs.append(log)
-        procs.append(subprocess.Popen(
-            [sys.executable, str(here), str(out_dir), str(stage)] + ["lora_gc"] * lora_gc,
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=log,
-            stderr=subprocess.STDOUT, cwd=repo))
-    try:
-        codes = [p.wait(timeout=timeout) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-        for log in logs:
-            log.close()
-    if any(codes):
-        raise RuntimeError("a rank failed:\n" + "\n".join(
-            f"--- rank {r} (exit {c}) ---\n" + (out_dir / f"log{r}.txt").read_text()[-3000:]
-            for r, c in enumerate(codes)))
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return launch_ranks(Path(__file__), [str(out_dir), str(stage)] + ["lora_gc"] * lora_gc,
+                        out_dir, WORLD, timeout)
 
 
 @pytest.mark.parametrize("stage,lora_gc", [(2, False), (3, False), (3, True)])
