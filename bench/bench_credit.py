@@ -372,7 +372,11 @@ def _trainer(overrides: list[str]):
 def _eval(t, label: str) -> dict[str, Any]:
     res = t.evaluate(label)
     by_task = res["success_by_task"]
-    return {"k": int(round(sum(by_task))), "n": len(by_task), "success": res["success"],
+    n = len(by_task)
+    seen = int(round(res.get("error_seen", 0.0) * n))  # episodes that acted after a tool error
+    return {"k": int(round(sum(by_task))), "n": n, "success": res["success"],
+            "tool_call_rate": res.get("tool_call_rate", 0.0), "error_seen": seen,
+            "error_recovered": int(round(res.get("error_recovery", 0.0) * seen)),
             "seconds": res.get("seconds", 0.0)}
 
 
@@ -408,6 +412,9 @@ def run_job(args, out: Path, job: dict[str, Any]) -> dict | None:
 
 
 def run_one(args, job: dict[str, Any], save) -> dict:
+    from rewards.outcome import success
+    from rl.rollout.tree import saw_error
+
     tag = job["job"]
     t = _trainer(job["overrides"])
     t.start_rl()
@@ -430,6 +437,9 @@ def run_one(args, job: dict[str, Any], save) -> dict:
         if a.credit == "archer":  # the step's turns go into the buffer, then U draws of B
             run["turns_added"] += sum(len(x.turns) for x in trajs)
             run["critic_samples"] += a.archer.critic_updates * a.archer.batch_size
+        run["train_error_seen"] = run.get("train_error_seen", 0) + sum(map(saw_error, trajs))
+        run["train_error_recovered"] = run.get("train_error_recovered", 0) + sum(
+            saw_error(x) and success(x) for x in trajs)
         run["train_success"].append(
             sum(float(x.reward_terms.get("env_success", x.reward_terms.get("outcome", 0.0)) >= 1)
                 for x in trajs) / len(trajs))
@@ -649,8 +659,10 @@ def report(results: dict, out: Path, threshold: float = 0.5, note: str = "") -> 
         print(f"\nstart model: held-out success {_fmt(wilson(s['k'], s['n']))} (Wilson, n={s['n']})")
     print(f"| method | seeds | episodes | held-out N / seed | final success per seed | pooled "
           f"(Wilson) | mean over seeds (t) | episodes to >= {threshold:g} (mean; per seed) | "
-          f"ArCHer reuse | tree branch / fill episodes |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          f"ArCHer reuse | tree branch / fill episodes | final tool-call rate (pooled) | "
+          f"held-out error recovery: recovered / after an error (pooled, Wilson) | training "
+          f"error recovery |")
+    print("|---" * 13 + "|")
     for m, rows in cv.items():
         if not rows or rows[-1]["episodes"] == 0:
             continue
@@ -659,13 +671,20 @@ def report(results: dict, out: Path, threshold: float = 0.5, note: str = "") -> 
         reuse = [r["reuse_ratio"] for r in runs if "reuse_ratio" in r]
         tree = [f"{r.get('branch_episodes', 0)}/{r.get('fill_episodes', 0)}" for r in runs
                 if r.get("branch_episodes") or r.get("fill_episodes")]
+        fin = [r["evals"][-1] for r in runs if r["evals"]]
+        calls = sum(e.get("tool_call_rate", 0.0) * e["n"] for e in fin) / max(
+            sum(e["n"] for e in fin), 1)
+        rec, seen = (sum(e.get(k, 0) for e in fin) for k in ("error_recovered", "error_seen"))
+        trec, tseen = (sum(r.get(k, 0) for r in runs)
+                       for k in ("train_error_recovered", "train_error_seen"))
         mean_reach = rc[m]["mean"]
         seeds_reach = ", ".join("-" if v is None else str(v) for v in rc[m]["per_seed"].values())
         print(f"| {m} | {last['seeds']} | {last['episodes']} | {last['n'] // last['seeds']} | "
               f"{', '.join(f'{x:.3f}' for x in last['per_seed'])} | {_fmt(last['pooled'])} | "
               f"{_fmt(last['seed_mean'])} | "
               f"{mean_reach if mean_reach is not None else 'not reached'}; {seeds_reach} | "
-              f"{', '.join(f'{x:.1f}' for x in reuse) or '-'} | {', '.join(tree) or '-'} |")
+              f"{', '.join(f'{x:.1f}' for x in reuse) or '-'} | {', '.join(tree) or '-'} | "
+              f"{calls:.3f} | {rec}/{seen} = {_fmt(wilson(rec, seen))} | {trec}/{tseen} |")
     print("\n| a - b | episodes | Newcombe (pooled) | Welch (seeds) | resolved |")
     print("|---|---|---|---|---|")
     for r in pairwise(results):

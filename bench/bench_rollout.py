@@ -266,6 +266,12 @@ def main() -> None:
     )
     ap.add_argument("--sft-steps", type=int, default=0, help="0 = one SFT epoch")
     ap.add_argument("--tool-latency", type=float, default=1.0, help="latency part: mean s")
+    ap.add_argument(
+        "--ours",
+        default="hf,vllm",
+        help="our RL-step rows, alternating: hf, vllm, vllm+prefix (the vLLM trainer with "
+        "learner.prefix_sharing=true for its step)",
+    )
     a = ap.parse_args()
     parts = set(a.parts.split(","))
     torch.set_num_threads(a.threads)
@@ -359,13 +365,17 @@ def main() -> None:
                 tr.cfg.rollout.max_turns = turns  # the AgentLoop holds this same object
                 load_policy_state(tr, sft_state)
                 tr.learner.optimizer.state.clear()
-            res: dict[str, list[dict]] = {"hf": [], "vllm": [], "trl": []}
+            systems = a.ours.split(",")
+            res: dict[str, list[dict]] = {name: [] for name in [*systems, "trl"]}
             state = {"k": 0}
 
-            def ours(res=res, state=state, label=label) -> None:
+            def ours(res=res, state=state, label=label, systems=systems) -> None:
                 k = state["k"]
-                for name, tr in (("hf", hf), ("vllm", vl)):
+                for name in systems if k % 2 == 0 else systems[::-1]:
+                    tr = hf if name == "hf" else vl
+                    tr.cfg.learner.prefix_sharing = name.endswith("+prefix")  # read per update
                     r = grpo_step(tr, k)
+                    tr.cfg.learner.prefix_sharing = False
                     res[name].append(r)
                     print(f"[step {label}] {name} {k}: {r}", flush=True)
                 state["k"] += 1
@@ -392,7 +402,7 @@ def main() -> None:
                 "| gen tokens | turns/ep | tool calls/ep |",
                 "|---" * 10 + "|",
             ]
-            for name in ("hf", "vllm", "trl"):
+            for name in res:
                 rs = res[name]
                 if not rs:
                     continue

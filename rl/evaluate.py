@@ -175,6 +175,13 @@ def summarize(trajs: Sequence[Trajectory], n_per_task: int = 1,
         "model_tokens": mean(lambda t: t.num_model_tokens),
         "truncated": rate(lambda t: t.truncated),
     }
+    # Fission-GRPO's question: does the model recover after a tool error it made? (rl/rollout/tree)
+    from rl.rollout.tree import saw_error
+
+    m["error_seen"] = rate(saw_error)
+    after_error = [t for t in trajs if saw_error(t)]
+    if after_error:  # success of the episodes that acted after an error observation
+        m["error_recovery"] = wilson(sum(bool(solved(t)) for t in after_error), len(after_error))
     terms = sorted({k for t in trajs for k in t.reward_terms})
     for k in terms:
         m[f"reward/{k}"] = mean(lambda t, k=k: t.reward_terms.get(k, 0.0))

@@ -81,6 +81,19 @@ def test_curves_pool_seeds_and_pairs_resolve_only_clear_gaps(tmp_path):
     assert (tmp_path / "credit.png").stat().st_size > 1000
 
 
+def test_report_pools_tool_calls_and_error_recovery_over_seeds(tmp_path, capsys):
+    res = _results([4, 5, 6], [16, 17, 18])
+    for r, (seen, rec) in zip(res["runs"][:3], [(4, 1), (0, 0), (6, 2)]):
+        r["evals"][-1].update(tool_call_rate=0.5, error_seen=seen, error_recovered=rec)
+        r["train_error_seen"], r["train_error_recovered"] = 10, 1
+    bc.report(res, tmp_path)
+    row = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| grpo |"))
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[-4] == "0.500"  # 30 of 60 held-out episodes called a tool
+    assert cells[-3] == f"3/10 = {bc._fmt(bc.wilson(3, 10))}"  # pooled over the three seeds
+    assert cells[-2] == "3/30"
+
+
 def test_t_interval_across_seeds_by_hand():
     # rates 0.2, 0.3, 0.4: mean 0.3, s = 0.1, se = 0.057735, t_0.975(2) = 4.302653 -> +-0.248414
     m, lo, hi = bc.across_seeds([0.2, 0.3, 0.4])

@@ -89,6 +89,27 @@ def test_summarize_counts_parse_and_call_errors_by_kind():
     assert "| success | 0.500 |" in table and "| search | 1 | 1 | unknown_tool=1 |" in table
 
 
+def test_summarize_error_recovery_counts_only_episodes_that_acted_after_an_error():
+    bad = ToolCall("calculator", {}, error="calculator: invalid expression")
+    good = ToolCall("calculator", {"expression": "1+1"})
+
+    def two_turns(tid: str, reward: float, first: list[ToolCall]) -> Trajectory:
+        t = _traj(tid, reward, first)
+        t.turns.append(Turn(3, 3, "<answer>2</answer>", "stop"))
+        return t
+
+    trajs = [two_turns("a", 1.0, [bad]),  # error, then acted and solved: recovered
+             two_turns("b", 0.0, [bad]),  # error, then acted and failed
+             _traj("c", 0.0, [bad]),  # the error was the last turn: never acted after it
+             two_turns("d", 1.0, [good])]  # no error
+    m = summarize(trajs).metrics
+    assert (m["error_seen"].value, m["error_seen"].n) == (0.5, 4)
+    rec = m["error_recovery"]
+    assert (rec.value, rec.n, rec.method) == (0.5, 2, "wilson")
+    assert (rec.low, rec.high) == (wilson(1, 2).low, wilson(1, 2).high)
+    assert "error_recovery" not in summarize([trajs[2], trajs[3]]).metrics  # nobody acted after one
+
+
 def test_summarize_several_samples_per_task_clusters_by_task_and_gives_pass_at_k():
     # task a: 2 of 2 solved, task b: 0 of 2, task c: 1 of 2
     trajs = [_traj(t, r, []) for t, r in
