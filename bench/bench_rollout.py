@@ -74,7 +74,7 @@ def load_policy_state(trainer, state: dict[str, torch.Tensor]) -> None:
 def grpo_step(trainer, step: int) -> dict[str, float]:
     """One ``Trainer.train_step``, with per-phase wall time and the step's CPU time."""
     c0 = time.process_time()
-    trajs, rewards, _, timer = trainer.train_step(step)
+    trajs, _, timer = trainer.train_step(step)
     t = timer.times
     return {
         "step_s": sum(t.values()),
@@ -85,7 +85,7 @@ def grpo_step(trainer, step: int) -> dict[str, float]:
         "tokens": sum(x.num_model_tokens for x in trajs),
         "turns": sum(len(x.turns) for x in trajs) / len(trajs),
         "tool_calls": sum(x.num_tool_calls for x in trajs) / len(trajs),
-        "reward": float(rewards.mean()),
+        "reward": sum(x.outcome_reward for x in trajs) / len(trajs),
     }
 
 
