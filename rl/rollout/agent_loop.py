@@ -122,11 +122,13 @@ class ChatRenderer:
         """The text ``add_generation_prompt=True`` appends after a user message."""
         if self._gen_prompt is None:
             msgs = [{"role": "user", "content": "?"}]
-            without, with_ = self.render(msgs, None, False), self.render(msgs, None, True)
-            if not with_.startswith(without) or with_ == without:
-                raise ValueError("the chat template's generation prompt is not a suffix of the "
-                                 "rendered conversation, so the turn's end cannot be found")
-            self._gen_prompt = with_[len(without):]
+            for _ in range(2):  # twice: gpt-oss's template renders today's date (midnight)
+                without, with_ = self.render(msgs, None, False), self.render(msgs, None, True)
+                if with_.startswith(without) and with_ != without:
+                    self._gen_prompt = with_[len(without):]
+                    return self._gen_prompt
+            raise ValueError("the chat template's generation prompt is not a suffix of the "
+                             "rendered conversation, so the turn's end cannot be found")
         return self._gen_prompt
 
     def observation_after(
@@ -138,15 +140,16 @@ class ChatRenderer:
         one's generation prompt is cut off). Starts after the template's own closing of the
         turn, which the model's stop token stands for."""
         gen = self.generation_prompt()
-        before = self.render(messages, tools, gen_prompt=True)
-        after = self.render(messages + new_messages, tools, gen_prompt=True)
-        head = before[: len(before) - len(gen)]
-        if not (before.endswith(gen) and after.startswith(head)):
-            raise ValueError(
-                "the chat template renders the conversation up to the sampled turn differently "
-                "once new messages follow, so the tokens after the model's turn cannot be found"
-            )
-        return after[len(head):]
+        for _ in range(2):  # twice: the date in gpt-oss's template may change between renders
+            before = self.render(messages, tools, gen_prompt=True)
+            after = self.render(messages + new_messages, tools, gen_prompt=True)
+            head = before[: len(before) - len(gen)]
+            if before.endswith(gen) and after.startswith(head):
+                return after[len(head):]
+        raise ValueError(
+            "the chat template renders the conversation up to the sampled turn differently once "
+            "new messages follow, so the tokens after the model's turn cannot be found"
+        )
 
     def observation_text(
         self,

@@ -383,6 +383,13 @@ class ScriptedEngine:
         return None
 
 
+class AsyncScriptedEngine(ScriptedEngine):
+    """The same, one request at a time (the per_trajectory schedule)."""
+
+    async def agenerate(self, request, sampling):
+        return self.generate([request], sampling)[0]
+
+
 def test_episode_through_the_agent_loop_keeps_what_the_model_saw(harmony_tokenizer) -> None:
     tok = harmony_tokenizer
     fmt_name, _ = resolve_format("auto", tok)
@@ -448,7 +455,8 @@ def gpt_oss_tokenizer(harmony_tokenizer):
     return tok
 
 
-def test_gpt_oss_shipped_template_through_the_agent_loop(gpt_oss_tokenizer) -> None:
+@pytest.mark.parametrize("schedule", ["rounds", "per_trajectory"])
+def test_gpt_oss_shipped_template_through_the_agent_loop(gpt_oss_tokenizer, schedule) -> None:
     tok = gpt_oss_tokenizer
     turns = [  # a question to the user; a call; a call cut by the token limit; the answer
         "<|channel|>analysis<|message|>Which numbers?<|end|>" + A + FINAL + "Which ones?<|return|>",
@@ -457,9 +465,9 @@ def test_gpt_oss_shipped_template_through_the_agent_loop(gpt_oss_tokenizer) -> N
         _call("calculator", '{"expression": "6*', end=""),
         "<|channel|>analysis<|message|>It is 42.<|end|>" + A + FINAL + "<answer>42</answer><|return|>",
     ]
-    engine = ScriptedEngine(tok, turns)
-    loop = AgentLoop(engine, tok, lambda: DialogueEnv("harmony"), RolloutConfig(max_turns=5),
-                     native_tools=True)
+    engine = (AsyncScriptedEngine if schedule == "per_trajectory" else ScriptedEngine)(tok, turns)
+    loop = AgentLoop(engine, tok, lambda: DialogueEnv("harmony"),
+                     RolloutConfig(max_turns=5, schedule=schedule), native_tools=True)
     assert loop.chat.structured(get_format("harmony"))  # the template refuses raw harmony
     (t,) = loop.run([Task(id="a", prompt="a")])
     t.validate()
