@@ -567,3 +567,28 @@ def test_jsonl_harmony_conversation_ends_a_call_turn_at_call(gpt_oss_tokenizer) 
         '<|start|>functions.calculator to=assistant<|channel|>commentary<|message|>"42"<|end|>'
         "<|start|>assistant")
     assert t.messages[1]["tool_calls"][0]["function"]["name"] == "calculator"
+
+
+def test_sft_data_path_rows_are_replayed_in_the_envs_format(harmony_tokenizer, tmp_path) -> None:
+    """``sft.data_path``: rl.build hands the configured env's format to the replay, so a row's
+    harmony call turn ends at <|call|> (no EOS after it)."""
+    from types import SimpleNamespace
+
+    from rl.build import sft_trajectories
+    from rl.config import load_config, to_dataclass
+
+    tok, fmt = harmony_tokenizer, get_format("harmony-prompt")
+    call = fmt.format_call("calculator", {"expression": "6*7"})
+    row = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": call},
+                        {"role": "tool", "name": "calculator", "content": "42"},
+                        {"role": "assistant", "content": fmt.format_answer(42)}]}
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    cfg = to_dataclass(load_config([f"sft.data_path={data}", "env.format=harmony-prompt"]))
+    parts = SimpleNamespace(tokenizer=tok, native_tools=False,
+                            env_factory=lambda: make_env("math", tool_format="harmony-prompt"))
+    (t,) = sft_trajectories(cfg, parts)  # type: ignore[arg-type]
+    first = t.token_ids[t.turns[0].start:t.turns[0].end]
+    assert first == tok.encode(call, add_special_tokens=False)
+    assert first[-1] == tok.convert_tokens_to_ids("<|call|>")
+    assert t.token_ids[t.turns[1].end - 1] == tok.eos_token_id
