@@ -43,10 +43,10 @@ saw (earlier analysis stays in its context) and ``episode/history_rewrites`` cou
 whose context the template would render otherwise (README, "Tool-call formats").
 
 Templates: a harmony template that renders an assistant message's raw content as written gets
-the sampled turn as ``{"role": "assistant", "content": <raw text>}`` (tests/envs/
-test_format_harmony.py runs one through the loop). gpt-oss's shipped template does not: it wants
-the analysis in ``thinking`` and calls in ``tool_calls``, raises on ``<|channel|>`` inside
-``content``, and names a tool message after the previous ``tool_calls``. The agent loop finds
+the sampled turn as ``{"role": "assistant", "content": <raw text>}``
+(tests/envs/test_format_harmony.py runs one through the loop). gpt-oss's shipped template does
+not: it wants the analysis in ``thinking`` and calls in ``tool_calls``, raises on ``<|channel|>``
+inside ``content``, and names a tool message after the previous ``tool_calls``. The agent loop finds
 that out once per format (``ChatRenderer.structured``: the template does not render a raw turn
 verbatim) and then stores each turn as :meth:`HarmonyFormat.assistant_message` (the model's
 tokens are still kept verbatim; the message only renders what follows the turn), and takes the
