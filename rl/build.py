@@ -167,8 +167,9 @@ def sft_trajectories(cfg: Config, parts: Parts) -> list[Trajectory]:
     c = cfg.sft
     if c.data_path:
         rows = load_jsonl_conversations(c.data_path)[: c.num_examples]
-        return [conversation_trajectory(parts.tokenizer, r, native_tools=parts.native_tools)
-                for r in rows]
+        fmt = getattr(parts.env_factory(), "format", None)  # the format RL will sample in
+        return [conversation_trajectory(parts.tokenizer, r, native_tools=parts.native_tools,
+                                        tool_format=fmt) for r in rows]
     # Demonstrations come from the end of the train stream, RL batches from its start.
     if parts.train_tasks is None:
         raise ValueError("sft demonstrations need the train split: build_parts(..., train=True)")

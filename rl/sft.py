@@ -1,9 +1,10 @@
 """Cold-start SFT data on the RL tokenization path.
 
 Demonstrations are *replayed* through the same agent loop that RL uses: a scripted engine emits
-the reference assistant turns (tokenized once, plus EOS) and the real env produces the tool
-results. So SFT sequences obey the token-in/token-out contract and the loss mask covers exactly
-the assistant tokens, with no second tokenization code path.
+the reference assistant turns (tokenized once, plus EOS unless the turn already ends where
+sampling stops: EOS, or a stop token of the env's format such as harmony's ``<|call|>``) and the
+real env produces the tool results. So SFT sequences obey the token-in/token-out contract and
+the loss mask covers exactly the assistant tokens, with no second tokenization code path.
 
 A user's JSONL of chat trajectories (``{"messages": [...], "tools": [...]}`` per line) goes the
 same way: a conversation env replays its non-assistant messages as observations.
@@ -25,12 +26,21 @@ from rl.types import Message, Task, Trajectory
 
 
 class ReplayEngine:
-    """An Engine that 'samples' scripted assistant turns, in order (one trajectory at a time)."""
+    """An Engine that 'samples' scripted assistant turns, in order (one trajectory at a time).
+
+    A turn ends as a sampler would end it: with EOS appended, unless its last token is already
+    one sampling stops at (the tokenizer's EOS, or ``sampling.stop_token_ids``: the agent loop
+    passes the format's stop tokens, e.g. harmony's ``<|call|>`` and ``<|return|>``). Appending
+    EOS after ``<|call|>`` would teach a token the model never samples there.
+    """
 
     def __init__(self, tokenizer, actions: Sequence[str]) -> None:
         self.tokenizer = tokenizer
         self.actions = list(actions)
         self.turn = 0
+        eos = tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.eos_id = eos[0] if isinstance(eos, list) else eos
 
     def generate(
         self, requests: Sequence[GenerationRequest], sampling: SamplingParams
@@ -40,7 +50,8 @@ class ReplayEngine:
         if self.turn >= len(self.actions):
             raise ValueError("the env asked for more turns than the demonstration has")
         ids = self.tokenizer.encode(self.actions[self.turn], add_special_tokens=False)
-        ids.append(self.tokenizer.eos_token_id)
+        if not ids or ids[-1] not in self.eos_ids | set(sampling.stop_token_ids):
+            ids.append(self.eos_id)
         self.turn += 1
         return [GenerationOutput(ids, [0.0] * len(ids), "stop")]
 
@@ -64,10 +75,15 @@ def replay(
 
 class ConversationEnv:
     """Replays a recorded conversation: reset gives the messages before the first assistant
-    turn; each step returns the messages up to the next assistant turn."""
+    turn; each step returns the messages up to the next assistant turn.
 
-    def __init__(self, messages: list[Message], tools: list[dict] | None = None) -> None:
+    ``format``: the run's tool-call format, which the turns are written in (the agent loop reads
+    where its turns end and how the chat template takes them); None for plain chat."""
+
+    def __init__(self, messages: list[Message], tools: list[dict] | None = None,
+                 format: Any = None) -> None:
         self.tools = list(tools or [])
+        self.format = format
         self._messages = messages
         self._pos = 0
 
@@ -177,11 +193,13 @@ def _check_row(line: str, where: str) -> dict[str, Any]:
     return row
 
 
-def conversation_trajectory(tokenizer, row: dict[str, Any], *, native_tools: bool) -> Trajectory:
+def conversation_trajectory(tokenizer, row: dict[str, Any], *, native_tools: bool,
+                            tool_format: Any = None) -> Trajectory:
+    """One JSONL row replayed; ``tool_format``: the run's format (ConversationEnv)."""
     msgs = row["messages"]
     actions = [m["content"] for m in msgs if m["role"] == "assistant"]
     return replay(
-        tokenizer, lambda: ConversationEnv(msgs, row.get("tools")),
+        tokenizer, lambda: ConversationEnv(msgs, row.get("tools"), tool_format),
         Task(id=str(row.get("id", "conversation")), prompt=""), actions,
         native_tools=native_tools,
     )

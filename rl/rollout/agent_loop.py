@@ -9,6 +9,16 @@ the content of the assistant turn just sampled, and the delta is the text after 
 searching for the turn's text, keeps it right for turns such as ``"end"``, ``"im"`` or ``""``
 that also occur inside the template's own closing ``<|im_end|>``.
 
+The env's tool-call format (``env.format``, where it has one) can change two things. Its
+``stop_tokens`` (harmony: ``<|call|>``, ``<|return|>``) become stop tokens of the engine besides
+EOS. And a format with ``assistant_message`` (harmony) gets its turns into the conversation as
+that structured message when the template does not render the raw turn verbatim (gpt-oss's
+template wants ``thinking`` / ``tool_calls`` fields: :meth:`ChatRenderer.structured`); there is
+no content to hold a sentinel then, so the delta is the render with the new messages minus the
+render without them, cut at the turn's end (:meth:`ChatRenderer.observation_after`), after the
+format's closing of a turn the model did not end itself. The sampled tokens stay verbatim either
+way; only what the template renders after them comes from the structured message.
+
 Templates that rewrite history (Qwen3 drops the ``<think>`` block of earlier assistant turns once
 a new user message follows) are handled by keeping exactly what the model saw: the trajectory
 is never re-rendered. Each turn's prompt is the previous prompt + the model's own sampled tokens
@@ -62,6 +72,8 @@ class ChatRenderer:
         self.native_tools = native_tools
         eos = tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self._structured: dict[str, bool] = {}  # format name -> its turns go in as fields
+        self._gen_prompt: str | None = None
 
     def render(self, messages: list[Message], tools: list[dict] | None, gen_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
@@ -79,6 +91,65 @@ class ChatRenderer:
         if ids and ids[-1] in self.eos_ids:
             ids = ids[:-1]
         return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def stop_ids(self, fmt: Any) -> list[int]:
+        """Token ids of the format's ``stop_tokens`` (where its turns end besides EOS) that are
+        single tokens of this tokenizer; stop strings stay the config's (``rollout.stop``)."""
+        encoded = [self.encode(t) for t in getattr(fmt, "stop_tokens", ())]
+        return [ids[0] for ids in encoded if len(ids) == 1]
+
+    def structured(self, fmt: Any) -> bool:
+        """Whether turns of ``fmt`` go to the template as the format's structured message
+        (``fmt.assistant_message``) rather than raw content: only for formats that have one, and
+        only when the template does not render a raw turn of the format verbatim (gpt-oss's
+        template raises on harmony markers in ``content``). Probed once per format."""
+        if not callable(getattr(fmt, "assistant_message", None)):
+            return False
+        if fmt.name not in self._structured:
+            from jinja2.exceptions import TemplateError
+
+            turn = fmt.format_answer(ACTION_SENTINEL)
+            probe = [{"role": "user", "content": "?"}, {"role": "assistant", "content": turn},
+                     {"role": "user", "content": "?"}]
+            try:
+                raw = turn in self.render(probe, None, gen_prompt=True)
+            except TemplateError:
+                raw = False
+            self._structured[fmt.name] = not raw
+        return self._structured[fmt.name]
+
+    def generation_prompt(self) -> str:
+        """The text ``add_generation_prompt=True`` appends after a user message."""
+        if self._gen_prompt is None:
+            msgs = [{"role": "user", "content": "?"}]
+            for _ in range(2):  # twice: gpt-oss's template renders today's date (midnight)
+                without, with_ = self.render(msgs, None, False), self.render(msgs, None, True)
+                if with_.startswith(without) and with_ != without:
+                    self._gen_prompt = with_[len(without):]
+                    return self._gen_prompt
+            raise ValueError("the chat template's generation prompt is not a suffix of the "
+                             "rendered conversation, so the turn's end cannot be found")
+        return self._gen_prompt
+
+    def observation_after(
+        self, messages: list[Message], new_messages: list[Message], tools: list[dict] | None
+    ) -> str:
+        """Template text after the assistant turn that ends ``messages`` (a structured message,
+        so no content sentinel): the render with ``new_messages`` minus the render without them
+        (each with the generation prompt, so the turn renders as history in both; the first
+        one's generation prompt is cut off). Starts after the template's own closing of the
+        turn, which the model's stop token stands for."""
+        gen = self.generation_prompt()
+        for _ in range(2):  # twice: the date in gpt-oss's template may change between renders
+            before = self.render(messages, tools, gen_prompt=True)
+            after = self.render(messages + new_messages, tools, gen_prompt=True)
+            head = before[: len(before) - len(gen)]
+            if before.endswith(gen) and after.startswith(head):
+                return after[len(head):]
+        raise ValueError(
+            "the chat template renders the conversation up to the sampled turn differently once "
+            "new messages follow, so the tokens after the model's turn cannot be found"
+        )
 
     def observation_text(
         self,
@@ -114,6 +185,9 @@ class _Live:
     tools: list[dict]
     text: str = ""  # the text of token_ids: what the model saw (compared with the template's)
     done: bool = False
+    fmt: Any = None  # the env's tool-call format, if it has one (``env.format``)
+    stop_ids: tuple[int, ...] = ()  # the format's stop tokens (ChatRenderer.stop_ids)
+    structured: bool = False  # turns go to the template as fields (ChatRenderer.structured)
 
 
 class AgentLoop:
@@ -133,11 +207,12 @@ class AgentLoop:
         self.cfg = cfg
         self.chat = ChatRenderer(tokenizer, native_tools)
 
-    def sampling(self, seed: int | None = None) -> SamplingParams:
+    def sampling(self, seed: int | None = None, stop_ids: Sequence[int] = ()) -> SamplingParams:
+        """``stop_ids``: the format's stop tokens (a harmony turn ends at ``<|call|>``)."""
         c = self.cfg
         return SamplingParams(
             max_new_tokens=c.max_tokens_per_turn, temperature=c.temperature, top_p=c.top_p,
-            top_k=c.top_k, stop=list(c.stop), seed=seed,
+            top_k=c.top_k, stop=list(c.stop), stop_token_ids=sorted(set(stop_ids)), seed=seed,
         )
 
     def per_trajectory(self) -> bool:
@@ -208,7 +283,10 @@ class AgentLoop:
             info={"reset_info": info, "final_answer": None, "tool_errors": 0,
                   "history_rewrites": 0},
         )
-        return _Live(traj, env, tools, text=prompt)
+        fmt = getattr(env, "format", None)
+        return _Live(traj, env, tools, text=prompt, fmt=fmt,
+                     stop_ids=tuple(self.chat.stop_ids(fmt)),
+                     structured=self.chat.structured(fmt))
 
     def _request(self, x: _Live) -> GenerationRequest | None:
         """The next turn's request, or None (and truncated) when no token budget is left."""
@@ -223,7 +301,8 @@ class AgentLoop:
         active = [x for x in active if not x.done]
         if not active:
             return
-        outs = self.engine.generate([reqs[id(x)] for x in active], self.sampling(seed))
+        stops = {i for x in active for i in x.stop_ids}  # one env factory: one format
+        outs = self.engine.generate([reqs[id(x)] for x in active], self.sampling(seed, stops))
         texts = [self._append(x, o) for x, o in zip(active, outs)]
         results: list[StepResult] = await asyncio.gather(
             *(x.env.step(text) for x, text in zip(active, texts))
@@ -237,7 +316,8 @@ class AgentLoop:
             req = self._request(x)
             if req is None:
                 return
-            o = await self.engine.agenerate(req, self.sampling(seed * 1009 + turn))  # type: ignore[attr-defined]
+            sampling = self.sampling(seed * 1009 + turn, x.stop_ids)
+            o = await self.engine.agenerate(req, sampling)  # type: ignore[attr-defined]
             res = await x.env.step(self._append(x, o))
             self._absorb(x, o.token_ids, res, last=turn == self.cfg.max_turns - 1)
             if x.done:
@@ -253,7 +333,8 @@ class AgentLoop:
         text = self.chat.action_text(o.token_ids)
         x.text += self.chat.tokenizer.decode(o.token_ids, skip_special_tokens=False)
         t.turns.append(Turn(start, len(t.token_ids), text, o.finish_reason))
-        t.messages.append({"role": "assistant", "content": text})
+        t.messages.append(x.fmt.assistant_message(text) if x.structured
+                          else {"role": "assistant", "content": text})
         return text
 
     def _absorb(self, x: _Live, sampled: list[int], res: StepResult, last: bool) -> None:
@@ -274,9 +355,14 @@ class AgentLoop:
         if last:  # turn limit: no observation tokens that no model turn would follow
             t.truncated, x.done = True, True
             return
-        ended_with_eos = bool(sampled) and sampled[-1] in self.chat.eos_ids
         new = list(res.messages)
-        delta = self.chat.observation_text(t.messages, new, x.tools, ended_with_eos)
+        if x.structured:  # the format closes a turn the model did not end (cut by the limit)
+            closing = x.fmt.turn_closing(self.chat.tokenizer.decode(
+                sampled, skip_special_tokens=False))
+            delta = closing + self.chat.observation_after(t.messages, new, x.tools)
+        else:
+            ended_with_eos = bool(sampled) and sampled[-1] in self.chat.eos_ids
+            delta = self.chat.observation_text(t.messages, new, x.tools, ended_with_eos)
         obs = self.chat.encode(delta)
         if len(t.token_ids) + len(obs) >= self.cfg.max_total_tokens:
             # no room for the observation plus one model token: cut here, never over budget

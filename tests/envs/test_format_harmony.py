@@ -1,6 +1,7 @@
 """The gpt-oss harmony formats: round trips, hand-written turns in the documented syntax,
-malformed calls as counted error kinds, auto-detection, and an episode through the agent loop
-with a harmony template that drops the analysis of earlier turns."""
+malformed calls as counted error kinds, auto-detection, episodes through the agent loop with a
+harmony template that drops the analysis of earlier turns and with gpt-oss's shipped template
+(structured turns), and SFT demonstrations replayed token-exactly (no EOS after ``<|call|>``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jinja2.exceptions import TemplateError
 
 import envs.tasks  # noqa: F401  (registers the task envs)
 from envs.base import StepResult, ToolEnv, make_env, registered_envs
@@ -344,6 +344,7 @@ class DialogueEnv:
     def __init__(self, fmt: str) -> None:
         self.tool_env = ToolEnv([calculator], fmt)
         self.tools = self.tool_env.tools
+        self.format = self.tool_env.format  # how the agent loop learns the format's needs
 
     async def reset(self, task, *, seed=None):
         return [{"role": "system", "content": self.tool_env.system_prompt("Answer in tags.")},
@@ -367,10 +368,12 @@ class ScriptedEngine:
         self.tok, self.turns = tok, list(turns)
         self.prompts: list[list[int]] = []
         self.sampled: list[tuple[list[int], list[float]]] = []
+        self.stop_ids: list[list[int]] = []
 
     def generate(self, requests, sampling):
         (r,) = requests
         self.prompts.append(list(r.prompt_ids))
+        self.stop_ids.append(list(sampling.stop_token_ids))
         ids = self.tok.encode(self.turns.pop(0), add_special_tokens=False)
         lps = [-(len(self.sampled) + 1 + i / 100) for i in range(len(ids))]
         self.sampled.append((ids, lps))
@@ -378,6 +381,13 @@ class ScriptedEngine:
 
     def update_weights(self, named_tensors):
         return None
+
+
+class AsyncScriptedEngine(ScriptedEngine):
+    """The same, one request at a time (the per_trajectory schedule)."""
+
+    async def agenerate(self, request, sampling):
+        return self.generate([request], sampling)[0]
 
 
 def test_episode_through_the_agent_loop_keeps_what_the_model_saw(harmony_tokenizer) -> None:
@@ -402,13 +412,13 @@ def test_episode_through_the_agent_loop_keeps_what_the_model_saw(harmony_tokeniz
     assert t.terminated and len(t.turns) == 3 and t.info["final_answer"] == "42"
     assert [(c.name, c.arguments, c.error) for c in t.turns[1].tool_calls] == [
         ("calculator", {"expression": "6*7"}, None)]
-    # the engine continued exactly the learner's tokens; mask and logprobs cover the sampled ones
-    for turn, prompt, (ids, lps) in zip(t.turns, engine.prompts, engine.sampled):
-        assert prompt == t.token_ids[: turn.start]
-        assert t.token_ids[turn.start:turn.end] == ids and t.logprobs[turn.start:turn.end] == lps
-    assert [i for i, m in zip(t.token_ids, t.loss_mask) if m] == [
-        i for ids, _ in engine.sampled for i in ids]
-    assert all(lp == 0.0 for lp, m in zip(t.logprobs, t.loss_mask) if not m)
+    # this template renders a raw turn verbatim: turns go in as raw content
+    assert not loop.chat.structured(get_format(fmt_name))
+    assert [m["content"] for m in t.messages if m["role"] == "assistant"] == [
+        x.removesuffix("<|return|>") for x in turns]
+    # the engine stops at <|call|> and <|return|> (the format's stop tokens)
+    assert engine.stop_ids == [sorted(tok.convert_tokens_to_ids(["<|call|>", "<|return|>"]))] * 3
+    _assert_token_in_token_out(t, engine)
     # the observations: the template's rendering after each sampled turn, nothing in between
     dec = [tok.decode(t.token_ids[a.end:b.start]) for a, b in zip(t.turns, t.turns[1:])]
     assert dec == ["<|start|>user<|message|>Multiply 6 by 7.<|end|><|start|>assistant",
@@ -425,14 +435,160 @@ def test_episode_through_the_agent_loop_keeps_what_the_model_saw(harmony_tokeniz
     assert t.info["history_rewrites"] == 2 and trajectory_stats([t])["history_rewrites"] == 2
 
 
-@pytest.mark.skipif(GPTOSS is None or not GPTOSS.exists(), reason="trl's templates not installed")
-@pytest.mark.xfail(strict=True, raises=TemplateError, reason="the agent loop passes a turn as raw content; gpt-oss's "
-                   "template wants thinking / tool_calls (envs/formats/harmony.py, 'Limit')")
-def test_gpt_oss_shipped_template_through_the_agent_loop(harmony_tokenizer) -> None:
+def _assert_token_in_token_out(t, engine) -> None:
+    """The engine continued exactly the learner's tokens; mask and logprobs cover the sampled
+    ones, verbatim."""
+    for turn, prompt, (ids, lps) in zip(t.turns, engine.prompts, engine.sampled):
+        assert prompt == t.token_ids[: turn.start]
+        assert t.token_ids[turn.start:turn.end] == ids and t.logprobs[turn.start:turn.end] == lps
+    assert [i for i, m in zip(t.token_ids, t.loss_mask) if m] == [
+        i for ids, _ in engine.sampled for i in ids]
+    assert all(lp == 0.0 for lp, m in zip(t.logprobs, t.loss_mask) if not m)
+
+
+@pytest.fixture
+def gpt_oss_tokenizer(harmony_tokenizer):
+    if GPTOSS is None or not GPTOSS.exists():
+        pytest.skip("trl's templates not installed")
     tok = copy.deepcopy(harmony_tokenizer)
-    tok.chat_template = GPTOSS.read_text()  # type: ignore[union-attr]
-    turns = [_call("calculator", '{"expression": "6*7"}'), FINAL + "<answer>42</answer><|return|>"]
-    loop = AgentLoop(ScriptedEngine(tok, turns), tok, lambda: DialogueEnv("harmony"),
-                     RolloutConfig(max_turns=3), native_tools=True)
+    tok.chat_template = GPTOSS.read_text()
+    return tok
+
+
+@pytest.mark.parametrize("schedule", ["rounds", "per_trajectory"])
+def test_gpt_oss_shipped_template_through_the_agent_loop(gpt_oss_tokenizer, schedule) -> None:
+    tok = gpt_oss_tokenizer
+    turns = [  # a question to the user; a call; a call cut by the token limit; the answer
+        "<|channel|>analysis<|message|>Which numbers?<|end|>" + A + FINAL + "Which ones?<|return|>",
+        "<|channel|>analysis<|message|>Use the tool.<|end|>" + A
+        + _call("calculator", '{"expression": "6*7"}'),
+        _call("calculator", '{"expression": "6*', end=""),
+        "<|channel|>analysis<|message|>It is 42.<|end|>" + A + FINAL + "<answer>42</answer><|return|>",
+    ]
+    engine = (AsyncScriptedEngine if schedule == "per_trajectory" else ScriptedEngine)(tok, turns)
+    loop = AgentLoop(engine, tok, lambda: DialogueEnv("harmony"),
+                     RolloutConfig(max_turns=5, schedule=schedule), native_tools=True)
+    assert loop.chat.structured(get_format("harmony"))  # the template refuses raw harmony
     (t,) = loop.run([Task(id="a", prompt="a")])
+    t.validate()
+    assert t.terminated and len(t.turns) == 4 and t.info["final_answer"] == "42"
+    assert [[(c.name, c.error is None) for c in u.tool_calls] for u in t.turns] == [
+        [], [("calculator", True)], [("calculator", False)], []]
+    _assert_token_in_token_out(t, engine)
+    assert engine.stop_ids == [sorted(tok.convert_tokens_to_ids(["<|call|>", "<|return|>"]))] * 4
+    # the turns as the template reads them
+    calc = {"type": "function", "function": {"name": "calculator",
+                                             "arguments": {"expression": "6*7"}}}
+    assert [m for m in t.messages if m["role"] == "assistant"] == [
+        {"role": "assistant", "content": "Which ones?", "thinking": "Which numbers?"},
+        {"role": "assistant", "content": "", "thinking": "Use the tool.", "tool_calls": [calc]},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "calculator", "arguments": {}}}]},
+        {"role": "assistant", "content": "<answer>42</answer>", "thinking": "It is 42."}]
+    # the observations: gpt-oss's rendering of the new messages, after the model's stop token;
+    # the cut turn is closed with <|end|>
+    tool = "<|start|>functions.calculator to=assistant<|channel|>commentary<|message|>"
+    error = json.dumps(t.messages[-2]["content"])
+    assert error.startswith('"Error: invalid JSON')
+    dec = [tok.decode(t.token_ids[a.end:b.start]) for a, b in zip(t.turns, t.turns[1:])]
+    assert dec == ["<|start|>user<|message|>Multiply 6 by 7.<|end|><|start|>assistant",
+                   tool + '"42"<|end|><|start|>assistant',
+                   "<|end|>" + tool + error + "<|end|><|start|>assistant"]
+    # every later context differs from the template's rendering (it drops the analysis, writes
+    # <|end|> for <|return|> and the call header its own way): counted, never silently mixed
+    assert t.info["history_rewrites"] == 3
+    canonical = tok.apply_chat_template(t.messages, tokenize=False)  # the training rendering
+    assert canonical.endswith(A + "<|channel|>analysis<|message|>It is 42.<|end|>" + A + FINAL
+                              + "<answer>42</answer><|return|>")
+
+
+def test_gpt_oss_demonstration_replays_token_exactly(gpt_oss_tokenizer) -> None:
+    """SFT data for gpt-oss: the replayed demonstration is gpt-oss's own training rendering of
+    the conversation, token for token, except the call header, which the format writes as the
+    harmony spec has the model write it (the template renders history as to=... first)."""
+    from rl.sft import replay
+
+    tok = gpt_oss_tokenizer
+    fmt = get_format("harmony")
+    actions = [fmt.format_call("calculator", {"expression": "6*7"}), fmt.format_answer(42)]
+    t = replay(tok, lambda: DialogueEnv("harmony"), Task(id="d", prompt="d"), actions,
+               native_tools=True)
     assert t.terminated and t.info["final_answer"] == "42"
+    rendered = tok.apply_chat_template(t.messages, tools=DialogueEnv("harmony").tools,
+                                       tokenize=False).replace(
+        A + " to=functions.calculator<|channel|>commentary json<|message|>",
+        A + "<|channel|>commentary to=functions.calculator <|constrain|>json<|message|>")
+    assert t.token_ids == tok.encode(rendered, add_special_tokens=False)
+    call, ret = tok.convert_tokens_to_ids(["<|call|>", "<|return|>"])
+    first = t.token_ids[t.turns[0].start:t.turns[0].end]
+    assert first == tok.encode(actions[0], add_special_tokens=False) and first[-1] == call
+    assert t.token_ids[t.turns[1].end - 1] == ret and t.token_ids.count(ret) == 1
+
+
+@pytest.mark.parametrize("join", [False, True])
+def test_harmony_demonstration_replays_token_exactly(harmony_tokenizer, join: bool) -> None:
+    """The same with the verbatim harmony template above (which closes the last final message
+    with <|end|>, where gpt-oss's training rendering and the model write <|return|>); a call and
+    the answer in one turn (joined as demonstrations join them) end at the one EOS."""
+    from rl.sft import replay
+
+    tok = harmony_tokenizer
+    fmt = get_format("harmony-prompt")
+    actions = [fmt.format_call("calculator", {"expression": "6*7"}), fmt.format_answer(42)]
+    if join:  # the call's result is not needed: one turn, which the answer ends
+        actions = ["\n".join(actions)]
+    t = replay(tok, lambda: DialogueEnv("harmony-prompt"), Task(id="d", prompt="d"), actions)
+    assert t.terminated and t.info["final_answer"] == "42" and len(t.turns) == len(actions)
+    rendered = tok.apply_chat_template(t.messages, tokenize=False)
+    assert rendered.endswith("</answer><|end|>")
+    rendered = rendered.removesuffix("<|end|>") + "<|return|>"
+    assert t.token_ids == tok.encode(rendered, add_special_tokens=False)
+    ret = tok.eos_token_id
+    model = [i for i, m in zip(t.token_ids, t.loss_mask) if m]
+    assert model == [i for a in actions for i in tok.encode(a, add_special_tokens=False)] + [ret]
+
+
+def test_jsonl_harmony_conversation_ends_a_call_turn_at_call(gpt_oss_tokenizer) -> None:
+    """A user's JSONL row in harmony, replayed with the run's format (rl.build passes the env's):
+    no EOS after <|call|>; the turns reach gpt-oss's template as structured messages."""
+    from rl.sft import conversation_trajectory
+
+    tok, fmt = gpt_oss_tokenizer, get_format("harmony")
+    call, answer = fmt.format_call("calculator", {"expression": "6*7"}), fmt.format_answer(42)
+    row = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": call},
+                        {"role": "tool", "name": "calculator", "content": "42"},
+                        {"role": "assistant", "content": answer}]}
+    t = conversation_trajectory(tok, row, native_tools=True, tool_format=fmt)
+    first, last = (t.token_ids[u.start:u.end] for u in t.turns)
+    call_id, ret = tok.convert_tokens_to_ids(["<|call|>", "<|return|>"])
+    assert first == tok.encode(call, add_special_tokens=False) and first[-1] == call_id
+    assert last == tok.encode(answer, add_special_tokens=False) + [ret]
+    assert tok.decode(t.token_ids[t.turns[0].end:t.turns[1].start]) == (
+        '<|start|>functions.calculator to=assistant<|channel|>commentary<|message|>"42"<|end|>'
+        "<|start|>assistant")
+    assert t.messages[1]["tool_calls"][0]["function"]["name"] == "calculator"
+
+
+def test_sft_data_path_rows_are_replayed_in_the_envs_format(harmony_tokenizer, tmp_path) -> None:
+    """``sft.data_path``: rl.build hands the configured env's format to the replay, so a row's
+    harmony call turn ends at <|call|> (no EOS after it)."""
+    from types import SimpleNamespace
+
+    from rl.build import sft_trajectories
+    from rl.config import load_config, to_dataclass
+
+    tok, fmt = harmony_tokenizer, get_format("harmony-prompt")
+    call = fmt.format_call("calculator", {"expression": "6*7"})
+    row = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": call},
+                        {"role": "tool", "name": "calculator", "content": "42"},
+                        {"role": "assistant", "content": fmt.format_answer(42)}]}
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    cfg = to_dataclass(load_config([f"sft.data_path={data}", "env.format=harmony-prompt"]))
+    parts = SimpleNamespace(tokenizer=tok, native_tools=False,
+                            env_factory=lambda: make_env("math", tool_format="harmony-prompt"))
+    (t,) = sft_trajectories(cfg, parts)  # type: ignore[arg-type]
+    first = t.token_ids[t.turns[0].start:t.turns[0].end]
+    assert first == tok.encode(call, add_special_tokens=False)
+    assert first[-1] == tok.convert_tokens_to_ids("<|call|>")
+    assert t.token_ids[t.turns[1].end - 1] == tok.eos_token_id

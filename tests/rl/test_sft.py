@@ -70,6 +70,37 @@ def test_jsonl_conversations_take_the_same_path(tokenizer, tmp_path):
         traj.token_ids
 
 
+def test_replay_ends_a_turn_where_sampling_stops(tokenizer):
+    """EOS follows a turn unless the turn already ends with a token sampling stops at: EOS
+    itself or one of the request's stop tokens (a format's, e.g. harmony's <|call|>)."""
+    from rl.rollout.engines.base import GenerationRequest, SamplingParams
+    from rl.sft import ReplayEngine
+
+    eos = tokenizer.eos_token_id
+    turns = ["<tool_call>{}</tool_call>", "bye<|im_end|>", "<tool_call>{}</tool_call>"]
+    enc = [tokenizer.encode(t, add_special_tokens=False) for t in turns]
+    stop = enc[0][-1]  # as if the format's turns ended at the token that closes </tool_call>
+    engine = ReplayEngine(tokenizer, turns)
+    got = [engine.generate([GenerationRequest([1])], SamplingParams(stop_token_ids=ids))[0]
+           for ids in ([], [], [stop])]
+    assert [o.token_ids for o in got] == [enc[0] + [eos], enc[1], enc[2]]
+    assert enc[1][-1] == eos and [o.finish_reason for o in got] == ["stop"] * 3
+
+
+def test_chatml_conversation_ending_in_eos_gets_no_second_eos(tokenizer):
+    row = {"messages": [{"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "hello<|im_end|>"},
+                        {"role": "user", "content": "bye"},
+                        {"role": "assistant", "content": "bye"}]}
+    traj = conversation_trajectory(tokenizer, row, native_tools=False)
+    clean = [{**m, "content": m["content"].removesuffix("<|im_end|>")} for m in row["messages"]]
+    rendered = tokenizer.apply_chat_template(clean, tokenize=False)
+    full = tokenizer.encode(rendered, add_special_tokens=False)
+    assert full[: len(traj.token_ids)] == traj.token_ids  # one <|im_end|> per turn
+    assert tokenizer.decode(full[len(traj.token_ids):]) == "\n"
+    assert _assistant_tokens(traj).count(tokenizer.eos_token_id) == 2
+
+
 @pytest.mark.parametrize(("line", "msg"), [
     ("{not json", "not valid JSON"),
     ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant turn"),

@@ -1,5 +1,5 @@
 """Pieces of rl/distributed that need no Ray: the per-trajectory time limit, placement bundles,
-launcher config validation."""
+launcher config validation, what a remote env's proxy learns at reset."""
 
 from __future__ import annotations
 
@@ -58,6 +58,28 @@ def test_no_limit_returns_the_factory_itself():
 
     assert with_time_limit(factory, 0.0) is factory
     assert isinstance(with_time_limit(factory, 5.0)(), TimeLimitEnv)
+
+
+def test_a_remote_env_proxy_gets_the_tools_and_format_of_its_env():
+    """The agent loop reads ``env.format`` (stop tokens, structured turns): a proxy has it."""
+    import envs.tasks  # noqa: F401  (registers the envs)
+    from envs.base import make_env
+    from rl.distributed.envs import EnvWorker, RemoteEnv
+
+    worker = EnvWorker.__new__(EnvWorker)  # without its config: only the env factory matters
+    worker.factory, worker.envs = (lambda: make_env("math", tool_format="harmony")), {}
+
+    class Method:  # what an actor handle's method looks like: .remote(...) -> awaitable
+        def __init__(self, fn):
+            self.remote = fn
+
+    actor = type("Actor", (), {"reset": Method(worker.reset)})()
+    env = RemoteEnv(actor, "r0")
+    assert env.format is None
+    asyncio.run(env.reset(Task("t", "hi")))
+    assert env.format.name == "harmony" and env.format.stop_tokens == ("<|call|>", "<|return|>")
+    assert [t["function"]["name"] for t in env.tools] == ["calculator"]
+    assert TimeLimitEnv(env, 5.0).format is env.format  # the wrapper the workers put around it
 
 
 def test_placement_bundles():

@@ -381,3 +381,41 @@ def test_real_qwen3_template_with_a_user_through_the_loop(tokenizer):
     assert "plan A" not in tok.apply_chat_template(t.messages, tokenize=False)
     assert "<|im_start|>user\nand 1?<|im_end|>\n<|im_start|>assistant\n" in text
     assert t.info["history_rewrites"] == 2
+
+
+def test_structured_turns_only_for_formats_that_have_them_and_templates_that_need_them(
+        tokenizer):
+    """ChatRenderer.structured / observation_after: hermes never; a template that renders the
+    sampled turn otherwise once messages follow is an error that says so."""
+    import copy
+
+    from envs.formats import get_format
+    from rl.rollout.agent_loop import ChatRenderer
+
+    class Fields:  # a format whose turns go to the template as fields
+        name = "fields"
+
+        def format_answer(self, answer):
+            return f"<answer>{answer}</answer>"
+
+        def assistant_message(self, text):
+            return {"role": "assistant", "content": text, "thinking": "t"}
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = (  # raises on raw answers; shows thinking only on the last message
+        "{%- for m in messages -%}{%- if m.role == 'assistant' -%}"
+        "{%- if '<answer>' in m.content -%}{{ raise_exception('no tags') }}{%- endif -%}"
+        "{{ 'A:' + (m.thinking if loop.last else '') + m.content + ';' }}"
+        "{%- else -%}{{ 'U:' + m.content + ';' }}{%- endif -%}{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ 'A:' }}{%- endif -%}")
+    chat = ChatRenderer(tok, native_tools=False)
+    assert not chat.structured(get_format("hermes")) and not chat.structured(None)
+    assert chat.structured(Fields()) and chat.generation_prompt() == "A:"
+    msgs = [{"role": "user", "content": "q"}, Fields().assistant_message("c")]
+    with pytest.raises(ValueError, match="renders the conversation up to the sampled turn "
+                                         "differently once new messages follow"):
+        chat.observation_after(msgs, [{"role": "user", "content": "r"}], None)
+    tok.chat_template = tok.chat_template.replace("(m.thinking if loop.last else '')",
+                                                  "m.thinking")
+    chat = ChatRenderer(tok, native_tools=False)
+    assert chat.observation_after(msgs, [{"role": "user", "content": "r"}], None) == "U:r;A:"
