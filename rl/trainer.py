@@ -50,8 +50,13 @@ class Trainer:
         self.loop = AgentLoop(self.engine, self.tokenizer, self.parts.env_factory, cfg.rollout,
                               native_tools=self.parts.native_tools)
         # Credit is assigned on rank 0 for every rank's rows (rl/algos/credit.py).
+        # ArCHer's fresh actions end where the loop's turns end (harmony: at <|call|> too)
+        a = cfg.algorithm
+        fmt = getattr(self.parts.env_factory(), "format", None) if (
+            a.credit == "archer" and a.archer.fresh_actions) else None
         credit = build_credit(cfg, self.tokenizer, self.learner.model, self.engine,
-                              self.loop.sampling()) if dist.is_main() else None
+                              self.loop.sampling(stop_ids=self.loop.chat.stop_ids(fmt))
+                              ) if dist.is_main() else None
         self.core = StepCore(cfg, self.parts.train_tasks, self.tokenizer.pad_token_id, credit,
                              needs_tools=env_needs_tools(self.parts.env_factory))
         # only rank 0 writes the run's logs; other ranks keep theirs under ranks/ (wandb off)
