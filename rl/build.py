@@ -6,7 +6,7 @@ Kept out of trainer.py so the loop stays on one screen.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +144,13 @@ def build_parts(cfg: Config, model: torch.nn.Module | None = None, *,
             from rl.rollout.engines.vllm import VLLMEngine
 
             # Starts from the model's folder; a policy that already differs from it (resume,
-            # SFT) reaches the engine through the trainer's update_weights calls.
+            # SFT) reaches the engine through the trainer's update_weights calls. Its seed
+            # follows trainer.seed as the Ray rollout workers' does (worker 0's): on CPU the
+            # per-trajectory schedule samples from the stream vLLM seeds with it, so without
+            # it every trainer.seed sampled the same rollouts.
             return VLLMEngine(
-                resolve_model_path(cfg.model.name), tokenizer, cfg.vllm,
+                resolve_model_path(cfg.model.name), tokenizer,
+                replace(cfg.vllm, seed=cfg.vllm.seed + cfg.trainer.seed),
                 max_model_len=cfg.rollout.max_total_tokens, lora=cfg.learner.lora.enabled,
                 policy=policy,
             )
