@@ -24,6 +24,8 @@ medians are reported.
    iterations). TRL needs a chat template it can parse tool calls from: SmolLM2's ChatML
    template has none, so for TRL's tool rows the tokenizer gets TRL's Qwen2.5 ChatML template
    (same special tokens, Hermes ``<tool_call>`` syntax as our format).
+   ``--ours vllm,vllm+prefix`` steps the vLLM trainer twice per round, with
+   ``learner.prefix_sharing`` off and on (the learner reads the flag per update).
 3. weight sync: seconds of ``engine.update_weights`` per step and its share of the step.
 4. latency (``--parts latency``): the vLLM engine's two schedules when tools are slow and
    uneven (every env step sleeps an exponential time, mean ``--tool-latency`` s, seeded by task
