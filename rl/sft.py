@@ -21,7 +21,12 @@ import torch
 
 from envs.base import StepResult
 from rl.rollout.agent_loop import AgentLoop, RolloutConfig
-from rl.rollout.engines.base import GenerationOutput, GenerationRequest, SamplingParams
+from rl.rollout.engines.base import (
+    GenerationOutput,
+    GenerationRequest,
+    SamplingParams,
+    eos_token_ids,
+)
 from rl.types import Message, Task, Trajectory
 
 
@@ -38,9 +43,8 @@ class ReplayEngine:
         self.tokenizer = tokenizer
         self.actions = list(actions)
         self.turn = 0
-        eos = tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
-        self.eos_id = eos[0] if isinstance(eos, list) else eos
+        eos = eos_token_ids(tokenizer)
+        self.eos_ids, self.eos_id = set(eos), eos[0]
 
     def generate(
         self, requests: Sequence[GenerationRequest], sampling: SamplingParams

@@ -54,7 +54,7 @@ from typing import Any
 
 from envs.base import Env, StepResult
 from rl.config import RolloutConfig
-from rl.rollout.engines.base import Engine, GenerationRequest, SamplingParams
+from rl.rollout.engines.base import Engine, GenerationRequest, SamplingParams, eos_token_ids
 from rl.types import Message, Task, Trajectory, Turn
 
 ACTION_SENTINEL = "@@turnrl:sampled-turn@@"  # stands for the sampled turn's content in a render
@@ -70,8 +70,7 @@ class ChatRenderer:
     def __init__(self, tokenizer, native_tools: bool) -> None:
         self.tokenizer = tokenizer
         self.native_tools = native_tools
-        eos = tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.eos_ids = set(eos_token_ids(tokenizer))
         self._structured: dict[str, bool] = {}  # format name -> its turns go in as fields
         self._gen_prompt: str | None = None
 

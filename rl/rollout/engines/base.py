@@ -13,6 +13,13 @@ from typing import Protocol, runtime_checkable
 import torch
 
 
+def eos_token_ids(tokenizer) -> list[int]:
+    """The tokenizer's EOS ids (``eos_token_id`` may be one id or a list); the first is the one
+    a scripted turn ends with."""
+    eos = tokenizer.eos_token_id
+    return list(eos) if isinstance(eos, list) else [eos]
+
+
 @dataclass
 class SamplingParams:
     max_new_tokens: int = 64

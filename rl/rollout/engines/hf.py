@@ -18,7 +18,12 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from rl.rollout.engines.base import GenerationOutput, GenerationRequest, SamplingParams
+from rl.rollout.engines.base import (
+    GenerationOutput,
+    GenerationRequest,
+    SamplingParams,
+    eos_token_ids,
+)
 
 
 def sample_next(
@@ -73,8 +78,7 @@ class HFEngine:
         self.max_batch_size = max_batch_size
         self.share_prefix = share_prefix
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        eos = tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.eos_ids = set(eos_token_ids(tokenizer))
         self.seed = seed
         # On the model's device now, so a resumed run restores the state into a generator of
         # the right kind (rl/checkpoint.py GeneratorState) before the first rollout.
