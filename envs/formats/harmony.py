@@ -224,8 +224,8 @@ def harmony_turn_message(text: str) -> Message:
     (a preamble joins the analysis) and refuses harmony markers in either (they are removed).
     """
     calls, visible, thoughts = _read_turn(text)
-    thinking = "\n".join(_unmarked(t) for t in thoughts if _unmarked(t))
-    content = "\n".join(_unmarked(v) for v in visible if _unmarked(v))
+    thinking = "\n".join(t for t in map(_unmarked, thoughts) if t)
+    content = "\n".join(v for v in map(_unmarked, visible) if v)
     msg: Message = {"role": "assistant", "content": content}
     if calls:
         thinking = "\n".join(t for t in (thinking, content) if t)
