@@ -8,12 +8,13 @@ the real env (rl.sft.replay), so prompts, tool-call syntax and observations are 
 The group's samples differ as a GRPO group does: the reference call and answer, a sentence
 before the call, a wrong final answer, an answer-only guess (cycled). Advantages +-1.
 
-Both variants run the default learner settings (``learner.*`` defaults: torch, bf16 autocast,
-micro-batch 8, AdamW) from the same weights and a fresh optimizer state before every update,
-in one process, after a warm-up update on two rows: ``--rounds`` rounds alternating plain /
-shared (order flipped each round); the median update time is reported. Tokens:
-``real`` = attention-mask tokens of the batch, ``computed`` = what the forward runs on (plain:
-the padded micro-batches, rows x width; shared: the packed sequences, padded per micro-batch).
+Both variants run the default learner settings (``learner.*`` defaults: torch, autocast auto (bf16
+only on CPUs that compute it natively), micro-batch 8, AdamW) from the same weights and a fresh
+optimizer state before every update, in one process, after a warm-up update on two rows:
+``--rounds`` rounds alternating plain / shared (order flipped each round); the median update time
+is reported. Tokens: ``real`` = attention-mask tokens of the batch, ``computed`` = what the forward
+runs on (plain: the padded micro-batches, rows x width; shared: the packed sequences, padded per
+micro-batch).
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--autocast", default="", help="override learner.autocast (bf16 | fp32)")
+    ap.add_argument("--autocast", default="", help="override learner.autocast (auto | bf16 | fp32)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

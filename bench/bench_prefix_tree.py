@@ -24,7 +24,7 @@ share the system prompt + tools, the user turns and the turns before each fork t
 (``rollout.tree.error_hint``) are not offered: a hint is a user message, which this lookup would
 take for the next user turn.
 
-Timing (the loop of bench/bench_prefix.py): the default learner settings (torch, bf16 autocast,
+Timing (the loop of bench/bench_prefix.py): the default learner settings (torch, autocast auto,
 micro-batch 8, AdamW), SmolLM2-135M-Instruct, same weights and a fresh optimizer before every
 update, a warm-up update on two rows, then ``--rounds`` rounds alternating plain / shared (order
 flipped every round). Advantages +-1 per row (the timing does not depend on their values).
@@ -209,7 +209,7 @@ def main() -> None:
     ap.add_argument("--max-branches", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--autocast", default="", help="override learner.autocast (bf16 | fp32)")
+    ap.add_argument("--autocast", default="", help="override learner.autocast (auto | bf16 | fp32)")
     ap.add_argument("--dry-run", action="store_true", help="build and describe the batch only")
     ap.add_argument("--out", default="")
     args = ap.parse_args()

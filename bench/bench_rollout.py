@@ -19,7 +19,8 @@ medians are reported.
 2. RL step: one GRPO step of the trainer (rollout -> reward -> advantage -> update -> sync, the
    body of ``Trainer.fit``) with the HF engine and with the vLLM engine, and one optimizer step
    of TRL's GRPOTrainer on the same prompts / reward / group size / token budget / update
-   settings (one optimizer step per generation batch, lr, clip 0.2/0.28, no KL, bf16 autocast).
+   settings (one optimizer step per generation batch, lr, clip 0.2/0.28, no KL, the learner's
+   autocast: ``learner.autocast``, auto = bf16 only on CPUs that compute it natively).
    Single-turn (max_turns=1), and with tools (4 turns; TRL's ``tools=`` loop with 3 tool
    iterations). TRL needs a chat template it can parse tool calls from: SmolLM2's ChatML
    template has none, so for TRL's tool rows the tokenizer gets TRL's Qwen2.5 ChatML template
@@ -144,6 +145,7 @@ class TRLStepper:
         from envs.formats import find_answers
         from envs.tools.calculator import calculator
         from rewards.outcome import answers_match
+        from rl.learner.precision import resolve_autocast
         from rl.models import load_tokenizer, resolve_model_path
 
         cfg = trainer.cfg
@@ -183,7 +185,7 @@ class TRLStepper:
         args = GRPOConfig(
             output_dir=str(out),
             use_cpu=True,
-            bf16=cfg.learner.autocast == "bf16",
+            bf16=resolve_autocast(cfg.learner.autocast, "cpu")[0] == "bf16",  # as our learner
             per_device_train_batch_size=cfg.learner.micro_batch_size,
             gradient_accumulation_steps=n_tasks * group // cfg.learner.micro_batch_size,
             num_generations=group,

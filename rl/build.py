@@ -6,7 +6,7 @@ Kept out of trainer.py so the loop stays on one screen.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,9 @@ class Parts:
     eval_tasks: list[Task]
     make_engine: Callable[..., Engine]
     """``make_engine(policy, shared=True)``: shared = generate with the learner's own module."""
+    guard_tasks: list[Task] = field(default_factory=list)
+    """The best-checkpoint guard's validation tasks (``eval.every`` > 0; :func:`build_guard_tasks`),
+    disjoint from ``eval_tasks`` and the train tasks; empty when the guard is off."""
 
 
 def resolve_engine(cfg: Config) -> str:
@@ -124,6 +127,45 @@ def build_tasks(cfg: Config, split: str, n: int) -> list[Task]:
     return make_tasks(cfg.env.name, t.source, split, n, t.seed, **dict(t.kwargs))
 
 
+def build_guard_tasks(cfg: Config, held_out: Sequence[Task],
+                      train: Sequence[Task] = ()) -> list[Task]:
+    """The validation set of the best-checkpoint guard (``eval.every``): ``eval.guard_tasks``
+    tasks of the env's test split that are neither ``held_out`` (the stage table's
+    ``tasks.eval_size`` tasks: choosing a checkpoint on the tasks it is then reported on would
+    bias the report upwards) nor ``train``.
+
+    They are the continuation of the held-out stream: the env's task maker is asked for
+    ``eval_size + guard_tasks`` test tasks and the held-out ones are dropped. Every task maker
+    in envs/tasks is prefix-stable (task ``k`` does not depend on ``n``) and unique within its
+    split, and its split is a hash of the task, disjoint from train; so this is exactly the next
+    ``guard_tasks`` tasks. A maker that did not guarantee it would still give a disjoint set:
+    a task whose id or content (prompt, answer, data) equals a held-out or train task's is
+    dropped, and a set smaller than asked for is reported. Note that a later evaluation with a
+    larger ``tasks.eval_size`` (same seed) includes the guard tasks.
+    """
+    n = cfg.eval.guard_tasks
+    try:
+        pool = build_tasks(cfg, "test", len(held_out) + n)
+    except ValueError as e:
+        raise ValueError(f"eval.guard_tasks={n}: the env's test split cannot give "
+                         f"tasks.eval_size + eval.guard_tasks = {len(held_out) + n} tasks ({e}); "
+                         "lower eval.guard_tasks or tasks.eval_size") from e
+
+    def key(t: Task) -> str:
+        return repr((t.prompt, t.answer, t.data))
+
+    ids = {t.id for t in held_out}
+    seen = {key(t) for t in (*held_out, *train)}
+    guard = [t for t in pool if t.id not in ids and key(t) not in seen][:n]
+    if not guard:
+        raise ValueError(f"eval.guard_tasks={n}: the env's test split has no tasks beyond the "
+                         f"{len(held_out)} held-out ones (tasks.eval_size); lower tasks.eval_size")
+    if len(guard) < n:
+        print(f"[turnrl] eval.guard_tasks={n}: only {len(guard)} test tasks are disjoint from "
+              "the held-out and train tasks; the guard uses those", flush=True)
+    return guard
+
+
 def build_parts(cfg: Config, model: torch.nn.Module | None = None, *,
                 train: bool = True) -> Parts:
     import envs.tasks  # noqa: F401  (registers the envs)
@@ -156,11 +198,13 @@ def build_parts(cfg: Config, model: torch.nn.Module | None = None, *,
             )
         raise ValueError(f"unknown engine '{cfg.engine}' (available: hf, vllm)")
 
+    train_tasks = TaskStream(build_tasks(cfg, "train", cfg.tasks.train_size)) if train else None
+    eval_tasks = build_tasks(cfg, "test", cfg.tasks.eval_size)
     return Parts(
         tokenizer=tokenizer, model=model, env_factory=env_factory, native_tools=native,
-        train_tasks=TaskStream(build_tasks(cfg, "train", cfg.tasks.train_size)) if train else None,
-        eval_tasks=build_tasks(cfg, "test", cfg.tasks.eval_size),
-        make_engine=make_engine,
+        train_tasks=train_tasks, eval_tasks=eval_tasks, make_engine=make_engine,
+        guard_tasks=build_guard_tasks(cfg, eval_tasks, train_tasks.tasks)
+        if train_tasks is not None and cfg.eval.every > 0 else [],
     )
 
 

@@ -18,6 +18,10 @@ either the previous complete checkpoint or a new complete one. A folder whose ma
 missing or does not match its files is incomplete: :func:`latest_checkpoint` reports it and
 falls back to the previous good one; loading it explicitly raises :class:`CheckpointError`.
 
+Retention keeps the newest ``keep_last`` complete checkpoints and the one ``best`` links to
+(``checkpoints/best -> step_000008``: the best-checkpoint guard's, ``eval.every``;
+:func:`mark_best`).
+
 A write that fails (a full disk, Ctrl-C) deletes its temporary folder before the exception goes
 on, so the previous checkpoint is all that remains; a full disk becomes a one-line
 :class:`CheckpointWriteError` that says how much space a checkpoint needs.
@@ -48,6 +52,8 @@ from rl.learner import dist
 
 MANIFEST = "manifest.json"
 STATE = "state.pt"
+BEST = "best"
+"""``checkpoints/best``: a link to the checkpoint the guard (``eval.every``) found best."""
 LOG_FILES = ("metrics.jsonl", "samples.txt")
 """Run-dir files rewound to their size at the checkpoint on resume (no duplicate/missing rows)."""
 
@@ -600,6 +606,10 @@ def load_checkpoint(
     learner.load_state_dict(rank_state["learner"])
     saved_parts = rank_state.get("parts", {})
     for name, part in (parts or {}).items():
+        if name not in saved_parts and getattr(part, "optional_in_checkpoint", False):
+            log(f"[turnrl] resume: checkpoint {path} has no '{name}' state (an older run); "
+                "it starts fresh")
+            continue
         if name not in saved_parts:
             raise CheckpointError(f"checkpoint {path} holds no state for '{name}' (saved by a run "
                                   f"without it; it has: {sorted(saved_parts)})")
@@ -613,11 +623,40 @@ def load_checkpoint(
 
 def _prune(root: Path, keep_last: int) -> None:
     """Delete leftovers of killed writers (``.tmp-*``) and all but the newest ``keep_last``
-    complete checkpoints (0 keeps all)."""
+    complete checkpoints (0 keeps all); the one ``best`` points at is never deleted."""
     for p in root.glob(".tmp-step_*"):
         shutil.rmtree(p, ignore_errors=True)
     if keep_last <= 0:
         return
+    best = best_target(root)
     complete = [p for p in list_checkpoints(root) if verify(p) is None]
     for p in complete[:-keep_last]:
-        shutil.rmtree(p, ignore_errors=True)
+        if p.name != best:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# -- the best-checkpoint guard (eval.every, rl/step.py) ---------------------------------------------
+def best_target(root: Path) -> str | None:
+    """Name of the checkpoint folder ``root/best`` points at (None when there is no link)."""
+    link = Path(root) / BEST
+    return Path(os.readlink(link)).name if link.is_symlink() else None
+
+
+def mark_best(root: Path, step: int, keep_last: int) -> Path | None:
+    """Point ``root/best`` (a relative symlink) at the complete checkpoint of ``step``, then
+    prune with ``keep_last``: the best is kept whatever its age, a best it replaces becomes an
+    ordinary checkpoint again. The swap is atomic (a new link renamed over the old one). Returns
+    the link, or None (and changes nothing) when ``step`` has no complete checkpoint under
+    ``root`` (a run resumed from another run's checkpoint). Rank 0 / the controller only."""
+    root = Path(root)
+    target = root / f"step_{step:06d}"
+    if verify(target) is not None:
+        return None
+    link, tmp = root / BEST, root / f".tmp-best-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target.name, tmp)
+    os.replace(tmp, link)
+    _fsync_dir(root)
+    _prune(root, keep_last)
+    return link

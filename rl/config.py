@@ -51,8 +51,9 @@ class DeepSpeedConfig:
     offload_params: bool = False
     """Keep partitioned parameters in CPU memory between uses (ZeRO-3 only)."""
     bf16: str = "auto"
-    """bf16 weights with fp32 master weights: "auto" (on where CUDA supports bf16, else off),
-    "on" or "off". When off, ``LearnerConfig.autocast`` still applies to the forward pass."""
+    """bf16 weights with fp32 master weights: "auto" (on where the device computes bf16
+    natively, as ``learner.autocast=auto`` decides; else off), "on" or "off". When off,
+    ``LearnerConfig.autocast`` still applies to the forward pass."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Extra ds_config entries, deep-merged over the generated config (e.g.
     ``{"zero_optimization": {"reduce_bucket_size": 5e7}}``)."""
@@ -68,7 +69,8 @@ class LearnerConfig:
     grad_clip: float = 1.0
     """Max global grad norm; 0 disables clipping."""
     warmup_steps: int = 0
-    """Linear LR warm-up over this many optimizer steps, then constant."""
+    """Linear LR warm-up over RL's first this-many optimizer steps, then constant. The schedule
+    restarts when RL starts (after SFT, whose warm-up is ``sft.warmup_steps``)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward; gradients accumulate to the whole (mini-)batch."""
     mini_batches: int = 1
@@ -76,8 +78,11 @@ class LearnerConfig:
     ppo_epochs: int = 1
     """Passes over the batch. With ppo_epochs = mini_batches = 1 the importance ratio is exactly 1
     and old logprobs are the current ones, detached (no extra forward pass)."""
-    autocast: str = "bf16"
-    """Autocast dtype for forward/backward: "bf16" or "fp32" (master weights stay fp32)."""
+    autocast: str = "auto"
+    """Autocast dtype for forward/backward: "auto" | "bf16" | "fp32" (master weights stay fp32).
+    auto: bf16 where the learner's device computes it natively (CUDA with bf16 support; CPUs
+    with the amx_bf16 or avx512_bf16 flag), else fp32: emulated bf16 made a CPU learner 2.7x
+    slower (rl.learner.precision). The run prints the choice at start."""
     gradient_checkpointing: bool = False
     prefix_sharing: bool = False
     """Compute each token prefix that rows of a batch share (a group's prompt, the turns before a
@@ -86,6 +91,10 @@ class LearnerConfig:
     Micro-batches then hold whole packed groups within the token slots and attention area of a
     plain micro-batch (micro_batch_size rows of the batch's longest row); under DeepSpeed each
     rank packs its own shard. sdpa, eager or flex_attention (flex untested on CUDA)."""
+    track_kl_to_start: bool = True
+    """Keep a snapshot of the policy at the start of RL even without a KL penalty, to report the
+    KL to it (``health/kl_to_start``, one extra no-grad forward of one micro-batch per step) —
+    one copy of the trainable parameters (``ref_offload`` keeps it in CPU memory)."""
     ref_offload: bool = False
     """Keep the KL reference snapshot (the policy at the start of RL; rl/learner/base.py) in CPU
     memory. Only used when ``algorithm.loss.kl_coef > 0``."""
@@ -412,6 +421,15 @@ class AlgorithmConfig:
     """grpo: Bessel-corrected std (TRL / verl) instead of the population std."""
     eps: float = 1e-6
     """grpo: added to the std before dividing (a uniform group gets advantage 0)."""
+    std_floor: float = 0.25
+    """grpo: floor on the group's reward std before dividing (reward units), so partial-credit
+    gaps of a few hundredths (search F1, call matching) are not inflated to the advantage of a
+    real success: rewards [0.05, 0, 0, 0] give +0.15 instead of +1.7; binary rewards in groups of
+    up to 14 are unchanged (their std is >= 0.25). 0 = the paper's plain std."""
+    truncated: str = "keep"
+    """Episodes cut by a limit (``rollout.max_turns`` / ``max_total_tokens``): "keep" (trained
+    with their reward like any other) or "mask" (their advantages are zeroed, so they carry no
+    gradient; they still count in their group's baseline)."""
     batch_baseline: bool = False
     """reinforce: subtract the batch's mean reward."""
     group_size: int = 4
@@ -449,6 +467,8 @@ class SFTConfig:
     """JSONL of chat trajectories ({"messages": [...]}) instead of env demonstrations."""
     epochs: int = 1
     batch_size: int = 8
+    warmup_steps: int = 0
+    """Linear LR warm-up over the SFT stage's first this-many optimizer steps."""
     lr: float | None = None
     """SFT learning rate; None = 2e-5 for full fine-tuning, 2e-4 with LoRA (LoRA barely moves
     at 2e-5: measured NLL 2.70 -> 1.77 in 8 steps on a 0.5B model, 0.76 at 2e-4)."""
@@ -463,6 +483,15 @@ class EvalConfig:
     """0 = greedy evaluation."""
     compare_stages: bool = True
     """Evaluate base, after SFT and after RL on the held-out tasks and print a table."""
+    every: int = 0
+    """Best-checkpoint guard: every N RL steps (and at step 0 and the last step) a greedy
+    evaluation on ``guard_tasks`` validation tasks; the best one (ties: the earlier step) is kept
+    as ``checkpoints/best`` (never pruned by ``trainer.keep_last``) and, when it is not the last
+    step, gets its own row in the stage table. 0 = off."""
+    guard_tasks: int = 32
+    """Size of the guard's validation set: test-split tasks that follow the held-out ones, so
+    it overlaps neither the train tasks nor the ``tasks.eval_size`` tasks the table reports
+    (rl.build.build_guard_tasks)."""
 
 
 @dataclass
@@ -579,6 +608,8 @@ def config_problems(cfg: Config) -> list[str]:
         (t.tasks_per_step >= 1, f"trainer.tasks_per_step={t.tasks_per_step} must be >= 1"),
         (cfg.tasks.eval_size >= 0, f"tasks.eval_size={cfg.tasks.eval_size} must be >= 0"),
         (cfg.tasks.train_size >= 1, f"tasks.train_size={cfg.tasks.train_size} must be >= 1"),
+        (cfg.eval.every >= 0, f"eval.every={cfg.eval.every} must be >= 0 (0 = off)"),
+        (cfg.eval.guard_tasks >= 1, f"eval.guard_tasks={cfg.eval.guard_tasks} must be >= 1"),
         (r.max_turns >= 1, f"rollout.max_turns={r.max_turns} must be >= 1"),
         (r.max_tokens_per_turn >= 1,
          f"rollout.max_tokens_per_turn={r.max_tokens_per_turn} must be >= 1"),
@@ -589,6 +620,13 @@ def config_problems(cfg: Config) -> list[str]:
         (cfg.learner.lr > 0, f"learner.lr={cfg.learner.lr} must be > 0"),
         (cfg.sft.lr is None or cfg.sft.lr > 0, f"sft.lr={cfg.sft.lr} must be > 0"),
         (cfg.sft.batch_size >= 1, f"sft.batch_size={cfg.sft.batch_size} must be >= 1"),
+        (cfg.algorithm.std_floor >= 0,
+         f"algorithm.std_floor={cfg.algorithm.std_floor} must be >= 0"),
+        (cfg.algorithm.truncated in ("keep", "mask"),
+         f"algorithm.truncated={cfg.algorithm.truncated!r} is not one of: keep, mask"),
+        (cfg.sft.warmup_steps >= 0, f"sft.warmup_steps={cfg.sft.warmup_steps} must be >= 0"),
+        (cfg.learner.warmup_steps >= 0,
+         f"learner.warmup_steps={cfg.learner.warmup_steps} must be >= 0"),
         (cfg.model.device in ("auto", "cpu", "cuda") or (cfg.model.device.startswith("cuda:")
                                                           and cfg.model.device[5:].isdigit()),
          f"model.device={cfg.model.device!r} is not one of: auto, cpu, cuda, cuda:N"),
@@ -600,8 +638,8 @@ def config_problems(cfg: Config) -> list[str]:
          "auto, false, true"),
         (cfg.learner.lora.token_rows_lr_scale > 0,
          f"learner.lora.token_rows_lr_scale={cfg.learner.lora.token_rows_lr_scale} must be > 0"),
-        (cfg.learner.autocast in ("bf16", "fp32"),
-         f"learner.autocast={cfg.learner.autocast!r} is not one of: bf16, fp32"),
+        (cfg.learner.autocast in ("auto", "bf16", "fp32"),
+         f"learner.autocast={cfg.learner.autocast!r} is not one of: auto, bf16, fp32"),
         (cfg.learner.deepspeed.zero_stage in (1, 2, 3),
          f"learner.deepspeed.zero_stage={cfg.learner.deepspeed.zero_stage} is not one of: 1, 2, 3"),
         (lc.learner_ranks == 1 or cfg.learner.backend == "deepspeed",

@@ -182,9 +182,41 @@ def _episode_html(i: int, r: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+# the per-step table: (column, metrics key), then the learning-health keys a row has
+_STEP_COLUMNS = (("step", "step"), ("reward", "reward/mean"), ("success", "reward/success"),
+                 ("tool-call rate", "tools/call_rate"))
+
+
+def step_table_html(rows: Sequence[dict[str, Any]]) -> str:
+    """Per-step health of a training run: step, reward, success, tool-call rate and every
+    learning-health key (rl/tracking.py:HEALTH_KEYS) that some row has; ``-`` where a row has
+    none (older runs, other learners). Rows without ``reward/mean`` (SFT, eval) are skipped."""
+    from rl.tracking import HEALTH_KEYS, metric_value
+
+    rows = [r for r in rows if "reward/mean" in r]
+    if not rows:
+        return ""
+    cols = list(_STEP_COLUMNS) + [(k, k) for k in HEALTH_KEYS
+                                  if any(metric_value(r, k) is not None for r in rows)]
+
+    def cell(r: dict[str, Any], k: str) -> str:
+        v = metric_value(r, k)
+        if v is None:
+            return "-"
+        return f"{v:.0f}" if k == "step" else f"{v:.4g}"
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in cols)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r, k)}</td>" for _, k in cols) + "</tr>"
+                   for r in rows)
+    return (f'<details open><summary>per-step learning health ({len(rows)} steps)</summary>'
+            f'<table class="steps"><tr>{head}</tr>{body}</table></details>')
+
+
 def render_report(records: Sequence[dict[str, Any]], title: str = "turnrl trajectories",
-                  summary_md: str = "", settings: dict[str, Any] | None = None) -> str:
-    """The whole HTML page for ``records`` (from :func:`trajectory_record`)."""
+                  summary_md: str = "", settings: dict[str, Any] | None = None,
+                  step_rows: Sequence[dict[str, Any]] = ()) -> str:
+    """The whole HTML page for ``records`` (from :func:`trajectory_record`); ``step_rows``: a
+    training run's metrics rows, shown as a per-step health table (:func:`step_table_html`)."""
     n_fail = sum(not r["success"] for r in records)
     head = [f"<h1>{html.escape(title)}</h1>"]
     if settings:
@@ -192,6 +224,8 @@ def render_report(records: Sequence[dict[str, Any]], title: str = "turnrl trajec
             f"{html.escape(str(k))}={_e(v)}" for k, v in settings.items()) + "</p>")
     if summary_md:
         head.append(_md_table_html(summary_md))
+    if step_rows:
+        head.append(step_table_html(step_rows))
     bar = (
         '<div class="bar">show <select id="mode" onchange="applyFilter()">'
         '<option value="all">all episodes</option>'

@@ -4,7 +4,8 @@ A driver decides *where* work runs (this process and its torchrun peers, or Ray 
 module decides *what* a run is:
 
 * the stage machine, :func:`fit`: base eval -> cold-start SFT -> eval -> RL steps -> eval, with
-  the save cadence and resume; a driver supplies the phases (:class:`Driver`);
+  the save cadence, resume and the best-checkpoint guard (``eval.every``); a driver supplies
+  the phases (:class:`Driver`);
 * a step's tasks and rollout seeds (:meth:`StepCore.task_batch`, :meth:`StepCore.rollout_seed`),
   so the same config gives the same trajectories under either driver;
 * scoring, credit assignment (``algorithm.credit``, rl/algos/credit.py), the update batch;
@@ -34,17 +35,52 @@ class RunState:
     stage: str = "start"
     """"start" (before the pre-RL stages) or "rl"."""
     results: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Held-out evaluation per stage label (base, sft, <algorithm>)."""
+    """Held-out evaluation per stage label (base, sft, <algorithm>, <algorithm> best@step<k>)."""
+    best_step: int | None = None
+    """RL step of the best guard evaluation so far (``eval.every``); None before the first."""
+    best_guard: float | None = None
+    """Guard success at ``best_step``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a checkpoint's ``state.pt`` records of the run (drivers add their own keys)."""
+        return {"step": self.step, "stage": self.stage, "results": self.results,
+                "best_step": self.best_step, "best_guard": self.best_guard}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> RunState:
+        """The run state of a ``state.pt`` (one written before the guard existed has no best)."""
+        return cls(state["step"], state["stage"], state["results"], state.get("best_step"),
+                   state.get("best_guard"))
 
 
 class Driver(Protocol):
     """The phases :func:`fit` runs; each driver implements them where its work lives."""
 
     state: RunState
+    guard_tasks: list[Task]
+    """The best-checkpoint guard's validation tasks (rl.build.build_guard_tasks; empty when
+    ``eval.every`` is 0)."""
 
     def resume(self) -> None: ...
 
-    def evaluate(self, label: str) -> dict[str, float]: ...
+    def evaluate(self, label: str, tasks: list[Task] | None = None) -> dict[str, float]:
+        """Greedy evaluation of the current policy on ``tasks`` (default: the held-out tasks),
+        logged as ``eval_<label>/<metric>``; every process gets the results."""
+        ...
+
+    def log_metrics(self, row: dict[str, float]) -> None:
+        """One row of the run's metrics at the current step (written once, by rank 0)."""
+        ...
+
+    def mark_best(self, step: int) -> Any:
+        """Point ``checkpoints/best`` at the checkpoint of ``step`` (retention keeps it);
+        returns the link, or None when this run has no checkpoint of ``step``."""
+        ...
+
+    def load_checkpoint_weights(self, path: Any) -> None:
+        """A checkpoint's policy weights into the learner and the rollout engine (nothing
+        else: optimizer, RNG and step stay)."""
+        ...
 
     def run_sft(self) -> None: ...
 
@@ -62,9 +98,20 @@ class Driver(Protocol):
 
 
 def fit(driver: Driver, cfg: Config) -> dict[str, dict[str, float]]:
-    """The whole run: the stage machine both drivers share."""
+    """The whole run: the stage machine both drivers share.
+
+    With ``eval.every`` the best-checkpoint guard runs inside it: a guard evaluation at step 0,
+    every ``eval.every`` steps and at the last step; a new best is saved (if its step is not
+    saved anyway) and linked as ``checkpoints/best``; at the end :func:`report_best`.
+    """
     driver.resume()
     s = driver.state
+    if cfg.eval.every > 0 and s.best_step is not None:  # a link a killed run left behind
+        driver.mark_best(s.best_step)
+    if s.stage == "rl" and s.step == 0:
+        # resumed from the cold-start checkpoint: RL starts here, with this run's learner
+        # settings (lr, warm-up, KL reference), not the saved schedule of the run that made it
+        driver.start_rl()
     if s.stage == "start":
         if cfg.eval.compare_stages:
             s.results["base"] = driver.evaluate("base")
@@ -75,18 +122,87 @@ def fit(driver: Driver, cfg: Config) -> dict[str, dict[str, float]]:
                 warn_no_tool_use_after_sft(driver, s.results["sft"])
         s.stage = "rl"
         driver.start_rl()
-        if cfg.sft.enabled and should_save(cfg, s.step):  # the cold-start policy: step 0
-            driver.save()
+        best = guard_due(cfg, s.step) and guard(driver, cfg)  # the policy RL starts from
+        # the cold-start policy (step 0), or the guard's best so far
+        if (cfg.sft.enabled and should_save(cfg, s.step)) or (best and s.step < cfg.trainer.steps):
+            save_and_mark(driver, cfg)
     for step in driver.progress(range(s.step, cfg.trainer.steps)):
         driver.train_step(step)
         s.step = step + 1
-        if should_save(cfg, s.step):
-            driver.save()
+        best = guard_due(cfg, s.step) and guard(driver, cfg)
+        if should_save(cfg, s.step) or (best and s.step < cfg.trainer.steps):
+            save_and_mark(driver, cfg)
     if cfg.eval.compare_stages:
         s.results[cfg.algorithm.name] = driver.evaluate(cfg.algorithm.name)
-    driver.save()
+    last = save_and_mark(driver, cfg)
+    report_best(driver, cfg, last)
     driver.finish()
     return s.results
+
+
+# -- the best-checkpoint guard (eval.every) ----------------------------------------------------------
+def guard_due(cfg: Config, step: int) -> bool:
+    """A guard evaluation after ``step`` RL steps: step 0, every ``eval.every``, the last."""
+    every, steps = cfg.eval.every, cfg.trainer.steps
+    return every > 0 and steps > 0 and (step % every == 0 or step == steps)
+
+
+def guard(driver: Driver, cfg: Config) -> bool:
+    """Evaluate the current policy on the guard's validation tasks; record it in the run state
+    when it is the best so far (ties keep the earlier step). Logs ``guard/success``,
+    ``guard/best_success`` and ``guard/best_step`` at the step. True for a new best."""
+    s = driver.state
+    score = float(driver.evaluate("guard", tasks=driver.guard_tasks)["success"])
+    new = s.best_step is None or s.best_guard is None or score > s.best_guard
+    if new:
+        s.best_step, s.best_guard = s.step, score
+    assert s.best_step is not None and s.best_guard is not None
+    driver.log_metrics({"guard/success": score, "guard/best_success": s.best_guard,
+                        "guard/best_step": float(s.best_step)})
+    _say(f"[guard] step {s.step}: success {score:.3f} on {len(driver.guard_tasks)} validation "
+         "tasks " + ("(new best)" if new else f"(best {s.best_guard:.3f} at step {s.best_step})"))
+    return new
+
+
+def save_and_mark(driver: Driver, cfg: Config) -> Any:
+    """``driver.save()``; a checkpoint of the guard's best step is linked as ``best``."""
+    path = driver.save()
+    s = driver.state
+    if cfg.eval.every > 0 and s.best_step == s.step:
+        driver.mark_best(s.step)
+    return path
+
+
+def report_best(driver: Driver, cfg: Config, last: Any) -> None:
+    """Where the guard's best checkpoint is; when it is not the last step's, its held-out
+    evaluation becomes the stage-table row ``<algorithm> best@step<k>``. The best weights are
+    loaded for that evaluation only: the run's last checkpoint (``last``) stays the last
+    policy, and the learner and engine get its weights back."""
+    s = driver.state
+    if cfg.eval.every <= 0 or s.best_step is None:
+        return
+    k, name = s.best_step, cfg.algorithm.name
+    link = driver.mark_best(k)
+    where = (f"best checkpoint: {link}" if link is not None else
+             f"this run holds no checkpoint of step {k} (resumed from another run's checkpoint?)")
+    if k == s.step:
+        _say(f"[guard] the last policy (step {k}) is the best on the guard set "
+             f"(success {s.best_guard:.3f}); {where}")
+        return
+    _say(f"[guard] the best policy on the guard set is step {k} (success {s.best_guard:.3f}), "
+         f"not the last step {s.step}; {where}")
+    if link is None or not cfg.eval.compare_stages:
+        return
+    driver.load_checkpoint_weights(link)
+    s.results[f"{name} best@step{k}"] = driver.evaluate(f"{name}_best")
+    driver.load_checkpoint_weights(last)
+
+
+def _say(line: str) -> None:
+    from rl.learner import dist
+
+    if dist.is_main():
+        print(line, flush=True)
 
 
 def warn_no_tool_use_after_sft(driver: Any, res: dict[str, Any]) -> None:
@@ -98,6 +214,12 @@ def warn_no_tool_use_after_sft(driver: Any, res: dict[str, Any]) -> None:
               "successful tool call in an env whose tasks need tools; RL from here would learn "
               "to answer without them (check env.format / env.format=auto, raise sft.lr or "
               "sft.num_examples, see learner.lora.train_token_rows)", flush=True)
+
+
+def needs_reference(cfg: Config) -> bool:
+    """Whether RL keeps a snapshot of its start policy: the KL penalty's reference, or the KL
+    telemetry's (``learner.track_kl_to_start``)."""
+    return cfg.algorithm.loss.kl_coef > 0 or cfg.learner.track_kl_to_start
 
 
 def should_save(cfg: Config, step: int) -> bool:
@@ -137,11 +259,13 @@ class StepCore:
 
     def __init__(self, cfg: Config, train_tasks, pad_id: int, credit: Credit | None,
                  needs_tools: bool = False) -> None:
-        from rl.tracking import ToolUseMonitor
+        from rl.tracking import HealthMonitor, ToolUseMonitor
 
         self.cfg, self.train_tasks, self.pad_id, self.credit = cfg, train_tasks, pad_id, credit
         # tool-use health: warns when an env whose tasks need tools sees no successful call
         self.tools = ToolUseMonitor(needs_tools)
+        # learning health: warns once when the step rows move toward collapse (echo trap)
+        self.health = HealthMonitor()
 
     # -- what the step samples ---------------------------------------------------------------------
     def task_batch(self, step: int) -> list[Task]:
@@ -182,6 +306,11 @@ class StepCore:
         on (DAPO's dynamic-sampling filter, without re-sampling), and always for non-outcome
         credit. A REINFORCE group that all succeeded has non-zero advantages and stays.
         """
+        if self.cfg.algorithm.truncated == "mask":  # cut episodes carry no gradient
+            cut = [i for i, t in enumerate(trajs) if t.truncated]
+            if cut:
+                adv = adv.clone()
+                adv[cut] = 0.0
         keep = list(range(len(trajs)))
         if self.cfg.algorithm.drop_uniform_groups or self.cfg.algorithm.credit != "outcome":
             keep = [i for i in keep if bool(adv[i].any())]
@@ -208,7 +337,7 @@ class StepCore:
         from rewards.outcome import success as solved
         from rl.rollout.agent_loop import trajectory_stats
         from rl.rollout.tree import tree_stats
-        from rl.tracking import tool_use_stats
+        from rl.tracking import health_stats, tool_use_stats
 
         n = max(len(trajs), 1)
         tree = tree_stats(trajs)  # tree branches copy their parents' tokens up to the fork
@@ -224,6 +353,7 @@ class StepCore:
             **{f"episode/{k}": v for k, v in trajectory_stats(trajs).items()},
             **tree,  # error recovery; tree/ branch counts with rollout.tree
             **tool_use_stats(trajs),  # tools/call_rate, parse errors by kind, lenient calls
+            **health_stats(trajs),  # health/: entropy proxy, informative groups, truncation
             **sandbox_metrics(),  # sandbox/: isolation reached vs requested, calls, latency
             "perf/rollout_tokens_per_s": gen_tokens / max(rollout_s, 1e-9),
             "perf/update_tokens_per_s": update.get("update/tokens", 0.0)
@@ -275,6 +405,19 @@ def paired_gain(after: Sequence[float], before: Sequence[float]):
     from rl.evaluate import t_interval
 
     return t_interval([a - b for a, b in zip(after, before)])
+
+
+def write_results(run_dir, results: dict[str, dict[str, Any]]) -> str:
+    """The run's stage evaluations: ``results.md`` (the table) and ``results.json`` (every
+    figure, with each stage's per-task success for paired comparisons across runs). Returns
+    the table."""
+    import json
+    from pathlib import Path
+
+    table = stage_table(results)
+    Path(run_dir, "results.md").write_text(table + "\n")
+    Path(run_dir, "results.json").write_text(json.dumps(results, indent=1, default=float))
+    return table
 
 
 def stage_table(results: dict[str, dict[str, Any]]) -> str:

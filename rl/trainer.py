@@ -24,12 +24,13 @@ from rl.step import (
     build_credit,
     eval_line,
     fit,
+    needs_reference,
     resolved_loss,
     seed_everything,
-    stage_table,
+    write_results,
 )
-from rl.tracking import RunLogger, Timer, env_needs_tools, tool_postfix
-from rl.types import Batch, Trajectory
+from rl.tracking import RunLogger, Timer, env_needs_tools, health_postfix, tool_postfix
+from rl.types import Batch, Task, Trajectory
 
 
 class Trainer:
@@ -64,12 +65,14 @@ class Trainer:
                                 cfg.trainer.wandb_project) if dist.is_main() else RunLogger(
             run_dir / "ranks" / f"rank{dist.rank()}", {}, "disabled", "")
         self.state = RunState()
+        self.guard_tasks = self.parts.guard_tasks  # eval.every's validation set (or empty)
         self._bar: Any = None  # the progress bar, once fit() runs
         # Named parts whose state a checkpoint holds besides the learner's.
         self.stateful: dict[str, ckpt.Stateful] = {
             "engine_rng": ckpt.GeneratorState(lambda: getattr(self.engine, "generator", None)),
             "data": self.parts.train_tasks,
             "tools": self.core.tools,
+            "health": self.core.health,
         }
         if credit is not None:
             self.stateful["credit"] = credit
@@ -133,7 +136,8 @@ class Trainer:
     def run_sft(self) -> None:
         from rl.build import sft_trajectories
 
-        self.learner.set_lr(self.cfg.sft.effective_lr(self.cfg.learner.lora.enabled))
+        self.learner.set_lr(self.cfg.sft.effective_lr(self.cfg.learner.lora.enabled),
+                            warmup_steps=self.cfg.sft.warmup_steps)
         steps = 0
         for epoch, chunk in self.core.sft_batches(sft_trajectories(self.cfg, self.parts)):
             mine = dist.shard(chunk)
@@ -148,24 +152,41 @@ class Trainer:
         self.engine.update_weights(self.learner.named_weights())
 
     def start_rl(self) -> None:
-        # Fresh optimizer moments for RL: SFT's Adam state is tuned to a different objective.
+        # Fresh optimizer moments for RL (SFT's Adam state is tuned to a different objective)
+        # and RL's own warm-up, counted from RL's first step.
         self.learner.reset_optimizer()
-        if self.cfg.algorithm.loss.kl_coef > 0:
+        self.learner.set_lr(self.cfg.learner.lr, warmup_steps=self.cfg.learner.warmup_steps)
+        if needs_reference(self.cfg):
             self.learner.snapshot_reference()
 
-    def evaluate(self, label: str) -> dict[str, float]:
-        """Held-out evaluation on rank 0 (the others wait); every rank gets the results."""
+    def evaluate(self, label: str, tasks: list[Task] | None = None) -> dict[str, float]:
+        """Evaluation on rank 0 (the others wait) of the held-out tasks, or of ``tasks`` (the
+        guard's); every rank gets the results."""
         from rl.build import evaluate
 
         res = None
         if dist.is_main():
             t0 = time.perf_counter()
-            res = evaluate(self.cfg, self.parts, self.engine)
+            res = evaluate(self.cfg, self.parts, self.engine, tasks)
             res["seconds"] = time.perf_counter() - t0
             self.logger.log(self.state.step, {f"eval_{label}/{k}": v for k, v in res.items()
                                               if isinstance(v, float)})
             print(eval_line(label, res), flush=True)
         return dist.broadcast_object(res)
+
+    # -- best-checkpoint guard (eval.every; rl/step.py) ------------------------------------------
+    def log_metrics(self, row: dict[str, float]) -> None:
+        if dist.is_main():
+            self.logger.log(self.state.step, row)
+
+    def mark_best(self, step: int) -> Path | None:
+        link = ckpt.mark_best(self.run_dir / "checkpoints", step, self.cfg.trainer.keep_last
+                              ) if dist.is_main() else None
+        return dist.broadcast_object(link)  # every rank waits for the link
+
+    def load_checkpoint_weights(self, path: Path) -> None:
+        self.learner.load_pretrained(Path(path) / "model")  # collective
+        self.engine.update_weights(self.learner.named_weights())
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def progress(self, steps: range):
@@ -184,6 +205,8 @@ class Trainer:
         for warning in self.core.tools.observe(step, trajs):
             print(warning, flush=True)
         row["tools/no_call_steps"] = float(self.core.tools.no_call_steps)
+        for warning in self.core.health.observe(step, row):  # once per run: collapse signs
+            print(warning, flush=True)
         self.logger.log(step, row)
         self.logger.samples(step, trajs[: self.cfg.trainer.samples_to_log], self.tokenizer)
         if self._bar is not None:
@@ -195,14 +218,13 @@ class Trainer:
         return dict(reward=f"{row['reward/mean']:.3f}",
                     success=f"{row['reward/success']:.2f}",
                     **tool_postfix(row),  # episodes with a successful call, parse errors, lenient
+                    **health_postfix(row),  # entropy proxy, KL to start, informative groups
                     tok_s=f"{row['perf/rollout_tokens_per_s']:.0f}",
                     step_s=f"{sum(timer.times.values()):.0f}")
 
     def run_state(self) -> dict[str, Any]:
         """The run's global state; per-process state comes from the learner and self.stateful."""
-        s = self.state
-        return {"step": s.step, "stage": s.stage, "results": s.results,
-                "tasks_per_step": self.cfg.trainer.tasks_per_step,
+        return {**self.state.to_dict(), "tasks_per_step": self.cfg.trainer.tasks_per_step,
                 "logs": ckpt.log_offsets(self.run_dir)}
 
     def save(self) -> Path:
@@ -224,7 +246,7 @@ class Trainer:
             return
         state = ckpt.load_checkpoint(path, learner=self.learner, parts=self.stateful)
         ckpt.check_resume_config(path, state, self.cfg, self.config_yaml)
-        self.state = RunState(state["step"], state["stage"], state["results"])
+        self.state = RunState.from_dict(state)  # step, stage, results, the guard's best
         if dist.is_main():  # the run's logs are rank 0's
             self.logger.history = ckpt.resume_logs(self.run_dir, path, state)
         self.engine.update_weights(self.learner.named_weights())
@@ -232,6 +254,5 @@ class Trainer:
 
     def finish(self) -> None:
         if self.state.results and dist.is_main():
-            print(stage_table(self.state.results), flush=True)
-            (self.run_dir / "results.md").write_text(stage_table(self.state.results) + "\n")
+            print(write_results(self.run_dir, self.state.results), flush=True)
         self.logger.close()

@@ -116,3 +116,14 @@ def test_the_wheel_ships_the_configs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "rl/configs/config.yaml" in names
     assert {"rl/configs/algorithm/grpo.yaml", "rl/configs/env/math.yaml"} <= names
+
+
+def test_validate_rejects_a_negative_guard_cadence_and_an_empty_guard_set():
+    from rl.config import ConfigError
+
+    cfg = to_dataclass(load_config(["eval.every=-1", "eval.guard_tasks=0"]))
+    with pytest.raises(ConfigError) as info:
+        cfg.validate()
+    assert str(info.value).splitlines() == ["eval.every=-1 must be >= 0 (0 = off)",
+                                            "eval.guard_tasks=0 must be >= 1"]
+    to_dataclass(load_config(["eval.every=4", "eval.guard_tasks=8"])).validate()

@@ -48,6 +48,12 @@ class AdvantageConfig:
     """grpo: added to the std before dividing, so a group with equal rewards (std 0) gets
     advantage 0 instead of 0/0."""
 
+    std_floor: float = 0.0
+    """grpo: the std is floored at this value (reward units) before dividing, so a group whose
+    rewards barely differ (partial credit 0.05 apart: std 0.02) is not blown up to the ±1.7 of
+    a real success/failure split. Binary rewards in groups of up to 14 have std >= 0.25, so a
+    floor of 0.25 leaves them unchanged. 0 = the plain GRPO std."""
+
     batch_baseline: bool = False
     """reinforce: subtract the mean reward of the whole batch (a constant baseline, no groups).
     False gives plain REINFORCE with the raw reward as advantage."""
@@ -96,7 +102,8 @@ def _group_stats(rewards: Tensor, group_ids: Tensor) -> _GroupStats:
 @ADVANTAGES.register("grpo")
 def grpo(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:
     """GRPO outcome supervision (Shao et al. 2024, DeepSeekMath, Sec. 4.1.2):
-    ``A_i = (r_i - mean(r_group)) / std(r_group)``. ``(N,), (N,) -> (N,)``.
+    ``A_i = (r_i - mean(r_group)) / max(std(r_group), std_floor)``. ``(N,), (N,) -> (N,)``.
+    The floor is our departure from the paper (``std_floor=0`` is the paper's formula).
 
     std is the population std unless ``cfg.std_unbiased`` (see :class:`AdvantageConfig`).
     """
@@ -105,7 +112,7 @@ def grpo(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:
     if not cfg.norm_std:
         return centred
     dof = (g.size - 1.0).clamp_min(1.0) if cfg.std_unbiased else g.size
-    std = torch.sqrt(g.sq_dev_sum / dof)
+    std = torch.sqrt(g.sq_dev_sum / dof).clamp_min(cfg.std_floor)
     return centred / (std + cfg.eps)
 
 

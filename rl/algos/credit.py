@@ -79,7 +79,7 @@ def advantage_config(algo: Any) -> AdvantageConfig:
     """The outcome estimators' typed settings from an ``AlgorithmConfig``."""
     return AdvantageConfig(estimator=algo.advantage, norm_std=algo.norm_std,
                            std_unbiased=algo.std_unbiased, eps=algo.eps,
-                           batch_baseline=algo.batch_baseline)
+                           std_floor=algo.std_floor, batch_baseline=algo.batch_baseline)
 
 
 def broadcast_over_tokens(adv: Tensor, trajs: Sequence[Trajectory]) -> Tensor:

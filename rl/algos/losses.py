@@ -237,6 +237,29 @@ def policy_loss(
     return loss, {k: v.detach() for k, v in metrics.items()}
 
 
+def rollout_ratio_stats(logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor,
+                        clip_low: float, clip_high: float) -> dict[str, Tensor]:
+    """The PPO ratio of the learner's policy against the rollout policy's logprobs, as metrics.
+
+    Fully on-policy (one mini-batch, one epoch) the clipped ratio is ``pi / pi_old`` with
+    ``pi_old`` the same weights detached: 1 by construction, so its metrics say nothing. Against
+    the sampler's logprobs (what the engine reported when it drew each token) the ratio shows the
+    engine/learner mismatch and, with async rollouts, staleness. ``(B, L)`` inputs; returns
+    0-dim tensors: ``ratio_mean``, ``ratio_max``, ``clip_frac_low`` / ``clip_frac_high`` (share
+    of tokens with ratio below ``1 - clip_low`` / above ``1 + clip_high``, i.e. outside the
+    trust region whatever the advantage's sign) and ``approx_kl`` (k3 of KL(rollout || pi)).
+    """
+    log_ratio = (logprobs - rollout_logprobs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    ratio = torch.exp(log_ratio)
+    return {
+        "ratio_mean": masked_mean(ratio, mask),
+        "ratio_max": masked_max(ratio, mask),
+        "clip_frac_low": masked_mean((ratio < 1.0 - clip_low).to(ratio.dtype), mask),
+        "clip_frac_high": masked_mean((ratio > 1.0 + clip_high).to(ratio.dtype), mask),
+        "approx_kl": masked_mean(k3(-log_ratio), mask),
+    }
+
+
 def truncated_is_weights(
     behaviour_logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor, cap: float
 ) -> tuple[Tensor, dict[str, Tensor]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from rl.algos.kl import kl_penalty
-from rl.algos.losses import LossNorm, policy_loss, truncated_is_weights
+from rl.algos.losses import LossNorm, policy_loss, rollout_ratio_stats, truncated_is_weights
 from rl.config import LossConfig
 from rl.types import Batch
 
@@ -19,7 +19,9 @@ def rl_loss(lp: torch.Tensor, mb: Batch, loss_cfg: LossConfig, norm: LossNorm,
     """The RL objective of one micro-batch given the learner's logprobs ``lp`` (B, L) of it:
     clipped policy loss (optionally truncated-IS weighted against the sampler) plus the KL
     penalty, normalised by ``norm`` (the whole mini-batch's, or every rank's). ``on_policy``:
-    the old logprobs are ``lp`` detached (ratio exactly 1). Shared by every learner backend."""
+    the old logprobs are ``lp`` detached (ratio exactly 1); the ratio and clip metrics are then
+    those of ``lp`` against the sampler's logprobs (``mb.old_logprobs``), the policy that really
+    drew the tokens, instead of constants. Shared by every learner backend."""
     old = lp.detach() if on_policy else mb.old_logprobs
     mask = mb.loss_mask
     is_w: torch.Tensor | None = None
@@ -33,6 +35,9 @@ def rl_loss(lp: torch.Tensor, mb: Batch, loss_cfg: LossConfig, norm: LossNorm,
         clip_high=loss_cfg.clip_high, dual_clip=loss_cfg.dual_clip,
         agg=loss_cfg.agg, norm=norm, is_weights=is_w,
     )
+    if on_policy:  # ratio 1 / clip 0 by construction: measure them against the rollout policy
+        m.update(rollout_ratio_stats(lp.detach(), mb.old_logprobs, mask, loss_cfg.clip_low,
+                                     loss_cfg.clip_high))
     metrics = {f"actor/{k}": float(v) for k, v in {**m, **tis_m}.items()}
     if loss_cfg.kl_coef > 0:
         assert mb.ref_logprobs is not None

@@ -37,9 +37,17 @@ from rl.config import Config
 from rl.distributed.pool import WorkerPool
 from rl.distributed.workers import RolloutJob, RolloutResult
 from rl.learner.dist import shard as dist_shard
-from rl.step import RunState, StepCore, build_credit, eval_line, fit, stage_table
-from rl.tracking import RunLogger, Timer, env_needs_tools
-from rl.types import Batch, Trajectory
+from rl.step import (
+    RunState,
+    StepCore,
+    build_credit,
+    eval_line,
+    fit,
+    needs_reference,
+    write_results,
+)
+from rl.tracking import RunLogger, Timer, env_needs_tools, health_postfix
+from rl.types import Batch, Task, Trajectory
 
 
 @dataclass
@@ -65,7 +73,7 @@ class RayController:
                  fault_hook: Callable[[RayController, int], None] | None = None) -> None:
         import ray
 
-        from rl.build import TaskStream, build_tasks, resolve_engine
+        from rl.build import TaskStream, build_guard_tasks, build_tasks, resolve_engine
         from rl.distributed.pool import init_ray
         from rl.models import load_tokenizer
 
@@ -78,6 +86,8 @@ class RayController:
         self.tokenizer = load_tokenizer(cfg.model.name)
         self.tasks = TaskStream(build_tasks(cfg, "train", cfg.tasks.train_size))
         self.eval_tasks = build_tasks(cfg, "test", cfg.tasks.eval_size)
+        self.guard_tasks = build_guard_tasks(cfg, self.eval_tasks, self.tasks.tasks
+                                             ) if cfg.eval.every > 0 else []
         # Credit is assigned here, where the whole step is (an ArCHer encoder critic trains in
         # this process; the policy-backbone critic needs the policy and is refused).
         self.credit = build_credit(cfg, self.tokenizer)
@@ -229,8 +239,8 @@ class RayController:
         from rl.build import sft_trajectories
 
         ranks = self.pool.learners
-        ray.get([lr.set_lr.remote(self.cfg.sft.effective_lr(self.cfg.learner.lora.enabled))
-                 for lr in ranks])
+        ray.get([lr.set_lr.remote(self.cfg.sft.effective_lr(self.cfg.learner.lora.enabled),
+                                  self.cfg.sft.warmup_steps) for lr in ranks])
         parts = SimpleNamespace(tokenizer=self.tokenizer, env_factory=self._env_factory(),
                                 native_tools=self._native_tools, train_tasks=self.tasks)
         steps = 0
@@ -248,8 +258,9 @@ class RayController:
     def start_rl(self) -> None:
         import ray
 
-        snap = self.cfg.algorithm.loss.kl_coef > 0
-        ray.get([lr.start_rl.remote(snap) for lr in self.pool.learners])
+        snap = needs_reference(self.cfg)
+        ray.get([lr.start_rl.remote(snap, self.cfg.learner.lr, self.cfg.learner.warmup_steps)
+                 for lr in self.pool.learners])
 
     def _env_factory(self):
         from rl.build import build_env_factory
@@ -257,16 +268,34 @@ class RayController:
         factory, self._native_tools = build_env_factory(self.cfg)
         return factory
 
-    def evaluate(self, label: str) -> dict[str, float]:
+    def evaluate(self, label: str, tasks: list[Task] | None = None) -> dict[str, float]:
         import ray
 
         t0 = time.perf_counter()
-        res = ray.get(self.pool.rollouts[0].evaluate.remote(self.eval_tasks))
+        res = ray.get(self.pool.rollouts[0].evaluate.remote(
+            self.eval_tasks if tasks is None else list(tasks)))
         res["seconds"] = time.perf_counter() - t0
         self.logger.log(self.state.step, {f"eval_{label}/{k}": v for k, v in res.items()
                                           if isinstance(v, float)})
         print(eval_line(label, res), flush=True)
         return res
+
+    # -- best-checkpoint guard (eval.every; rl/step.py) ------------------------------------------
+    def log_metrics(self, row: dict[str, float]) -> None:
+        self.logger.log(self.state.step, row)
+
+    def mark_best(self, step: int) -> Path | None:
+        from rl.checkpoint import mark_best
+
+        # learner rank 0 writes the checkpoints here (the run dir is shared, as for results.md)
+        return mark_best(self.run_dir / "checkpoints", step, self.cfg.trainer.keep_last)
+
+    def load_checkpoint_weights(self, path: Path | str) -> None:
+        """Collective on the learner ranks, then published to the rollout workers."""
+        import ray
+
+        ray.get([lr.load_weights.remote(str(path)) for lr in self.pool.learners])
+        self.pool.publish(self.state.step)
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def log_step(self, step: int, trajs: list[Trajectory], rewards: torch.Tensor,
@@ -287,17 +316,20 @@ class RayController:
             print(warning, flush=True)
         if loads:
             row["dist/weights_load_s"] = max(loads)
+        for warning in self.core.health.observe(step, row):  # once per run: collapse signs
+            print(warning, flush=True)
         self.history.append(row)
         self.logger.log(step, row)
         self.logger.samples(step, trajs[: self.cfg.trainer.samples_to_log], self.tokenizer)
+        health = "".join(f" {k}={v}" for k, v in health_postfix(row).items())
         print(f"[ray] step {step}: reward {row['reward/mean']:.3f} staleness "
               f"{info['dist/staleness_mean']:.2f} (max {info['dist/staleness_max']:.0f}) "
-              f"restarts {row['dist/restarts']:.0f} step_s {sum(timer.times.values()):.1f}",
-              flush=True)
+              f"restarts {row['dist/restarts']:.0f} step_s {sum(timer.times.values()):.1f}"
+              f"{health}", flush=True)
 
     def parts_state(self) -> dict[str, Any]:
         return {"credit": self.credit.state_dict(), "data": self.tasks.state_dict(),
-                "tools": self.core.tools.state_dict()}
+                "tools": self.core.tools.state_dict(), "health": self.core.health.state_dict()}
 
     def resume(self) -> None:
         import ray
@@ -306,7 +338,7 @@ class RayController:
 
         if not config_resume(self.cfg):  # trainer.resume or the top-level alias, "false" = off
             return
-        out = ray.get([lr.resume.remote(["credit", "data", "tools"], str(self.run_dir))
+        out = ray.get([lr.resume.remote(["credit", "data", "tools", "health"], str(self.run_dir))
                        for lr in self.pool.learners])[0]
         if out is None:
             print("[turnrl] resume: no complete checkpoint found, starting fresh")
@@ -315,7 +347,8 @@ class RayController:
         self.credit.load_state_dict(parts["credit"])
         self.tasks.load_state_dict(parts["data"])
         self.core.tools.load_state_dict(parts["tools"])
-        self.state = RunState(st["step"], st["stage"], st["results"])
+        self.core.health.load_state_dict(parts["health"])
+        self.state = RunState.from_dict(st)  # step, stage, results, the guard's best
         self.pool.publish(self.state.step)
         print(f"[turnrl] resumed from {out['path']} at step {self.state.step} "
               f"({self.state.stage})")
@@ -327,8 +360,7 @@ class RayController:
         from rl.checkpoint import log_offsets
 
         s = self.state
-        run_state = {"step": s.step, "stage": s.stage, "results": s.results,
-                     "tasks_per_step": self.cfg.trainer.tasks_per_step,
+        run_state = {**s.to_dict(), "tasks_per_step": self.cfg.trainer.tasks_per_step,
                      "logs": log_offsets(self.run_dir)}
         parts = self.parts_state()
         return ray.get([lr.save.remote(run_state, parts, str(self.run_dir))
@@ -350,8 +382,7 @@ class RayController:
 
         self.pool.drain_acks(wait=True)
         if self.state.results:
-            print(stage_table(self.state.results), flush=True)
-            (self.run_dir / "results.md").write_text(stage_table(self.state.results) + "\n")
+            print(write_results(self.run_dir, self.state.results), flush=True)
         self.logger.plot()
         self.logger.close()
         if self._own_pool:

@@ -206,11 +206,13 @@ class LearnerWorker:
     def sft_update(self, batch) -> dict[str, float]:
         return self.learner.sft_update(batch)
 
-    def set_lr(self, lr: float) -> None:
-        self.learner.set_lr(lr)
+    def set_lr(self, lr: float, warmup_steps: int | None = None) -> None:
+        self.learner.set_lr(lr, warmup_steps=warmup_steps)
 
-    def start_rl(self, snapshot_reference: bool) -> None:
+    def start_rl(self, snapshot_reference: bool, lr: float, warmup_steps: int) -> None:
+        """Fresh moments and RL's own warm-up (counted from RL's first step), the reference."""
         self.learner.reset_optimizer()
+        self.learner.set_lr(lr, warmup_steps=warmup_steps)
         if snapshot_reference:
             self.learner.snapshot_reference()
 
@@ -254,6 +256,10 @@ class LearnerWorker:
         ckpt.check_resume_config(path, state, self.cfg, self.config_yaml)
         return {"state": state, "parts": {k: b.state for k, b in boxes.items()},
                 "path": str(path)}
+
+    def load_weights(self, path: str) -> None:
+        """Collective: a checkpoint's policy weights only (the guard's best, rl/step.py)."""
+        self.learner.load_pretrained(Path(path) / "model")
 
     def parameter_digest(self) -> list[float]:
         """Sum and sum of squares of every weight (tests compare runs with it)."""

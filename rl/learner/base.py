@@ -50,7 +50,10 @@ class Learner(Protocol):
         under ZeRO-3: every rank must iterate it."""
         ...
 
-    def set_lr(self, lr: float) -> None: ...
+    def set_lr(self, lr: float, warmup_steps: int | None = None) -> None:
+        """Change the base learning rate; with ``warmup_steps`` the schedule also restarts: a
+        linear warm-up over that many optimizer steps from now (each stage warms up afresh)."""
+        ...
 
     def reset_optimizer(self) -> None:
         """Fresh optimizer moments (RL after SFT: Adam's state is tuned to another loss)."""
@@ -97,13 +100,42 @@ def param_groups(model: torch.nn.Module, cfg: Any) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def set_group_lr(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) -> None:
-    """Change the base learning rate of every group (times its ``lr_scale``); the scheduler's
-    warm-up factor still applies."""
+class Warmup:
+    """The LR factor of optimizer step ``s``: linear warm-up over ``steps`` steps, then 1.
+
+    A callable object rather than a lambda so that ``LambdaLR.state_dict`` saves ``steps`` (a
+    resumed run keeps its stage's warm-up) and :func:`set_group_lr` can restart it per stage:
+    one scheduler serves SFT and RL, and RL's warm-up must count from RL's first step, not from
+    the first SFT step (it did, so ``warmup_steps`` <= SFT steps gave RL no warm-up at all).
+    """
+
+    def __init__(self, steps: int) -> None:
+        self.steps = max(int(steps), 0)
+
+    def __call__(self, s: int) -> float:
+        return min(1.0, (s + 1) / self.steps) if self.steps else 1.0
+
+
+def warmup_scheduler(optimizer: torch.optim.Optimizer,
+                     steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """One :class:`Warmup` shared by every parameter group."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, Warmup(steps))
+
+
+def set_group_lr(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float,
+                 warmup_steps: int | None = None) -> None:
+    """Change the base learning rate of every group (times its ``lr_scale``). With
+    ``warmup_steps`` the schedule restarts at its step 0 with that warm-up (a new stage);
+    otherwise the current warm-up factor still applies."""
+    if warmup_steps is not None:
+        for fn in scheduler.lr_lambdas:
+            fn.steps = max(int(warmup_steps), 0)
+        scheduler.last_epoch = 0
     factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
     scheduler.base_lrs = [lr * g.get("lr_scale", 1.0) for g in optimizer.param_groups]
     for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
         g["lr"] = base * factor
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
 class ReferenceSnapshot:
@@ -157,6 +189,76 @@ class ReferenceSnapshot:
                              f"{sorted(missing)[:3]}")
         self.values = {n: (state[n] if self.offload else state[n].to(p.device)).clone()
                        for n, p in self.params.items()}
+
+
+class HealthProbe:
+    """What one RL update did to the policy, measured cheaply (issue: a step's size was set by
+    the optimizer, not by the signal, and nothing showed it).
+
+    Before the update it keeps the trainable parameters' values (one copy) and, as the first
+    micro-batch is scored, that micro-batch and its logprobs under the pre-update policy. After
+    the update :meth:`metrics` gives, per token of that micro-batch (tokens sampled by the
+    rollout policy, i.e. samples of the pre-update policy up to engine numerics):
+
+    * ``health/kl_update``  KL(pi_before || pi_after), k3 estimator, mean over model tokens;
+    * ``health/kl_to_start`` KL(pi_before || pi_start) to the RL-start policy (k3), when the
+      reference snapshot exists (it is taken when RL starts);
+    * ``health/update_rel`` ``||theta_after - theta_before|| / ||theta_before||`` over the
+      trainable parameters; ``health/moved_frac`` the share of trainable parameters that moved
+      by at least half the learning rate (a sign-like Adam step moves nearly all of them).
+    """
+
+    def __init__(self, param_groups: list[dict[str, Any]]) -> None:
+        """``param_groups``: the optimizer's groups, read before the update (their ``lr`` is the
+        one the coming step uses)."""
+        self.params = [p for g in param_groups for p in g["params"]]
+        self.lrs = [float(g["lr"]) for g in param_groups for _ in g["params"]]
+        with torch.no_grad():
+            self.before = [p.detach().clone() for p in self.params]
+        self.mb: Batch | None = None
+        self.lp: torch.Tensor | None = None
+
+    def observe(self, mb: Batch, lp: torch.Tensor) -> None:
+        """Keep the first micro-batch the update scores (``lp``: its logprobs, with grad)."""
+        if self.mb is None:
+            self.mb, self.lp = mb, lp.detach().float()
+
+    @torch.no_grad()
+    def metrics(self, after: torch.Tensor, ref: torch.Tensor | None) -> dict[str, float]:
+        """``after``: the probed micro-batch's logprobs after the update; ``ref``: under the
+        RL-start policy (None when no snapshot was taken)."""
+        from rl.algos.kl import k3
+        from rl.algos.metrics import masked_mean
+
+        assert self.mb is not None and self.lp is not None
+        if self.mb.loss_mask.device.type == "meta":  # a shape-only device: nothing to measure
+            return {}
+        dev = self.lp.device  # where the logprobs live (the host when a backend returns them there)
+        mask, after = self.mb.loss_mask.to(dev), after.to(dev)
+        ref = None if ref is None else ref.to(dev)
+        # k3(log p - log q) estimates KL(p || q) from samples of p (here: pi_before)
+        out = {"health/kl_update": float(masked_mean(k3(_clamped(self.lp - after)), mask))}
+        if ref is not None:
+            out["health/kl_to_start"] = float(masked_mean(k3(_clamped(self.lp - ref)), mask))
+        delta_sq = base_sq = 0.0
+        moved = total = 0
+        for p, b, lr in zip(self.params, self.before, self.lrs):
+            if p.device.type == "meta":  # no values to measure
+                continue
+            d = p.detach().float() - b.float()
+            delta_sq += float(d.pow(2).sum())
+            base_sq += float(b.float().pow(2).sum())
+            moved += int((d.abs() >= 0.5 * lr).sum()) if lr > 0 else 0
+            total += d.numel()
+        out["health/update_rel"] = (delta_sq / base_sq) ** 0.5 if base_sq > 0 else 0.0
+        out["health/moved_frac"] = moved / max(total, 1)
+        return out
+
+
+def _clamped(log_ratio: torch.Tensor) -> torch.Tensor:
+    from rl.algos.kl import DEFAULT_MAX_LOG_RATIO
+
+    return log_ratio.float().clamp(-DEFAULT_MAX_LOG_RATIO, DEFAULT_MAX_LOG_RATIO)
 
 
 def reference_logprobs(snapshot: ReferenceSnapshot,

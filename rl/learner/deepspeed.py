@@ -25,7 +25,8 @@ are scattered back to the shard's row order).
 Gradient accumulation is ours (``managed_gradient_accumulation: false``): any number of
 backward passes, then one ``engine.step()`` (clipping, optimizer, LR schedule). The optimizer is
 a client ``torch.optim.AdamW``: DeepSpeed's fused Adam ops would JIT-compile for minutes on
-first use. bf16 ("auto": where CUDA supports it) keeps fp32 master weights in the optimizer.
+first use. bf16 ("auto": where the device computes bf16 natively, rl.learner.precision) keeps
+fp32 master weights in the optimizer.
 """
 
 from __future__ import annotations
@@ -44,7 +45,14 @@ from rl.algos import LossNorm, sft_loss
 from rl.algos.objective import rl_loss
 from rl.config import LearnerConfig, LossConfig
 from rl.learner import dist
-from rl.learner.base import ReferenceSnapshot, param_groups, reference_logprobs, set_group_lr
+from rl.learner.base import (
+    ReferenceSnapshot,
+    param_groups,
+    reference_logprobs,
+    set_group_lr,
+    warmup_scheduler,
+)
+from rl.learner.precision import resolve_autocast
 from rl.learner.torch import apply_lora, token_logprobs
 from rl.types import Batch
 
@@ -83,12 +91,14 @@ def check_accelerator(device: torch.device) -> None:
 
 
 def resolve_bf16(mode: str, device: torch.device | None = None) -> bool:
-    """bf16 on/off from "auto" | "on" | "off"; "auto" = a CUDA device with bf16 support only
-    (``device`` None: any visible CUDA device)."""
+    """bf16 on/off from "auto" | "on" | "off"; "auto" = where the device computes bf16 natively,
+    as ``learner.autocast=auto`` decides (rl.learner.precision: CUDA with bf16, AMX/AVX512-BF16
+    CPUs; ``device`` None: a visible CUDA device, else the CPU)."""
     if mode not in BF16_MODES:
         raise ValueError(f"learner.deepspeed.bf16 must be one of {BF16_MODES}, got {mode!r}")
     if mode == "auto":
-        return _on_cuda(device) and torch.cuda.is_bf16_supported()
+        on = device if device is not None else ("cuda" if _on_cuda(None) else "cpu")
+        return resolve_autocast("auto", on)[0] == "bf16"
     return mode == "on"
 
 
@@ -255,11 +265,8 @@ class DeepSpeedLearner:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr,
                                       betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-        warm = max(cfg.warmup_steps, 0)
-
         def schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-            return torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+            return warmup_scheduler(opt, cfg.warmup_steps)
 
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self._module, optimizer=optimizer, lr_scheduler=schedule, config=self.config,
@@ -279,7 +286,7 @@ class DeepSpeedLearner:
         return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.autocast == "bf16" and not self.bf16:
+        if not self.bf16 and resolve_autocast(self.cfg.autocast, self.device)[0] == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -305,9 +312,10 @@ class DeepSpeedLearner:
         """Micro-batches, the same count on every rank (collective; :func:`synced_split`)."""
         return synced_split(batch, self.cfg.micro_batch_size, self.cfg.prefix_sharing)
 
-    def set_lr(self, lr: float) -> None:
-        """Change the base learning rate (token rows keep their scale; warm-up still applies)."""
-        set_group_lr(self.optimizer, self.scheduler, lr)
+    def set_lr(self, lr: float, warmup_steps: int | None = None) -> None:
+        """Change the base learning rate (token rows keep their scale); ``warmup_steps``
+        restarts the schedule with that warm-up (rl.learner.base.set_group_lr)."""
+        set_group_lr(self.optimizer, self.scheduler, lr, warmup_steps)
 
     @torch.no_grad()
     def compute_logprobs(self, batch: Batch | None, temperature: float = 1.0) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Single-process torch learner: AdamW, micro-batches with gradient accumulation, clipping,
-optional LoRA (PEFT) and bf16 autocast.
+optional LoRA (PEFT) and bf16 autocast (``learner.autocast``; auto: where bf16 is native).
 
 Logprobs are recomputed for the sampled tokens only: the backbone runs on the whole sequence,
 but the LM head (a 49k x 576 matmul for SmolLM2, ~20% of the FLOPs) and the softmax run only on
@@ -18,7 +18,15 @@ import torch
 from rl.algos import LossNorm, sft_loss
 from rl.algos.objective import rl_loss
 from rl.config import DeepSpeedConfig, LearnerConfig, LoraConfig, LossConfig  # noqa: F401
-from rl.learner.base import ReferenceSnapshot, param_groups, reference_logprobs, set_group_lr
+from rl.learner.base import (
+    HealthProbe,
+    ReferenceSnapshot,
+    param_groups,
+    reference_logprobs,
+    set_group_lr,
+    warmup_scheduler,
+)
+from rl.learner.precision import resolve_autocast
 from rl.types import Batch
 
 
@@ -97,10 +105,7 @@ class TorchLearner:
         self.optimizer = torch.optim.AdamW(
             param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
-        warm = max(cfg.warmup_steps, 0)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
-        )
+        self.scheduler = warmup_scheduler(self.optimizer, cfg.warmup_steps)
         self.optimizer_steps = 0
         self.reference = ReferenceSnapshot(
             {n: p for n, p in model.named_parameters() if p.requires_grad}, cfg.ref_offload)
@@ -111,9 +116,10 @@ class TorchLearner:
     def snapshot_reference(self) -> None:
         self.reference.take()
 
-    def set_lr(self, lr: float) -> None:
-        """Change the base learning rate (token rows keep their scale; warm-up still applies)."""
-        set_group_lr(self.optimizer, self.scheduler, lr)
+    def set_lr(self, lr: float, warmup_steps: int | None = None) -> None:
+        """Change the base learning rate (token rows keep their scale); ``warmup_steps``
+        restarts the schedule with that warm-up (rl.learner.base.set_group_lr)."""
+        set_group_lr(self.optimizer, self.scheduler, lr, warmup_steps)
 
     # -- checkpoint protocol (rl/checkpoint.py uses only these; DeepSpeedLearner has the same) --
     def save_pretrained(self, path) -> None:
@@ -146,7 +152,8 @@ class TorchLearner:
 
     # -- helpers -------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.autocast == "bf16":  # on the device the model computes on
+        # on the device the model computes on; auto: bf16 only where it is native (precision.py)
+        if resolve_autocast(self.cfg.autocast, self.device)[0] == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -238,6 +245,7 @@ class TorchLearner:
         if loss_cfg.kl_coef > 0 and batch.ref_logprobs is None:
             batch.ref_logprobs = self.compute_ref_logprobs(batch, temp)
         history: list[dict[str, float]] = []
+        probe = HealthProbe(self.optimizer.param_groups)  # what the update did to the policy (telemetry)
         for _ in range(self.cfg.ppo_epochs):
             for mini in self._minibatches(batch):
                 norm = LossNorm.from_mask(
@@ -246,10 +254,31 @@ class TorchLearner:
 
                 def loss_fn(mb: Batch, norm: LossNorm = norm) -> tuple[torch.Tensor, dict]:
                     mb = batch_to(mb, self.device)
-                    return rl_loss(self._logprobs(mb, temp), mb, loss_cfg, norm, on_policy)
+                    lp = self._logprobs(mb, temp)
+                    probe.observe(mb, lp)
+                    return rl_loss(lp, mb, loss_cfg, norm, on_policy)
 
                 history.append(self._step(self._split(mini), loss_fn))
-        return {k: sum(h[k] for h in history) / len(history) for k in history[0]}
+        out = {k: sum(h[k] for h in history) / len(history) for k in history[0]}
+        return {**out, **self._health(probe, temp)}
+
+    @torch.no_grad()
+    def _health(self, probe: HealthProbe, temp: float) -> dict[str, float]:
+        """Learning-health metrics of the update just made (rl.learner.base.HealthProbe): the
+        relative size of the parameter change and, on the first micro-batch, the KL between
+        the policy before and after it and the KL to the RL-start policy (when taken)."""
+        if probe.mb is None:
+            return {}
+        was = self.model.training
+        self.model.eval()
+        with self._autocast():
+            after = self._logprobs(probe.mb, temp)
+            ref = None
+            if self.reference.ready:
+                with self.reference.swapped_in():
+                    ref = self._logprobs(probe.mb, temp)
+        self.model.train(was)
+        return probe.metrics(after, ref)
 
     def sft_update(self, batch: Batch, agg: str = "token-mean") -> dict[str, float]:
         """One supervised step: NLL of the tokens in ``batch.loss_mask`` (assistant tokens)."""

@@ -480,3 +480,23 @@ def test_a_real_full_disk(tmp_path, tiny_model_dir):
            "(SafetensorError); a checkpoint needs about 16 MiB (the size of step_000001)" in out
     assert "No space left on device" in out  # the cause, kept as __cause__
     assert "LEFT ['step_000001'] None" in out  # no .tmp folder; step 1 verifies (sha256)
+
+
+def test_retention_never_deletes_the_best(tmp_path, tiny_model, tokenizer):
+    """eval.every's best checkpoint (``checkpoints/best``, a link) outlives keep_last; a best it
+    replaces is an ordinary checkpoint again."""
+    learner = _learner(tiny_model)
+    _save(tmp_path, 1, learner, tokenizer, keep_last=1)
+    link = ckpt.mark_best(tmp_path, 1, keep_last=1)
+    assert link == tmp_path / "best" and (link / "model").is_dir()
+    for step in (2, 3):
+        _save(tmp_path, step, learner, tokenizer, keep_last=1)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_000001", "step_000003"]
+    assert ckpt.best_target(tmp_path) == "step_000001"
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_000003"  # the link is not a step
+    assert ckpt.checked_model_path(link) == link  # evaluable / exportable through the link
+    assert ckpt.mark_best(tmp_path, 3, keep_last=1) == link
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_000003"]
+    assert ckpt.load_state(link)["step"] == 3
+    assert ckpt.mark_best(tmp_path, 2, keep_last=1) is None  # no such checkpoint: unchanged
+    assert ckpt.best_target(tmp_path) == "step_000003"

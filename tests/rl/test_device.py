@@ -136,7 +136,7 @@ def test_torch_learner_moves_model_and_batches_to_its_device(tiny_model, monkeyp
 def test_torch_learner_without_device_keeps_the_model_where_it_is(tiny_model):
     from rl.learner.torch import TorchLearner
 
-    learner = TorchLearner(tiny_model, LearnerConfig())
+    learner = TorchLearner(tiny_model, LearnerConfig(autocast="bf16"))
     assert learner.device == torch.device("cpu")
     assert learner._autocast().device == "cpu"  # bf16 autocast on the model's device type
 
@@ -242,7 +242,7 @@ def test_deepspeed_accelerator_must_match_the_device(gpus, monkeypatch):
     import os
 
     assert os.environ["DS_ACCELERATOR"] == "cpu"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert resolve_bf16("auto", torch.device("cuda", 0)) and not resolve_bf16("auto", META)
     cfg = LearnerConfig(deepspeed=DeepSpeedConfig(offload_optimizer=True))
     assert ds_config(cfg, torch.device("cpu"))["zero_optimization"]["offload_optimizer"][

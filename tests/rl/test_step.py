@@ -142,3 +142,112 @@ def test_stage_table_gives_the_paired_gain_over_the_previous_stage():
     # half width = t(0.975, 9) 2.26216 * 0.48305 / sqrt(10) = 0.34555
     assert row.endswith("| +0.300 [-0.046, +0.646] |")
     assert stage_table({"sft": sft}).splitlines()[2].endswith("| - |")
+
+
+def test_truncated_mask_zeroes_cut_episodes_advantages():
+    """algorithm.truncated=mask: a cut episode keeps its place in the group's baseline but
+    carries no gradient; keep trains it like any other."""
+    import torch
+
+    from rl.config import Config
+    from rl.step import StepCore
+    from rl.types import Task, Trajectory
+
+    trajs = [Trajectory(Task(str(i), ""), [5, 6, 7], [0, 1, 1], [0.0] * 3, 1) for i in range(3)]
+    trajs[1].truncated = True
+    adv = torch.tensor([[0.0, 1.0, 1.0], [0.0, -0.5, -0.5], [0.0, -0.5, -0.5]])
+    for mode, expect in (("keep", adv), ("mask", adv * torch.tensor([[1.0], [0.0], [1.0]]))):
+        cfg = Config()
+        cfg.algorithm.truncated, cfg.algorithm.drop_uniform_groups = mode, False
+        batch = StepCore(cfg, None, 0, None).make_batch(trajs, adv)
+        assert batch is not None
+        torch.testing.assert_close(batch.advantages, expect)
+
+
+class _GuardDriver(_ScriptedDriver):
+    """A driver whose guard evaluations score ``scores`` in turn (eval.every)."""
+
+    def __init__(self, scores, stage: str = "start", step: int = 0) -> None:
+        super().__init__(stage, step)
+        self.scores = list(scores)
+        self.guard_tasks = [Task(f"g{i}", f"guard task {i}") for i in range(3)]
+        self.rows: list[tuple[int, dict]] = []
+
+    def evaluate(self, label, tasks=None):
+        if label == "guard":
+            assert tasks is self.guard_tasks  # never the held-out tasks
+            self.calls.append(f"guard@{self.state.step}")
+            return {"success": self.scores.pop(0)}
+        self.calls.append(f"eval:{label}")
+        return {"success": 0.1, "n": 8.0}
+
+    def save(self):
+        self.calls.append(f"save@{self.state.step}")
+        return f"ckpt/step_{self.state.step}"
+
+    def mark_best(self, step):
+        self.calls.append(f"best->{step}")
+        return f"ckpt/best(step_{step})"
+
+    def load_checkpoint_weights(self, path):
+        self.calls.append(f"load:{path}")
+
+    def log_metrics(self, row):
+        self.rows.append((self.state.step, row))
+
+
+def _guard_cfg(steps: int = 4, every: int = 2) -> Config:
+    cfg = Config()
+    cfg.trainer.steps, cfg.eval.every, cfg.sft.enabled = steps, every, False
+    return cfg
+
+
+def test_guard_keeps_the_best_step_and_the_table_names_it(capsys):
+    d = _GuardDriver([0.3, 0.5, 0.2])  # guard at steps 0, 2, 4
+    results = fit(d, _guard_cfg())
+    assert d.calls == [
+        "resume", "eval:base", "start_rl",
+        "guard@0", "save@0", "best->0",  # step 0 (the policy RL starts from) is saved
+        "step0", "step1", "guard@2", "save@2", "best->2",  # a new best is saved and linked
+        "step2", "step3", "guard@4",  # worse: no extra save
+        "eval:grpo", "save@4",  # the last checkpoint is the last policy, as always
+        "best->2", "load:ckpt/best(step_2)", "eval:grpo_best", "load:ckpt/step_4", "finish"]
+    assert (d.state.best_step, d.state.best_guard) == (2, 0.5)
+    assert list(results) == ["base", "grpo", "grpo best@step2"]
+    assert "| grpo best@step2 | 8 |" in stage_table(results)
+    assert [(s, r["guard/success"], r["guard/best_step"]) for s, r in d.rows] == [
+        (0, 0.3, 0.0), (2, 0.5, 2.0), (4, 0.2, 2.0)]
+    out = capsys.readouterr().out
+    assert "step 2 (success 0.500), not the last step 4; best checkpoint: ckpt/best(step_2)" in out
+
+
+def test_guard_ties_keep_the_earlier_step_and_a_best_last_step_adds_no_row(capsys):
+    d = _GuardDriver([0.5, 0.5, 0.5])
+    fit(d, _guard_cfg())
+    assert d.state.best_step == 0 and "save@2" not in d.calls
+    d = _GuardDriver([0.1, 0.2, 0.3])
+    results = fit(d, _guard_cfg())
+    assert list(results) == ["base", "grpo"] and not any(c.startswith("load") for c in d.calls)
+    # the last step is the best: the final save is the one linked (no save inside the loop)
+    assert d.calls[-4:] == ["save@4", "best->4", "best->4", "finish"]
+    assert "the last policy (step 4) is the best on the guard set (success 0.300); best " \
+           "checkpoint: ckpt/best(step_4)" in capsys.readouterr().out
+
+
+def test_guard_runs_at_the_last_step_when_every_does_not_divide_it():
+    d = _GuardDriver([0.3, 0.4, 0.1])
+    fit(d, _guard_cfg(steps=3, every=2))
+    assert [c for c in d.calls if c.startswith("guard")] == ["guard@0", "guard@2", "guard@3"]
+
+
+def test_resume_keeps_the_guards_best():
+    state = RunState(2, "rl", {"base": {"success": 0.1}}, best_step=2, best_guard=0.5)
+    saved = state.to_dict()
+    assert RunState.from_dict(saved) == state
+    old = {k: v for k, v in saved.items() if not k.startswith("best")}  # a pre-guard state.pt
+    assert RunState.from_dict(old).best_step is None
+    d = _GuardDriver([0.2])  # only step 4 is left to guard
+    d.state = RunState.from_dict(saved)
+    results = fit(d, _guard_cfg())
+    assert d.calls[:2] == ["resume", "best->2"]  # the link is re-pointed at the state's best
+    assert d.state.best_step == 2 and "grpo best@step2" in results

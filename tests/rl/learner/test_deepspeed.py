@@ -13,7 +13,10 @@ from ds_worker import ROWS, make_batch
 from rl.algos import AGGREGATIONS
 from rl.learner import dist, make_learner
 from rl.learner.deepspeed import ds_config, resolve_bf16
+from rl.learner.precision import resolve_autocast
 from rl.learner.torch import DeepSpeedConfig, LearnerConfig, LossConfig, TorchLearner
+
+HERE = "cuda" if torch.cuda.is_available() else "cpu"  # where a config without a device computes
 
 
 def test_ds_config_from_learner_config():
@@ -28,7 +31,7 @@ def test_ds_config_from_learner_config():
     assert z["offload_param"]["device"] == "cpu"
     assert z["reduce_bucket_size"] == 1000 and z["contiguous_gradients"] is True  # deep merge
     assert c["steps_per_print"] == 7
-    assert c["bf16"]["enabled"] is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert c["bf16"]["enabled"] is (resolve_autocast("auto", HERE)[0] == "bf16")
 
 
 def test_bad_deepspeed_options_are_clear_errors():
@@ -39,7 +42,7 @@ def test_bad_deepspeed_options_are_clear_errors():
     with pytest.raises(ValueError, match="bf16"):
         resolve_bf16("yes")
     assert resolve_bf16("on") and not resolve_bf16("off")
-    assert resolve_bf16("auto") is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert resolve_bf16("auto") is (resolve_autocast("auto", HERE)[0] == "bf16")
 
 
 def test_make_learner_chooses_by_backend(tiny_model):

@@ -42,11 +42,65 @@ def test_policy_update_raises_positive_advantage_sequences(tiny_model):
     b = _batch()
     learner = TorchLearner(tiny_model, LearnerConfig(lr=1e-2, micro_batch_size=2,
                                                      autocast="fp32"))
+    with torch.no_grad():  # the sampler's logprobs = this policy's: the rollout ratio is 1
+        b.old_logprobs = token_logprobs(learner.model, b.input_ids, b.attention_mask,
+                                        b.loss_mask)
     before = _seq_logprob(learner.model, b)
     m = learner.update(b, LossConfig())
     after = _seq_logprob(learner.model, b)
     assert after[0] > before[0] and after[1] < before[1]  # A=+1 up, A=-1 down
-    assert m["grad_norm"] > 0 and abs(m["actor/ratio_mean"] - 1.0) < 1e-6
+    assert m["grad_norm"] > 0 and abs(m["actor/ratio_mean"] - 1.0) < 1e-5
+
+
+def test_on_policy_ratio_metrics_are_measured_against_the_rollout_policy(tiny_model):
+    """Fully on-policy the PPO ratio is 1 by construction; the reported ratio and clip shares
+    compare the learner with the sampler's logprobs (they were the constants 1 / 0 before)."""
+    b = _batch()
+    learner = TorchLearner(tiny_model, LearnerConfig(lr=1e-4, autocast="fp32"))
+    with torch.no_grad():
+        lp = token_logprobs(learner.model, b.input_ids, b.attention_mask, b.loss_mask)
+    shift = torch.zeros_like(lp)
+    shift[:, ::2] = 0.5  # the sampler gave every other token 0.5 nats more: ratio e^-0.5
+    b.old_logprobs = (lp + shift) * b.loss_mask
+    m = learner.update(b, LossConfig(clip_low=0.2, clip_high=0.28))
+    on = b.loss_mask > 0
+    low = (shift[on] > 0).float().mean().item()  # ratio 0.607 < 0.8 on exactly those tokens
+    assert abs(m["actor/clip_frac_low"] - low) < 1e-6 and m["actor/clip_frac_high"] == 0.0
+    expect = (torch.exp(-shift[on])).mean().item()
+    assert abs(m["actor/ratio_mean"] - expect) < 1e-4
+
+
+def test_update_reports_its_size_and_kl(tiny_model):
+    """The health probe: KL before/after the update and to the RL-start snapshot, relative
+    update size, and the share of parameters moved by >= lr/2 (~all of them on Adam's first,
+    sign-like step)."""
+    b = _batch()
+    learner = TorchLearner(tiny_model, LearnerConfig(lr=1e-3, autocast="fp32"))
+    learner.snapshot_reference()
+    m1 = learner.update(b, LossConfig())
+    assert m1["health/kl_update"] > 0 and m1["health/update_rel"] > 0
+    assert abs(m1["health/kl_to_start"]) < 1e-6  # the first update starts at the snapshot
+    assert m1["health/moved_frac"] > 0.9  # Adam's first step: |dtheta| ~ lr everywhere
+    m2 = learner.update(b, LossConfig())
+    assert m2["health/kl_to_start"] > 0
+
+
+def test_rl_warmup_counts_from_rl_start_not_from_sft(tiny_model):
+    """One scheduler serves SFT and RL; RL's warm-up restarts when RL starts (it used to count
+    the SFT steps, so warmup_steps <= SFT steps gave RL none)."""
+    b = _batch()
+    learner = TorchLearner(tiny_model, LearnerConfig(lr=1e-4, warmup_steps=4, autocast="fp32"))
+    learner.set_lr(1e-3, warmup_steps=0)  # the SFT stage, no warm-up
+    for _ in range(6):
+        assert learner.sft_update(b)["lr"] == 1e-3
+    learner.reset_optimizer()
+    learner.set_lr(1e-4, warmup_steps=4)  # what Trainer.start_rl does
+    lrs = [learner.update(b, LossConfig())["lr"] for _ in range(5)]
+    assert lrs == [1e-4 * k / 4 for k in (1, 2, 3, 4)] + [1e-4]
+    state = learner.state_dict()["scheduler"]  # the warm-up length survives a checkpoint
+    fresh = TorchLearner(tiny_model, LearnerConfig(lr=1e-4, warmup_steps=0, autocast="fp32"))
+    fresh.load_state_dict(learner.state_dict())
+    assert fresh.scheduler.lr_lambdas[0].steps == 4 and state["last_epoch"] == 5
 
 
 def test_micro_batching_gives_the_same_gradient(tiny_model_dir):
@@ -111,3 +165,22 @@ def test_set_lr_survives_scheduler_steps(tiny_model):
     assert learner.optimizer.param_groups[0]["lr"] == 5e-2  # step 2: full base lr
     learner.sft_update(b)
     assert learner.optimizer.param_groups[0]["lr"] == 5e-2
+
+
+def test_trainer_start_rl_restarts_the_warmup_after_sft(tiny_model):
+    """The driver's RL start (rl/trainer.py) gives RL its warm-up after any number of SFT
+    steps: the first RL step runs at lr / warmup_steps."""
+    from types import SimpleNamespace
+
+    from rl.config import Config
+    from rl.trainer import Trainer
+
+    cfg = Config()
+    cfg.learner.lr, cfg.learner.warmup_steps, cfg.learner.autocast = 1e-4, 3, "fp32"
+    b = _batch()
+    learner = TorchLearner(tiny_model, cfg.learner)
+    learner.set_lr(2e-5, warmup_steps=cfg.sft.warmup_steps)
+    for _ in range(8):  # the SFT stage, more steps than RL's warm-up
+        learner.sft_update(b)
+    Trainer.start_rl(SimpleNamespace(cfg=cfg, learner=learner))  # type: ignore[arg-type]
+    assert learner.update(b, LossConfig())["lr"] == 1e-4 / 3
