@@ -1,11 +1,19 @@
 """Matching predicted tool calls to reference calls (MatchTIR-style), as pure functions.
 
-A pair's similarity is ``0`` when the tool names differ, else
-``NAME_WEIGHT + (1 - NAME_WEIGHT) * arg_overlap`` where ``arg_overlap`` is the fraction of the
-argument keys (union of both calls' keys) whose values agree (1.0 when neither call has
-arguments). Values agree after light normalisation: strings compare case- and
-whitespace-insensitively, numbers by value (``4 == 4.0``; a bool is not a number), lists and
-objects element by element.
+A pair's credit (:func:`call_similarity`):
+
+- ``0`` when the predicted call failed (``ToolCall.error`` set: it could not be parsed, had
+  invalid arguments, named an unknown tool, crashed, timed out or was not run). A call that did
+  not happen cannot match a call that should have;
+- ``0`` when the tool names differ. **The right name alone earns nothing**;
+- ``1`` when the names agree and every argument agrees (also when neither call has arguments);
+- ``PARTIAL_WEIGHT * arg_overlap`` otherwise, where ``arg_overlap`` is the fraction of the
+  argument keys (union of both calls' keys) whose values agree. As the call is not exact,
+  ``arg_overlap < 1``: a near miss earns strictly less than ``PARTIAL_WEIGHT`` (0.5), half of
+  what the right call earns, and a right-name call whose arguments all disagree earns 0.
+
+Values agree after light normalisation: strings compare case- and whitespace-insensitively,
+numbers by value (``4 == 4.0``; a bool is not a number), lists and objects element by element.
 
 Predicted and reference calls are paired by a maximum-weight bipartite matching (each call used
 at most once): SciPy's ``scipy.optimize.linear_sum_assignment`` (the rectangular assignment
@@ -13,9 +21,17 @@ problem, ``maximize=True``), imported lazily so ``envs`` imports without SciPy l
 pairing (best pair first) can be wrong: with weights ``[[1.0, 0.9], [0.9, 0.5]]`` greedy
 takes 1.0 + 0.5, the matching 0.9 + 0.9.
 
+Why this rule (issue 23): earlier a pair earned ``0.5 + 0.5 * arg_overlap`` for the right name,
+so a right-name call with garbage arguments earned half of a right call, and a malformed call
+that still carried a name earned credit too (for a tool without arguments, full credit). The
+rewards built on it (``rewards.outcome.call_match_outcome``, ``rewards.turn.call_match``, the
+compose env's per-turn ``call_score``) divide the matched credit by ``max(#attempted calls,
+#reference calls)`` with every written call counted; with the one-to-one matching this makes
+"spray right-name calls" lose to "make the one right call" (see ``rewards/outcome.py``).
+
 Departure from MatchTIR (Qu et al.): they score parameter names and values as separate terms and
-also study a soft (optimal-transport) assignment; here one overlap fraction and the hard
-assignment only.
+also study a soft (optimal-transport) assignment; here one overlap fraction, no credit for the
+name alone, and the hard assignment only.
 """
 
 from __future__ import annotations
@@ -26,7 +42,7 @@ from typing import Any
 
 from rl.types import ToolCall
 
-NAME_WEIGHT = 0.5  # share of a pair's similarity earned by calling the right tool
+PARTIAL_WEIGHT = 0.5  # a call that is not exactly right earns less than this (the right one: 1)
 
 Call = ToolCall | dict[str, Any]  # a parsed call, or a reference {"name", "arguments"}
 
@@ -58,16 +74,22 @@ def values_equal(a: Any, b: Any) -> bool:
 
 
 def call_similarity(pred: Call, ref: Call) -> float:
-    """Similarity in ``{0} | [NAME_WEIGHT, 1]``; 1.0 iff same name and all arguments agree."""
+    """Credit in ``{0} | [0, PARTIAL_WEIGHT) | {1}`` (module docstring): 1.0 iff ``pred`` ran
+    (no ``.error``), has ``ref``'s name and all arguments agree; 0.0 for a failed call, another
+    name, or the right name with no agreeing argument."""
+    if isinstance(pred, ToolCall) and pred.error is not None:
+        return 0.0
+    if isinstance(ref, ToolCall) and ref.error is not None:
+        return 0.0
     p_name, p_args = _name_args(pred)
     r_name, r_args = _name_args(ref)
     if not p_name or p_name.strip() != r_name.strip():
         return 0.0
     keys = set(p_args) | set(r_args)
-    if not keys:
-        return 1.0
     agree = sum(k in p_args and k in r_args and values_equal(p_args[k], r_args[k]) for k in keys)
-    return NAME_WEIGHT + (1.0 - NAME_WEIGHT) * agree / len(keys)
+    if agree == len(keys):  # also no arguments at all
+        return 1.0
+    return PARTIAL_WEIGHT * agree / len(keys)
 
 
 def calls_equal(pred: Call, ref: Call) -> bool:

@@ -1,10 +1,10 @@
 """Outcome (episode-level) rewards.
 
 - ``outcome``: does the final answer match the task's reference answer (below)?
-- ``call_match_outcome``: the episode's executed tool calls against the reference calls
-  (``task.data["reference_calls"]``), paired by maximum-weight matching
-  (:mod:`envs.matching`): matched similarity / max(#executed calls, #reference calls), so
-  1.0 iff exactly the reference calls ran (in any order); extra and missing calls cost credit.
+- ``call_match_outcome``: the episode's tool calls against the reference calls
+  (``task.data["reference_calls"]``), paired by maximum-weight matching (:mod:`envs.matching`):
+  ``matched credit / max(#attempted calls, #reference calls)`` (rule below); 1.0 iff exactly the
+  reference calls ran (in any order) and nothing else was attempted.
 - ``env_success``: the env's own terminal verdict (``info["success"]`` of the trajectory or of
   its last step), 0.0 when the env reported none.
 - ``env_score``: the env's graded terminal verdict in [0, 1] (``info["score"]``: search F1, share
@@ -14,19 +14,40 @@
 :func:`success` is the one success criterion of evaluation and logging: the env's verdict when
 it gives one, else ``outcome >= 1``.
 
+The call-matching rule (``call_match_outcome`` here, ``call_match`` per turn in
+:mod:`rewards.turn`, issue 23), made so that calling more tools or writing malformed calls
+cannot raise the reward:
+
+- **Every attempted call counts** in the denominator ``max(#attempted, #reference)``: each
+  :class:`~rl.types.ToolCall` of every turn, executed or not: a call the format could not parse
+  (``.error`` set by the format), one the env refused (unknown tool, invalid arguments), one
+  that failed or timed out, one not run (beside a final answer, over the per-turn limit).
+- **Credit only for the right call**: a call earns credit only if it ran (no ``.error``) and has
+  a reference call's name; the exact arguments earn 1.0, partly agreeing arguments earn
+  ``PARTIAL_WEIGHT * share of agreeing keys < 0.5`` (:func:`envs.matching.call_similarity`), the
+  name alone earns 0. The matching is one-to-one, so one reference pays at most one call.
+
+Consequences (tests/rewards/test_outcome_calls.py computes them by hand): a malformed or failed
+call adds 0 to the numerator and 1 to the attempts; once the attempts reach the references the
+reward is ``credit / #attempted``, and a further call lowers it unless it adds more credit than
+the current reward; k guesses at one reference earn the best one's credit (not the sum) for k
+attempts, and the one right call in their place gains more than 0.5 for k - 1 fewer attempts;
+adding any call to a perfect episode of n reference calls lowers it to ``n / (n + 1)``.
+
 Answer matching (:func:`answers_match`) lives in :mod:`envs.answers`, beside the envs that
 give their verdict with it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from envs.answers import REL_TOL, answers_match, parse_exact, parse_number  # noqa: F401
 from envs.formats import find_answers
 from envs.matching import match_calls
 from rewards.compose import register_reward
-from rl.types import Trajectory
+from rl.types import ToolCall, Trajectory
 
 
 def final_answer(traj: Trajectory) -> str | None:
@@ -64,15 +85,26 @@ def reference_calls(traj: Trajectory) -> list[dict[str, Any]]:
     return refs
 
 
+def attempted_calls(traj: Trajectory) -> list[ToolCall]:
+    """Every call the model wrote, in turn order: executed, failed and malformed ones."""
+    return [c for t in traj.turns for c in t.tool_calls]
+
+
+def matched_credit(calls: Sequence[ToolCall], refs: Sequence[dict[str, Any]]) -> float:
+    """Total credit of the best one-to-one pairing of ``calls`` to ``refs`` (failed calls earn
+    0; :func:`envs.matching.call_similarity`)."""
+    return sum(w for _, _, w in match_calls(calls, refs))
+
+
 @register_reward("call_match_outcome")
 def call_match_outcome_reward(traj: Trajectory) -> float:
-    """Matched similarity of executed calls vs reference calls / max(#executed, #reference)."""
+    """Matched credit of the calls vs the reference calls / max(#attempted, #reference)."""
     refs = reference_calls(traj)
-    ran = [c for t in traj.turns for c in t.tool_calls if c.error is None]
-    denom = max(len(ran), len(refs))
+    calls = attempted_calls(traj)
+    denom = max(len(calls), len(refs))
     if denom == 0:
         return 1.0  # nothing was to be called and nothing was
-    return sum(w for _, _, w in match_calls(ran, refs)) / denom
+    return matched_credit(calls, refs) / denom
 
 
 def env_verdict(traj: Trajectory) -> bool | None:

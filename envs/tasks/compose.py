@@ -27,7 +27,10 @@ to 1.0; ``info["turn_passed"]``; at the end ``info["success"]`` = every turn pas
   matching (:func:`envs.matching.match_calls`); omitted optional arguments count as their default.
   ``call_score = sum(similarity of matched pairs) / max(calls attempted, reference calls)``;
   exact when every reference is matched with similarity 1 and nothing else was attempted
-  (malformed and failed calls count as attempts). Unanswerable turns: exact iff no call at all;
+  (malformed and failed calls count as attempts and earn nothing). The similarity is 1 for the
+  right call, less than 0.5 for the right tool with partly right arguments and 0 for the right
+  tool alone (issue 23: a right-name call with garbage arguments used to earn 0.5, so a wrong
+  extra call raised the score). Unanswerable turns: exact iff no call at all;
 - state: the backend after the turn equals a copy of the backend at the turn's start with the
   reference calls replayed on it (per-turn, so one wrong turn does not fail every later one);
 - reply: non-empty and mentions the result of every question in the turn (numbers by value);

@@ -113,9 +113,9 @@ def test_optional_parameters() -> None:
     assert res[-1].info["turn_passed"]  # the default written out is the same call
     express = call("create_shipment", sku="SKU-1111", units=2, member_id="M-101", express=True)
     _, res = play(hand_task(T1), [GOOD_T1[0], express, GOOD_T1[2]])
-    v = res[-1].info  # 3 args of 4 agree: similarity 0.5 + 0.5 * 3/4
+    v = res[-1].info  # 3 args of 4 agree: similarity PARTIAL_WEIGHT (0.5) * 3/4
     assert not v["turn_passed"] and not v["state_ok"]
-    assert v["call_score"] == pytest.approx((3 + 0.875) / 4)
+    assert v["call_score"] == pytest.approx((3 + 0.375) / 4)
 
 
 def test_extra_call_fails_with_partial_credit() -> None:
@@ -124,6 +124,32 @@ def test_extra_call_fails_with_partial_credit() -> None:
     v = res[-1].info
     assert v["call_score"] == pytest.approx(4 / 5) and v["state_ok"] and v["reply_ok"]
     assert not v["turn_passed"] and res[-1].reward == pytest.approx(4 / 5)
+
+
+POINTS = {"text": "How many points do members M-101 and M-102 have?",
+          "steps": [[c("member_points", member_id="M-101"), c("member_points", member_id="M-102")]],
+          "answers": [100, 250], "answer_calls": [[0, 0], [0, 1]], "required": ["M-101", "M-102"]}
+
+
+def test_turn_score_cannot_be_raised_by_extra_or_malformed_calls() -> None:
+    """Issue 23's cases at the env's own verdict (2 reference calls, read-only, reply right)."""
+    good, reply = call("member_points", member_id="M-101"), "100 and 250 points."
+    bad = '<tool_call>{"name": "member_points", "arguments": {"member_id": "M-1</tool_call>'
+    cases = {
+        "1 good call": ([good], 1 / 2),
+        "+ 10 malformed calls": ([good + bad * 3, bad * 4, bad * 3], 1 / 11),
+        # the right tool, wrong argument (M-101 twice): earned 0.5 before, call_score 0.75
+        "+ 1 wrong-argument call": ([good, good], 1 / 2),
+        "both right": ([good + call("member_points", member_id="M-102")], 1.0),
+        "both right + 1 extra": ([good + call("member_points", member_id="M-102") + good], 2 / 3),
+    }
+    for name, (actions, call_score) in cases.items():
+        _, res = play(hand_task(POINTS), [*actions, reply])
+        v = res[-1].info
+        assert v["call_score"] == pytest.approx(call_score), name
+        assert v["state_ok"] and v["reply_ok"], name  # so turn_score == call_score
+        assert res[-1].reward == pytest.approx(call_score), name
+        assert v["turn_passed"] == (name == "both right"), name
 
 
 def test_parallel_call_missing_one_element() -> None:

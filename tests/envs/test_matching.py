@@ -35,17 +35,34 @@ def test_call_similarity_by_hand() -> None:
     # wrong tool: 0 whatever the arguments
     assert call_similarity(ToolCall("order_pizza", dict(r["arguments"])), r) == 0.0
     assert call_similarity(ToolCall("", {}, error="invalid JSON"), r) == 0.0
-    # 2 of 3 keys agree: 0.5 + 0.5 * 2/3
+    # 2 of 3 keys agree: PARTIAL_WEIGHT (0.5) * 2/3 = 1/3
     two = ToolCall("book_table", {"restaurant": "luigi", "day": "Friday", "people": 5})
-    assert call_similarity(two, r) == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert call_similarity(two, r) == pytest.approx(1 / 3)
     # a missing key and an unknown key both count in the union {restaurant, day, people, time}:
-    # agree on restaurant and day -> 0.5 + 0.5 * 2/4
+    # agree on restaurant and day -> 0.5 * 2/4
     odd = ToolCall("book_table", {"restaurant": "Luigi", "day": "friday", "time": "19:00"})
-    assert call_similarity(odd, r) == pytest.approx(0.75)
+    assert call_similarity(odd, r) == pytest.approx(0.25)
     assert call_similarity(ToolCall("ping", {}), ref("ping")) == 1.0
     assert calls_equal(ToolCall("ping", {}), ref("ping")) and not calls_equal(two, r)
     with pytest.raises(ValueError, match="reference call"):
         call_similarity(two, {"arguments": {}})
+
+
+def test_right_name_alone_and_failed_calls_earn_nothing() -> None:
+    r = ref("book_table", restaurant="Luigi", day="Friday", people=4)
+    # the right tool with no agreeing argument: 0 (was 0.5, half of the right call)
+    garbage = ToolCall("book_table", {"restaurant": "Nowhere", "day": "Sunday", "people": 99})
+    assert call_similarity(garbage, r) == 0.0
+    # a near miss earns less than PARTIAL_WEIGHT (0.5): under half of what the right call earns
+    near = ToolCall("book_table", {"restaurant": "Luigi", "day": "Friday", "people": 5})
+    assert call_similarity(near, r) == pytest.approx(0.5 * 2 / 3)
+    # a call that did not run earns 0, even with the exact name and arguments; a malformed call
+    # that kept its name earned full credit for a tool without arguments (was 1.0)
+    failed = ToolCall("book_table", dict(r["arguments"]), error="not run: the turn also gave "
+                      "a final answer")
+    assert call_similarity(failed, r) == 0.0 and not calls_equal(failed, r)
+    unclosed = ToolCall("ping", {}, error="unclosed call: [TOOL_CALLS]ping has no [ARGS]")
+    assert call_similarity(unclosed, ref("ping")) == 0.0
 
 
 def test_matching_where_greedy_is_wrong() -> None:
@@ -82,15 +99,15 @@ def test_matching_equals_brute_force_on_random_matrices() -> None:
 
 
 def test_match_calls_where_greedy_is_wrong() -> None:
-    # Similarities (0.5 + 0.5 * agreeing keys / union of keys):
-    #   P0=(y=2,z=3) vs R0=(x=1,z=3): z agrees of {x,y,z} -> 2/3;  vs R1=(y=2,z=2): y of {y,z} -> 3/4
-    #   P1=(x=2,z=2,y=1) vs R0: none of {x,y,z} -> 1/2;            vs R1: z of {x,y,z} -> 2/3
-    # Greedy pairs P0-R1 (3/4) then P1-R0 (1/2): 5/4. The matching: 2/3 + 2/3 = 4/3.
+    # Similarities (PARTIAL_WEIGHT * agreeing keys / union of keys, as no call is exact):
+    #   P0=(y=2,z=3) vs R0=(x=1,z=3): z agrees of {x,y,z} -> 1/6; vs R1=(y=2,z=2): y of {y,z} -> 1/4
+    #   P1=(x=2,z=2,y=1) vs R0: none of {x,y,z} -> 0;             vs R1: z of {x,y,z} -> 1/6
+    # Greedy pairs P0-R1 (1/4) then P1-R0 (0): 1/4. The matching: 1/6 + 1/6 = 1/3.
     preds = [ToolCall("book", {"y": 2, "z": 3}), ToolCall("book", {"x": 2, "z": 2, "y": 1})]
     refs = [ref("book", x=1, z=3), ref("book", y=2, z=2)]
     pairs = match_calls(preds, refs)
     assert [(i, j) for i, j, _ in pairs] == [(0, 0), (1, 1)]
-    assert sum(w for _, _, w in pairs) == pytest.approx(4 / 3)
+    assert sum(w for _, _, w in pairs) == pytest.approx(1 / 3)
     assert match_calls([], refs) == [] and match_calls(preds, []) == []
 
 

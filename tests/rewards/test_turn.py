@@ -13,6 +13,7 @@ from rewards.compose import (
     reward_metrics,
     score,
 )
+from rewards.outcome import call_match_outcome_reward
 from rewards.turn import call_match, env_progress, tool_success
 from rl.types import Task, ToolCall, Trajectory, Turn
 
@@ -53,23 +54,53 @@ def test_env_progress_reads_step_rewards() -> None:
     assert env_progress(traj(([], 0.5), ([], 0.25), ([], 0.0))) == [0.5, 0.25, 0.0]
 
 
-def test_call_match_consumes_references_in_turn_order() -> None:
+def test_call_match_is_each_turns_share_of_the_outcome() -> None:
     refs = [{"name": "ask", "arguments": {"slot": "day"}},
             {"name": "book", "arguments": {"day": "Friday", "people": 2}}]
     good_book = ToolCall("book", {"day": "friday", "people": 2})
-    half_book = ToolCall("book", {"day": "Monday", "people": 2})  # 0.5 + 0.5 * 1/2
+    half_book = ToolCall("book", {"day": "Monday", "people": 2})  # 0.5 * 1/2
+    # 5 calls attempted in the episode, 2 references: every turn's credit is divided by 5
     t = traj(
         ([], 0.0),  # no call: 0
-        ([OK, BAD], 0.0),  # OK matches ref 0 exactly, BAD earns 0: (1 + 0) / 2
-        ([OK], 0.0),  # ref 0 already consumed: a repeated call earns nothing
-        ([half_book], 0.0),  # 0.75, consumes ref 1
-        ([good_book], 0.0),  # nothing left to match
+        ([OK, BAD], 0.0),  # OK matches ref 0 exactly, BAD earns 0: 1 / 5
+        ([OK], 0.0),  # ref 0 already credited: a repeated call earns nothing
+        ([half_book], 0.0),  # 0.25 / 5
+        ([good_book], 0.0),  # the correction earns the improvement: (1 - 0.25) / 5
         refs=refs,
     )
-    assert call_match(t) == [0.0, 0.5, 0.0, 0.75, 0.0]
+    assert call_match(t) == pytest.approx([0.0, 0.2, 0.0, 0.05, 0.15])
+    assert sum(call_match(t)) == pytest.approx(call_match_outcome_reward(t)) == 2 / 5
     assert call_match(traj(([good_book, OK], 0.0), refs=refs)) == [1.0]
+    assert call_match(traj(([good_book], 0.0), ([OK], 0.0), refs=refs)) == [0.5, 0.5]
+    assert call_match(traj(([], 0.0), refs=[])) == [0.0]  # nothing to call, nothing called
     with pytest.raises(ValueError, match="reference_calls"):
         call_match(traj(([OK], 0.0)))
+
+
+def test_call_match_cannot_be_raised_by_malformed_or_extra_calls() -> None:
+    refs = [{"name": "find_member", "arguments": {"name": "Ana"}},
+            {"name": "rain_chance", "arguments": {"city": "Oslo", "day": "Friday"}}]
+    good = ToolCall("find_member", {"name": "Ana"})
+    right = ToolCall("rain_chance", {"city": "Oslo", "day": "Friday"})
+    wrong = ToolCall("rain_chance", {"city": "Paris", "day": "Monday"})
+    named_bad = ToolCall("rain_chance", {}, error='"arguments" must be a JSON object')
+    # issue 23's cases, per turn: 1 good call; + 10 malformed calls; + a wrong-argument call
+    assert call_match(traj(([good], 0.0), refs=refs)) == [0.5]
+    ten_bad = [BAD, named_bad] * 5
+    assert call_match(traj(([good], 0.0), (ten_bad, 0.0), refs=refs)) == pytest.approx(
+        [1 / 11, 0.0])  # was [1.0, 0.05]: a named malformed call earned 0.5, shared by 10
+    # was [1.0, 0.5]: the right name alone earned half credit
+    assert call_match(traj(([good], 0.0), ([wrong], 0.0), refs=refs)) == [0.5, 0.0]
+    # a malformed call that kept its name earned full credit for a tool without arguments
+    ping = [{"name": "ping", "arguments": {}}]
+    unclosed = ToolCall("ping", {}, error="unclosed call: [TOOL_CALLS]ping has no [ARGS]")
+    assert call_match(traj(([unclosed], 0.0), refs=ping)) == [0.0]  # was [1.0]
+    # perfect: the turns sum to 1 however the calls are split; any extra call lowers the sum
+    assert call_match(traj(([good, right], 0.0), refs=refs)) == [1.0]
+    assert call_match(traj(([good], 0.0), ([right], 0.0), refs=refs)) == [0.5, 0.5]
+    for extra in (good, right, wrong, named_bad, BAD):
+        per_turn = call_match(traj(([good], 0.0), ([right], 0.0), ([extra], 0.0), refs=refs))
+        assert per_turn == pytest.approx([1 / 3, 1 / 3, 0.0]), extra  # was [1.0, 1.0, 0.0]
 
 
 def test_compose_turns_weights_and_terms() -> None:
