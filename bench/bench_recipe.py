@@ -134,6 +134,45 @@ def report(args) -> str:
     return "\n".join(lines)
 
 
+def plot(args) -> Path | None:
+    """``<out>/health.png``: per-step health metrics of every arm, mean over its seeds (the
+    before/after of the learning-health telemetry between recipes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(args.out)
+    keys = [("reward/success", "train-batch success"), ("health/neg_logprob", "entropy proxy"),
+            ("health/kl_update", "KL per update"), ("health/kl_to_start", "KL to RL start"),
+            ("health/update_rel", "|dtheta|/|theta|"), ("tools/call_rate", "tool-call rate")]
+    series: dict[str, dict[str, list[list[float]]]] = {}
+    for m in sorted(out.glob("*_s*/metrics.jsonl")):
+        arm = m.parent.name.rsplit("_s", 1)[0]
+        rows = [json.loads(x) for x in m.read_text().splitlines() if x.strip()]
+        rl = sorted((r for r in rows if r.get("stage") == "rl"), key=lambda r: r["step"])
+        for k, _ in keys:
+            series.setdefault(arm, {}).setdefault(k, []).append(
+                [float(r.get(k, float("nan"))) for r in rl])
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    for ax, (k, title) in zip(axes, keys):
+        for arm, per in series.items():
+            runs = [r for r in per[k] if r]
+            n = min(len(r) for r in runs) if runs else 0
+            if n:
+                mean = [sum(r[i] for r in runs) / len(runs) for i in range(n)]
+                ax.plot(range(n), mean, marker="o", ms=3, label=f"{arm} ({len(runs)} seeds)")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("RL step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "health.png"
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arm", nargs=2, action="append", metavar=("NAME", "OVERRIDES"), default=[],
@@ -153,6 +192,7 @@ def main() -> None:
             p.error("give at least one --arm NAME OVERRIDES")
         launch(args)
     print(report(args))
+    print(f"[recipe] plot: {plot(args)}")
 
 
 if __name__ == "__main__":

@@ -242,6 +242,16 @@ def resolved_loss(cfg: Config) -> LossConfig:
     return loss
 
 
+def reseed_after_resume(seed: int) -> None:
+    """A resume under another ``trainer.seed`` than the checkpoint's (e.g. several seeds of RL
+    from one shared cold-start checkpoint): the checkpoint restored the process RNG streams
+    that the saved run's seed made, and on CPU vLLM's sampler draws from that stream, so every
+    seed would sample the saved run's rollouts. Re-seed them from this run's seed."""
+    print(f"[turnrl] resume: trainer.seed={seed} differs from the checkpoint's: RNG streams "
+          "re-seeded from it (this run samples its own rollouts)", flush=True)
+    seed_everything(seed + 1_000_003)  # not the stream a fresh run of this seed starts with
+
+
 def seed_everything(seed: int) -> None:
     import numpy as np
 

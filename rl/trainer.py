@@ -25,6 +25,7 @@ from rl.step import (
     eval_line,
     fit,
     needs_reference,
+    reseed_after_resume,
     resolved_loss,
     seed_everything,
     write_results,
@@ -245,7 +246,9 @@ class Trainer:
                     self.logger.history = ckpt.rewind_logs(self.run_dir, {})
             return
         state = ckpt.load_checkpoint(path, learner=self.learner, parts=self.stateful)
-        ckpt.check_resume_config(path, state, self.cfg, self.config_yaml)
+        changed = ckpt.check_resume_config(path, state, self.cfg, self.config_yaml)
+        if "trainer.seed" in changed:  # a new seed from a shared checkpoint: its own samples
+            reseed_after_resume(self.cfg.trainer.seed)
         self.state = RunState.from_dict(state)  # step, stage, results, the guard's best
         if dist.is_main():  # the run's logs are rank 0's
             self.logger.history = ckpt.resume_logs(self.run_dir, path, state)

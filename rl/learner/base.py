@@ -218,10 +218,14 @@ class HealthProbe:
         self.mb: Batch | None = None
         self.lp: torch.Tensor | None = None
 
+    ROWS = 4
+    """Rows of the first micro-batch the KL figures are measured on (two no-grad forwards)."""
+
     def observe(self, mb: Batch, lp: torch.Tensor) -> None:
-        """Keep the first micro-batch the update scores (``lp``: its logprobs, with grad)."""
+        """Keep the first micro-batch the update scores (``lp``: its logprobs, with grad),
+        cut to :attr:`ROWS` rows."""
         if self.mb is None:
-            self.mb, self.lp = mb, lp.detach().float()
+            self.mb, self.lp = mb.split(self.ROWS)[0], lp.detach().float()[: self.ROWS]
 
     @torch.no_grad()
     def metrics(self, after: torch.Tensor, ref: torch.Tensor | None) -> dict[str, float]:

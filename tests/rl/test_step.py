@@ -123,6 +123,16 @@ def test_stage_machine_resumed_in_rl_skips_the_pre_rl_stages():
     assert d.calls == ["resume", "step2", "save@3", "finish"]
 
 
+def test_resume_from_the_cold_start_checkpoint_starts_rl_with_this_runs_settings():
+    """A resume at step 0 (the cold-start checkpoint) calls start_rl, so the resumed run's
+    learning rate, warm-up and KL reference apply instead of the saved schedule."""
+    cfg = Config()
+    cfg.trainer.steps, cfg.eval.compare_stages = 1, False
+    d = _ScriptedDriver(stage="rl", step=0)
+    fit(d, cfg)
+    assert d.calls == ["resume", "start_rl", "step0", "save@1", "finish"]
+
+
 def test_stage_table_lists_every_stage_with_intervals():
     table = stage_table({"base": {"success": 0.0, "tool_call_rate": 0.0},
                          "sft": {"success": 0.25, "success_lo": 0.1, "success_hi": 0.5,
