@@ -55,8 +55,11 @@ endif
 
 FORCE:
 
+# the fast paths: vLLM where installed, each shared token prefix computed once in the learner
+# (exact: same logprobs and gradients; not the library default because flash-attention
+# models cannot use it)
 train: install
-	$(VENV)/bin/turnrl train engine=auto $(ARGS)
+	$(VENV)/bin/turnrl train engine=auto learner.prefix_sharing=true $(ARGS)
 
 test: install
 	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)

@@ -156,7 +156,8 @@ def plot(args) -> Path | None:
                 [float(r.get(k, float("nan"))) for r in rl])
     if not series:
         return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    fig, grid = plt.subplots(2, 3, figsize=(13, 6.4))
+    axes = list(grid.flat)
     for ax, (k, title) in zip(axes, keys):
         for arm, per in series.items():
             runs = [r for r in per[k] if r]
