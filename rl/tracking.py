@@ -415,10 +415,14 @@ class HealthMonitor:
       share of informative groups (``health/informative_groups / health/groups``) is below its
       first-steps mean. Skipped while ``reward/success >= saturated`` (0.9): uniform groups of a
       solved task set are saturation, not collapse.
-    * **entropy collapse**: ``health/neg_logprob`` below ``entropy_ratio`` (30%) of its mean over
-      the first ``warmup`` steps (the RL-start value) for ``patience`` consecutive steps. Healthy
-      GRPO runs lose entropy gradually (often to about half); a fall to under a third is the
-      collapse DAPO's clip-higher was made for.
+    * **entropy collapse without gain**: ``health/neg_logprob`` below ``entropy_ratio`` (30%) of
+      its mean over the first ``warmup`` steps (the RL-start value) for ``patience`` consecutive
+      steps while the train-batch ``reward/success`` of the last ``warmup`` steps is no higher
+      than over the first ones. Healthy GRPO runs lose entropy gradually (often to about half);
+      a fall to under a third is the collapse DAPO's clip-higher was made for — unless success
+      rose with it: on make train's math task, runs whose held-out success rose most sharpened
+      their answers to under a third of the start entropy (BENCHMARKS.md, issue 23), which is
+      the policy getting sure of the right call, not the echo trap.
     * **gradient spike**: ``grad_norm`` above ``grad_spike`` (5x) the median of the previous (up
       to ``window`` = 50) values, once there are ``warmup`` of them (one step suffices: a spike
       is one step).
@@ -443,6 +447,7 @@ class HealthMonitor:
         self.first: dict[str, list[float]] = {"std": [], "share": [], "entropy": []}
         self.low = {"std": 0, "entropy": 0}  # consecutive steps below the threshold
         self.grad_norms: list[float] = []
+        self.recent_success: list[float] = []  # train-batch success of the last warmup steps
         self.warned = False
 
     def observe(self, step: int, row: dict[str, Any]) -> list[str]:
@@ -484,14 +489,26 @@ class HealthMonitor:
             return None
         if len(self.first["entropy"]) < self.warmup:
             self.first["entropy"].append(h)
+            success = metric_value(row, "reward/success")
+            if success is not None:
+                self.first.setdefault("success", []).append(success)
+                self.recent_success = (self.recent_success + [success])[-self.warmup:]
             return None
         base = _mean(self.first["entropy"])
+        success = metric_value(row, "reward/success")
+        first_s, recent_s = self.first.setdefault("success", []), self.recent_success
+        if success is not None:
+            if len(first_s) < self.warmup:
+                first_s.append(success)
+            self.recent_success = (recent_s + [success])[-self.warmup:]
+        gained = (len(first_s) == self.warmup and len(self.recent_success) == self.warmup
+                  and _mean(self.recent_success) > _mean(first_s))
         self.low["entropy"] = self.low["entropy"] + 1 if base > 0 and h < (
-            self.entropy_ratio * base) else 0
+            self.entropy_ratio * base) and not gained else 0
         if self.low["entropy"] < self.patience:
             return None
         return (f"entropy proxy (-logprob/token) {h:.3f} < {self.entropy_ratio:.0%} of its "
-                f"RL-start {base:.3f} for {self.low['entropy']} steps")
+                f"RL-start {base:.3f} for {self.low['entropy']} steps, train success not rising")
 
     def _grad(self, row: dict[str, Any]) -> str | None:
         g = metric_value(row, "grad_norm")
@@ -508,13 +525,15 @@ class HealthMonitor:
     # a checkpoint part: a resumed run keeps its baselines and warns at most once overall
     def state_dict(self) -> dict[str, Any]:
         return {"first": {k: list(v) for k, v in self.first.items()}, "low": dict(self.low),
-                "grad_norms": list(self.grad_norms), "warned": self.warned}
+                "grad_norms": list(self.grad_norms), "warned": self.warned,
+                "recent_success": list(self.recent_success)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.first = {k: [float(x) for x in v] for k, v in state["first"].items()}
         self.low = {k: int(v) for k, v in state["low"].items()}
         self.grad_norms = [float(x) for x in state["grad_norms"]]
         self.warned = bool(state["warned"])
+        self.recent_success = [float(x) for x in state.get("recent_success", [])]
 
 
 def _mean(xs: Sequence[float]) -> float:

@@ -229,6 +229,18 @@ def test_health_monitor_entropy_and_grad_spike_each_warn():
     assert "grad norm 11 > 5x the running median 1.5" in w[0][1]
 
 
+def test_health_monitor_entropy_collapse_with_rising_success_is_sharpening():
+    """Entropy under a third of its start while the train success rises (make train's math
+    runs that gained most did this) does not warn; the same fall with flat success does."""
+    ent = (0.4, 0.45, 0.4, 0.3, 0.2, 0.1, 0.08, 0.05)
+    rising = [{"health/neg_logprob": h, "reward/success": s}
+              for h, s in zip(ent, (0.2, 0.25, 0.2, 0.3, 0.35, 0.4, 0.45, 0.45))]
+    assert _warnings(HealthMonitor(), rising) == []
+    flat = [{"health/neg_logprob": h, "reward/success": 0.25} for h in ent]
+    w = _warnings(HealthMonitor(), flat)
+    assert len(w) == 1 and w[0][0] == 6 and "train success not rising" in w[0][1]
+
+
 def test_health_monitor_stays_quiet_on_healthy_and_saturating_runs():
     import random
 
