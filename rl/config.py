@@ -396,7 +396,9 @@ class TasksConfig:
     train_size: int = 2000
     eval_size: int = 128
     """Held-out tasks for evaluation (disjoint from train). 128 so the stage table's paired
-    gain can resolve a ~10-point RL gain (measured: +0.102 [+0.026, +0.177], BENCHMARKS.md)."""
+    gain can resolve a ~10-point RL gain in one run; the measured gain of make train's GRPO is
+    ~6 points (+0.061 [+0.032, +0.090] pooled over 5 seeds, BENCHMARKS.md issue 23), which one
+    seed's 128 tasks do not resolve: compare seeds pooled."""
     seed: int = 0
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra knobs for the env's make_tasks (math: difficulty; guess: n_candidates, max_turns;
