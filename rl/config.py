@@ -93,8 +93,9 @@ class LearnerConfig:
     rank packs its own shard. sdpa, eager or flex_attention (flex untested on CUDA)."""
     track_kl_to_start: bool = True
     """Keep a snapshot of the policy at the start of RL even without a KL penalty, to report the
-    KL to it (``health/kl_to_start``, one extra no-grad forward of one micro-batch per step) —
-    one copy of the trainable parameters (``ref_offload`` keeps it in CPU memory)."""
+    KL to it (``health/kl_to_start``, one extra no-grad forward of 4 rows per step) — one copy of
+    the trainable parameters (``ref_offload`` keeps it in CPU memory). The torch learner only
+    (the DeepSpeed learner reports no health probe yet)."""
     ref_offload: bool = False
     """Keep the KL reference snapshot (the policy at the start of RL; rl/learner/base.py) in CPU
     memory. Only used when ``algorithm.loss.kl_coef > 0``."""

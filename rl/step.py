@@ -218,8 +218,10 @@ def warn_no_tool_use_after_sft(driver: Any, res: dict[str, Any]) -> None:
 
 def needs_reference(cfg: Config) -> bool:
     """Whether RL keeps a snapshot of its start policy: the KL penalty's reference, or the KL
-    telemetry's (``learner.track_kl_to_start``)."""
-    return cfg.algorithm.loss.kl_coef > 0 or cfg.learner.track_kl_to_start
+    telemetry's (``learner.track_kl_to_start``; the torch learner's health probe reads it, the
+    DeepSpeed learner has no probe and ZeRO-3 cannot snapshot)."""
+    return cfg.algorithm.loss.kl_coef > 0 or (cfg.learner.track_kl_to_start
+                                              and cfg.learner.backend == "torch")
 
 
 def should_save(cfg: Config, step: int) -> bool:

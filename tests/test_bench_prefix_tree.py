@@ -169,9 +169,9 @@ def test_learner_update_on_the_tree_batch_equals_plain_in_fp32(tree_batch):
                                                     prefix_sharing=share))
         learner.optimizer.step = lambda *a, **k: None  # gradients only
         learner.scheduler.step = lambda *a, **k: None
-        model.get_decoder().register_forward_pre_hook(
-            lambda mod, args, kw, s=share: shapes.append((s, tuple(kw["input_ids"].shape))),
-            with_kwargs=True)
+        model.get_decoder().register_forward_pre_hook(  # the update's passes, not the no-grad
+            lambda mod, args, kw, s=share: shapes.append((s, tuple(kw["input_ids"].shape)))
+            if torch.is_grad_enabled() else None, with_kwargs=True)  # health probe's forwards
         m = learner.update(b, LossConfig(kl_coef=0.0))
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         norms.append(m["grad_norm"])
