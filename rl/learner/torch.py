@@ -273,8 +273,8 @@ class TorchLearner:
         self.model.eval()
         with self._autocast():
             after = self._logprobs(probe.mb, temp)
-            ref = None
-            if self.reference.ready:
+            ref = probe.mb.ref_logprobs  # the KL penalty's reference pass, when it ran
+            if ref is None and self.reference.ready:
                 with self.reference.swapped_in():
                     ref = self._logprobs(probe.mb, temp)
         self.model.train(was)
