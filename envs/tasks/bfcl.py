@@ -233,7 +233,8 @@ class BFCLEnv:
         return make_tasks("multi_turn_base", "test", n, seed)
 
     def demonstration(self, task: Task) -> list[str]:
-        """Reference actions (module docstring); replaying them scores 1.0."""
+        """Reference actions (module docstring); replaying them scores 1.0, except in the
+        entries of :data:`envs.tasks.bfcl_data.UNSATISFIABLE` (no call satisfies them)."""
         data, fmt = task.data, self.format
         if not is_multi_turn(data["category"]):
             if data["kind"] == "irrelevance":

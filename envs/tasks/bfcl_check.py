@@ -1,5 +1,9 @@
-"""BFCL scoring, written to the benchmark's documented semantics (not imported: the package's AST
-checker module imports every provider SDK).
+"""BFCL scoring. The single-turn rules follow BFCL's official AST checker (gorilla-llm/gorilla,
+``berkeley-function-call-leaderboard/bfcl_eval/eval_checker/ast_eval/ast_checker.py``, as shipped
+in ``bfcl-eval`` 2026.3.23), read and written anew, not imported: that module imports every
+provider SDK. Checked once against it (2026-12-08, its SDK imports stubbed): the same verdict, per
+(call, answer) pair, for the reference call of every single-turn entry and ~86k mutations of
+them (arguments dropped, retyped, emptied, reordered, altered); the departures below aside.
 
 Single turn (:func:`check_single_turn`), per category kind:
 
@@ -13,16 +17,24 @@ Single turn (:func:`check_single_turn`), per category kind:
 - ``irrelevance``: no well-formed call; ``relevance``: at least one well-formed call.
 
 A call matches a possible answer ``{name: {param: [options]}}`` when (BFCL's AST rules):
-the function name is the answer's (``a.b`` may be written ``a_b``, as BFCL allows for APIs
-without dots); every required parameter is present; every given parameter is declared and
-appears in the answer; each value has the declared type (an int is accepted for a float; a
-value of the answer's own type is accepted as a "variable"; array items are type-checked one
-level deep) and equals one option: strings after removing spaces and ``,./-_*^`` and case,
-lists element-wise with the same string normalisation, dicts key by key (each value one of that
-key's options; a missing key needs "" among its options), lists of dicts element by element,
-anything else by ``==``; every answer parameter the call omits has "" (optional) among its
-options. Java / JavaScript values are strings in the language's syntax, converted with the
-package's own type converters (they import cleanly) before the same checks.
+the function name is the answer's (departure: ``a.b`` may be written ``a_b``, which BFCL allows
+only for model APIs without dots in names); every required parameter is present; every given
+parameter is declared and appears in the answer; each value has the declared type and equals
+one option; every answer parameter the call omits has "" (optional) among its options.
+
+- Types: an int is accepted for a float (Python's promotion; BFCL does it for the value itself,
+  not for array items); a value of the answer's own type, when that differs from the declared
+  one, is a "variable" and compared with ``==``; array items are type-checked one level deep
+  against each option that is a list, and an option that is not a list ("", optional) lets any
+  items through: so an optional float array given as ints passes the type check.
+- Values: strings after removing spaces and ``,./-_*^`` and case; lists element by element with
+  the same string normalisation and ``==`` otherwise (``1 == 1.0``), where the option "" stands
+  for the empty list (BFCL compares with each option's elements, and "" has none: ``[]`` is
+  accepted for an optional array); dicts key by key (each value one of that key's options; a
+  missing key needs "" among its options); lists of dicts dict by dict in order; anything else
+  by ``==``.
+- Java / JavaScript values are strings in the language's syntax, converted with the package's
+  own type converters (they import cleanly) before the same checks.
 
 Multi turn: :class:`ApiSession` is one fresh set of the package's API class instances (never
 the package's module-level cache); :func:`turn_check` is BFCL's per-turn check: after a turn, the
@@ -73,10 +85,13 @@ def _type_ok(value: Any, options: Sequence[Any], expected: type, nested: type | 
     if type(value) is expected:
         if nested is None:
             return True, variable
-        for opt in options:
-            items = cast("list[Any]", value)
-            if isinstance(opt, list) and all(_type_ok(v, opt, nested, None)[0] for v in items):
-                return True, variable
+        items = cast("list[Any]", value)
+        # Items are checked against the options that are lists; an option that is not ("",
+        # optional) lets any items through, as in BFCL: an optional int array given for a
+        # float array passes, and its values are then compared with == (1 == 1.0).
+        if any(not isinstance(opt, list) or all(_type_ok(v, opt, nested, None)[0] for v in items)
+               for opt in options):
+            return True, variable
         return False, False
     if ans_type is not None and type(value) is ans_type:
         return True, True
@@ -93,10 +108,17 @@ def _dict_ok(value: dict, options: Sequence[Any]) -> bool:
     return False
 
 
+def _list_options(options: Sequence[Any]) -> list[list[Any]]:
+    """The options of a list parameter as lists: "" (optional) is the empty list, as in BFCL,
+    which compares a list with each option element by element and "" has no elements."""
+    return [opt if isinstance(opt, list) else [] for opt in options
+            if isinstance(opt, list) or opt == ""]
+
+
 def _list_of_dicts_ok(value: list, options: Sequence[Any]) -> bool:
-    return any(isinstance(opt, list) and len(opt) == len(value)
+    return any(len(opt) == len(value)
                and all(isinstance(v, dict) and _dict_ok(v, [o]) for v, o in zip(value, opt))
-               for opt in options)
+               for opt in _list_options(options))
 
 
 def _convert(value: Any, spec: dict[str, Any], language: str) -> tuple[Any, type, type | None]:
@@ -165,7 +187,7 @@ def check_call(call: dict[str, Any], doc: dict[str, Any], answer: dict[str, Any]
                                               if isinstance(o, str)]
             elif expected is list:
                 good = [_std(v) for v in value] in \
-                    [[_std(o) for o in opt] for opt in options if isinstance(opt, list)]
+                    [[_std(o) for o in opt] for opt in _list_options(options)]
             else:
                 good = value in options
         else:
