@@ -148,7 +148,12 @@ def _fork_child(spec: C.Spec, req: dict[str, Any], fds: list[int], echo: bool) -
         else:
             code = C.read_code(3)
             if req.get("language") == "shell":
-                os.execve("/bin/sh", ["sh", "-c", code], dict(os.environ))
+                try:
+                    os.execve("/bin/sh", ["sh", "-c", code], dict(os.environ))
+                except (OSError, ValueError) as e:  # e.g. a NUL byte: not a set-up failure
+                    os.write(2, f"sh: cannot run the command: {e}\n".encode())
+                    status = 127
+                    return 0
             status = C.run_code(code, echo, C.fresh_main())
             C.flush()
             C.report_status(4, status)

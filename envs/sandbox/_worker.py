@@ -360,7 +360,7 @@ class Worker:
         code = os.memfd_create("cell", os.MFD_CLOEXEC)  # read by the child, never the server
         st_r, st_w = os.pipe()
         try:
-            data = req["code"].encode("utf-8", "surrogateescape")
+            data = _encode_program(req["code"])
             view = memoryview(data)
             while view:
                 view = view[os.write(code, view) :]
@@ -369,7 +369,7 @@ class Worker:
                     "cpu": cpu, "cpu_hard": cpu + 1, "quota": self.quota_call,
                     "language": req.get("language", "python")}  # fmt: skip
             call.pid = self._fork(fork, [out_w, err_w, code, st_w])
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a program that is not Unicode text
             for fd in (out_r, err_r, st_r):
                 os.close(fd)
             self._discard(call.workdir)
@@ -711,7 +711,14 @@ class Worker:
     def _handle(self, req: dict[str, Any]) -> None:
         op = req["op"]
         if op == "run":
-            self.start_call(req)
+            try:
+                self.start_call(req)
+            except Exception as e:  # noqa: BLE001 - answer the call: a dropped one hangs the pool
+                traceback.print_exc()
+                if req["id"] not in self.calls:
+                    now = time.monotonic()
+                    lost = Call(id=req["id"], pid=0, timeout=0, started=now, deadline=now)
+                    self._reply(lost, error=f"sandbox internal error: {e!r}")
         elif op == "close":
             self.close_session(req)
         elif op == "cancel":
@@ -773,6 +780,18 @@ class Worker:
                 os.rmdir(path)
             except OSError:
                 pass
+
+
+def _encode_program(code: str) -> bytes:
+    """The program as UTF-8; a lone surrogate (valid JSON, not Unicode text) is refused with a
+    message the model can act on (the trainer refuses it first: this guards the protocol)."""
+    try:
+        return code.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"the code contains a lone surrogate (U+{ord(code[e.start]):04X}) at offset "
+            f"{e.start}: it is not valid Unicode text"
+        ) from None
 
 
 def main() -> None:

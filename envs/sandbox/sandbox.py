@@ -481,13 +481,9 @@ class Sandbox:
             raise ValueError(f"unknown language {language!r} (python | shell)")
         if language != "python" and session is not None:
             raise ValueError("sessions run Python only")
-        if len(code.encode("utf-8", "replace")) > self.config.max_code_bytes:
-            return self._done(
-                ExecResult.failure(
-                    f"code too long (max {self.config.max_code_bytes} bytes)", self._level
-                ),
-                t0,
-            )
+        refused = _refuse(code, language, self.config.max_code_bytes)
+        if refused is not None:
+            return self._done(ExecResult.failure(refused, self._level), t0, rejected=True)
         assert self._sem is not None
         if session is not None:  # one cell at a time per session, in call order
             lock = self._session_locks.setdefault(session, asyncio.Lock())
@@ -563,7 +559,7 @@ class Sandbox:
             w.sessions.discard(session)
         return self._done(result, t0)
 
-    def _done(self, r: ExecResult, t0: float) -> ExecResult:
+    def _done(self, r: ExecResult, t0: float, rejected: bool = False) -> ExecResult:
         c = self._counts
         c["calls"] += 1
         if r.error is not None:
@@ -572,7 +568,9 @@ class Sandbox:
             c["timeouts"] += 1
         if r.truncated:
             c["truncated"] += 1
-        if r.exit_code is None and not r.timed_out:
+        if rejected:
+            c["rejected"] += 1
+        elif r.exit_code is None and not r.timed_out:
             c["lost"] += 1
         self._latency.append(time.monotonic() - t0)
         if len(self._latency) > 8192:
@@ -643,6 +641,29 @@ class Sandbox:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _refuse(code: str, language: str, max_bytes: int) -> str | None:
+    """Why ``code`` cannot be run at all (None: it can), as an error for the model.
+
+    Any ``str`` can arrive here: JSON allows a lone surrogate (``"\\ud800"``), which is not
+    Unicode text, cannot be encoded as UTF-8 and cannot be compiled by Python either, so the call
+    is answered here rather than sent on (a worker that met one used to drop the call and hang).
+    A shell command is an argv string, which cannot hold a NUL byte."""
+    try:
+        size = len(code.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        line = code.count("\n", 0, e.start) + 1
+        col = e.start - (code.rfind("\n", 0, e.start) + 1) + 1
+        return (
+            f"the code contains a lone surrogate (U+{ord(code[e.start]):04X}) at line {line}, "
+            f"column {col}: it is not valid Unicode text, so it was not run"
+        )
+    if size > max_bytes:
+        return f"code too long (max {max_bytes} bytes)"
+    if language == "shell" and "\x00" in code:
+        return "a shell command cannot contain NUL bytes (\\x00), so it was not run"
+    return None
 
 
 async def _wait_exit(proc: asyncio.subprocess.Process, timeout: float = 5.0) -> None:
