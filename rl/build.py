@@ -213,11 +213,12 @@ def sft_trajectories(cfg: Config, parts: Parts) -> list[Trajectory]:
     from rl.sft import conversation_trajectory, load_jsonl_conversations, replay
 
     c = cfg.sft
+    gen = getattr(parts.model, "generation_config", None)  # where the model's turns end
     if c.data_path:
         rows = load_jsonl_conversations(c.data_path)[: c.num_examples]
         fmt = getattr(parts.env_factory(), "format", None)  # the format RL will sample in
         return [conversation_trajectory(parts.tokenizer, r, native_tools=parts.native_tools,
-                                        tool_format=fmt) for r in rows]
+                                        tool_format=fmt, generation_config=gen) for r in rows]
     # Demonstrations come from the end of the train stream, RL batches from its start.
     if parts.train_tasks is None:
         raise ValueError("sft demonstrations need the train split: build_parts(..., train=True)")
@@ -227,7 +228,7 @@ def sft_trajectories(cfg: Config, parts: Parts) -> list[Trajectory]:
         env = parts.env_factory()
         actions = env.demonstration(task)  # type: ignore[attr-defined]
         out.append(replay(parts.tokenizer, parts.env_factory, task, actions,
-                          native_tools=parts.native_tools))
+                          native_tools=parts.native_tools, generation_config=gen))
     return out
 
 

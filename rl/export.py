@@ -94,9 +94,13 @@ def generation_config(model, tokenizer, cfg):
     """The run's sampling settings as a ``GenerationConfig`` (what the policy was trained on)."""
     from transformers import GenerationConfig
 
+    from rl.rollout.engines.base import turn_end_ids
+
     r = cfg.rollout
+    # where turns end, as the engines stopped in training: the model's own eos list too
+    ends = turn_end_ids(tokenizer, getattr(model, "generation_config", None))
     gen = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=ends[0] if len(ends) == 1 else ends,
         pad_token_id=tokenizer.pad_token_id, max_new_tokens=r.max_tokens_per_turn,
     )
     if r.temperature > 0:

@@ -150,6 +150,24 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
+def load_generation_config(name_or_path: str):
+    """The model's ``GenerationConfig`` as transformers and vLLM read it: the folder's
+    ``generation_config.json``, else derived from its ``config.json``; None when neither loads.
+    Its ``eos_token_id`` lists where the model's turns end (rl.rollout.engines.base.turn_end_ids).
+    """
+    from transformers import AutoConfig, GenerationConfig
+
+    path = resolve_model_path(name_or_path)
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        pass
+    try:
+        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(path))
+    except (OSError, ValueError):
+        return None
+
+
 def load_model(name_or_path: str, dtype: str = "float32", device: str | torch.device = "auto"):
     """The causal LM on ``resolve_device(device)`` (``model.device``; auto = this rank's GPU
     when CUDA is visible, else the CPU)."""

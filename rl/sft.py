@@ -1,9 +1,12 @@
 """Cold-start SFT data on the RL tokenization path.
 
 Demonstrations are *replayed* through the same agent loop that RL uses: a scripted engine emits
-the reference assistant turns (tokenized once, plus EOS unless the turn already ends where
-sampling stops: EOS, or a stop token of the env's format such as harmony's ``<|call|>``) and the
-real env produces the tool results. So SFT sequences obey the token-in/token-out contract and
+the reference assistant turns (tokenized once, plus the turn's terminator unless the turn already
+ends where sampling stops: a turn end of the model, or a stop token of the env's format such as
+harmony's ``<|call|>``) and the real env produces the tool results. The terminator is the token
+the chat template closes an assistant turn with when the model stops there (Gemma's
+``<end_of_turn>``, not its ``<eos>``), else the tokenizer's EOS
+(:meth:`~rl.rollout.agent_loop.ChatRenderer.turn_terminator`). So SFT sequences obey the token-in/token-out contract and
 the loss mask covers exactly the assistant tokens, with no second tokenization code path.
 
 A user's JSONL of chat trajectories (``{"messages": [...], "tools": [...]}`` per line) goes the
@@ -20,31 +23,30 @@ from typing import Any
 import torch
 
 from envs.base import StepResult
-from rl.rollout.agent_loop import AgentLoop, RolloutConfig
-from rl.rollout.engines.base import (
-    GenerationOutput,
-    GenerationRequest,
-    SamplingParams,
-    eos_token_ids,
-)
+from rl.rollout.agent_loop import AgentLoop, ChatRenderer, RolloutConfig
+from rl.rollout.engines.base import GenerationOutput, GenerationRequest, SamplingParams
 from rl.types import Message, Task, Trajectory
 
 
 class ReplayEngine:
     """An Engine that 'samples' scripted assistant turns, in order (one trajectory at a time).
 
-    A turn ends as a sampler would end it: with EOS appended, unless its last token is already
-    one sampling stops at (the tokenizer's EOS, or ``sampling.stop_token_ids``: the agent loop
-    passes the format's stop tokens, e.g. harmony's ``<|call|>`` and ``<|return|>``). Appending
-    EOS after ``<|call|>`` would teach a token the model never samples there.
+    A turn ends as a sampler would end it: with the terminator appended
+    (:meth:`~rl.rollout.agent_loop.ChatRenderer.turn_terminator`), unless its last token is
+    already one sampling stops at (a turn end of the model: the tokenizer's EOS or its
+    ``generation_config.eos_token_id``; or ``sampling.stop_token_ids``: the agent loop passes
+    the format's stop tokens, e.g. harmony's ``<|call|>`` and ``<|return|>``). Appending EOS after
+    ``<|call|>`` would teach a token the model never samples there. ``generation_config``: the
+    model's (as the engines read it), so replay and sampling agree on where turns end.
     """
 
-    def __init__(self, tokenizer, actions: Sequence[str]) -> None:
+    def __init__(self, tokenizer, actions: Sequence[str], generation_config: Any = None) -> None:
         self.tokenizer = tokenizer
         self.actions = list(actions)
         self.turn = 0
-        eos = eos_token_ids(tokenizer)
-        self.eos_ids, self.eos_id = set(eos), eos[0]
+        self.generation_config = generation_config  # the agent loop reads the turn ends from it
+        chat = ChatRenderer(tokenizer, native_tools=False, generation_config=generation_config)
+        self.eos_ids, self.eos_id = chat.eos_ids, chat.turn_terminator()
 
     def generate(
         self, requests: Sequence[GenerationRequest], sampling: SamplingParams
@@ -65,14 +67,15 @@ class ReplayEngine:
 
 def replay(
     tokenizer, env_factory, task: Task, actions: Sequence[str], *, native_tools: bool = False,
-    max_total_tokens: int = 4096,
+    max_total_tokens: int = 4096, generation_config: Any = None,
 ) -> Trajectory:
-    """Run ``actions`` through a fresh env as if the model had sampled them."""
+    """Run ``actions`` through a fresh env as if the model had sampled them;
+    ``generation_config``: the model's (where its turns end, :class:`ReplayEngine`)."""
     cfg = RolloutConfig(
         max_turns=len(actions), max_total_tokens=max_total_tokens, max_tokens_per_turn=10**6,
     )
-    loop = AgentLoop(ReplayEngine(tokenizer, actions), tokenizer, env_factory, cfg,
-                     native_tools=native_tools)
+    loop = AgentLoop(ReplayEngine(tokenizer, actions, generation_config), tokenizer, env_factory,
+                     cfg, native_tools=native_tools)
     (traj,) = loop.run([task])
     return traj
 
@@ -198,12 +201,13 @@ def _check_row(line: str, where: str) -> dict[str, Any]:
 
 
 def conversation_trajectory(tokenizer, row: dict[str, Any], *, native_tools: bool,
-                            tool_format: Any = None) -> Trajectory:
-    """One JSONL row replayed; ``tool_format``: the run's format (ConversationEnv)."""
+                            tool_format: Any = None, generation_config: Any = None) -> Trajectory:
+    """One JSONL row replayed; ``tool_format``: the run's format (ConversationEnv);
+    ``generation_config``: the model's (:func:`replay`)."""
     msgs = row["messages"]
     actions = [m["content"] for m in msgs if m["role"] == "assistant"]
     return replay(
         tokenizer, lambda: ConversationEnv(msgs, row.get("tools"), tool_format),
         Task(id=str(row.get("id", "conversation")), prompt=""), actions,
-        native_tools=native_tools,
+        native_tools=native_tools, generation_config=generation_config,
     )

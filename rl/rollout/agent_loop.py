@@ -54,7 +54,7 @@ from typing import Any
 
 from envs.base import Env, StepResult
 from rl.config import RolloutConfig
-from rl.rollout.engines.base import Engine, GenerationRequest, SamplingParams, eos_token_ids
+from rl.rollout.engines.base import Engine, GenerationRequest, SamplingParams, turn_end_ids
 from rl.types import Message, Task, Trajectory, Turn
 
 ACTION_SENTINEL = "@@turnrl:sampled-turn@@"  # stands for the sampled turn's content in a render
@@ -64,13 +64,16 @@ class ChatRenderer:
     """Renders conversations with the tokenizer's chat template, tool-aware.
 
     ``native_tools``: pass the tool schemas to the template (templates with tool support);
-    otherwise the env has already put them in the system prompt.
+    otherwise the env has already put them in the system prompt. ``generation_config``: the
+    model's (``engine.generation_config``), whose ``eos_token_id`` says where its turns end
+    besides the tokenizer's EOS (:func:`~rl.rollout.engines.base.turn_end_ids`).
     """
 
-    def __init__(self, tokenizer, native_tools: bool) -> None:
+    def __init__(self, tokenizer, native_tools: bool, generation_config: Any = None) -> None:
         self.tokenizer = tokenizer
         self.native_tools = native_tools
-        self.eos_ids = set(eos_token_ids(tokenizer))
+        self.generation_config = generation_config
+        self.eos_ids = set(turn_end_ids(tokenizer, generation_config))  # where turns end
         self._structured: dict[str, bool] = {}  # format name -> its turns go in as fields
         self._gen_prompt: str | None = None
 
@@ -86,7 +89,7 @@ class ChatRenderer:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def action_text(self, ids: list[int]) -> str:
-        """The assistant message content for sampled ids (a trailing EOS is the turn's end)."""
+        """The assistant message content for sampled ids (a trailing turn end is not content)."""
         if ids and ids[-1] in self.eos_ids:
             ids = ids[:-1]
         return self.tokenizer.decode(ids, skip_special_tokens=False)
@@ -155,13 +158,15 @@ class ChatRenderer:
         messages: list[Message],
         new_messages: list[Message],
         tools: list[dict] | None,
-        ended_with_eos: bool,
+        turn_end: int | None,
     ) -> str:
         """Template text between the model's last sampled token and the next generation.
 
         ``messages`` ends with the assistant message just sampled. Rendered with a sentinel as
         that message's content, so the closing starts at a known offset whatever the turn's text
         is, and whatever the template does to earlier turns (they are before the sentinel).
+        ``turn_end``: the turn-end token the model ended its turn with (None: cut by a limit);
+        when the template's closing starts with that token's text, the model already sampled it.
         """
         stand_in = [*messages[:-1], {**messages[-1], "content": ACTION_SENTINEL}]
         after = self.render(stand_in + new_messages, tools, gen_prompt=True)
@@ -171,10 +176,32 @@ class ChatRenderer:
                 "so the tokens after the model's turn cannot be found"
             )
         delta = after[after.index(ACTION_SENTINEL) + len(ACTION_SENTINEL) :]
-        eos_text = self.tokenizer.eos_token
-        if ended_with_eos and eos_text and delta.startswith(eos_text):
-            delta = delta[len(eos_text) :]  # the model already sampled it
+        end_text = self.tokenizer.decode([turn_end]) if turn_end is not None else ""
+        if end_text and delta.startswith(end_text):
+            delta = delta[len(end_text) :]  # the model already sampled it
         return delta
+
+    def turn_terminator(self) -> int:
+        """The token that ends a scripted assistant turn (SFT replay): the one the chat template
+        closes an assistant turn with, when the model's turns end there (in :attr:`eos_ids`:
+        ChatML's ``<|im_end|>``, Gemma's ``<end_of_turn>``, Llama 3's ``<|eot_id|>``), else the
+        tokenizer's EOS. So SFT teaches the token the model is stopped at and the template
+        writes, not an EOS the template never shows after a turn."""
+        eos = next(iter(turn_end_ids(self.tokenizer)), None)
+        try:
+            probe = [{"role": "user", "content": "?"},
+                     {"role": "assistant", "content": ACTION_SENTINEL},
+                     {"role": "user", "content": "?"}]
+            text = self.render(probe, None, gen_prompt=False)
+            closing = self.encode(text[text.index(ACTION_SENTINEL) + len(ACTION_SENTINEL):])
+        except Exception:  # a template that cannot render the probe: the tokenizer's EOS
+            closing = []
+        if closing and closing[0] in self.eos_ids:
+            return closing[0]
+        if eos is None:
+            raise ValueError("the tokenizer has no EOS and the chat template closes an assistant "
+                             "turn with no token the model stops at: cannot end a scripted turn")
+        return eos
 
 
 @dataclass
@@ -204,7 +231,8 @@ class AgentLoop:
         self.engine = engine
         self.env_factory = env_factory
         self.cfg = cfg
-        self.chat = ChatRenderer(tokenizer, native_tools)
+        self.chat = ChatRenderer(tokenizer, native_tools,
+                                 getattr(engine, "generation_config", None))
 
     def sampling(self, seed: int | None = None, stop_ids: Sequence[int] = ()) -> SamplingParams:
         """``stop_ids``: the format's stop tokens (a harmony turn ends at ``<|call|>``)."""
@@ -360,8 +388,8 @@ class AgentLoop:
                 sampled, skip_special_tokens=False))
             delta = closing + self.chat.observation_after(t.messages, new, x.tools)
         else:
-            ended_with_eos = bool(sampled) and sampled[-1] in self.chat.eos_ids
-            delta = self.chat.observation_text(t.messages, new, x.tools, ended_with_eos)
+            end = sampled[-1] if sampled and sampled[-1] in self.chat.eos_ids else None
+            delta = self.chat.observation_text(t.messages, new, x.tools, end)
         obs = self.chat.encode(delta)
         if len(t.token_ids) + len(obs) >= self.cfg.max_total_tokens:
             # no room for the observation plus one model token: cut here, never over budget

@@ -585,7 +585,7 @@ def test_sft_data_path_rows_are_replayed_in_the_envs_format(harmony_tokenizer, t
     data = tmp_path / "rows.jsonl"
     data.write_text(json.dumps(row) + "\n")
     cfg = to_dataclass(load_config([f"sft.data_path={data}", "env.format=harmony-prompt"]))
-    parts = SimpleNamespace(tokenizer=tok, native_tools=False,
+    parts = SimpleNamespace(tokenizer=tok, native_tools=False, model=None,
                             env_factory=lambda: make_env("math", tool_format="harmony-prompt"))
     (t,) = sft_trajectories(cfg, parts)  # type: ignore[arg-type]
     first = t.token_ids[t.turns[0].start:t.turns[0].end]

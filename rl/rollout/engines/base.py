@@ -2,22 +2,52 @@
 
 Every engine (HF transformers, vLLM) implements it, so the agent loop and the trainer never
 depend on one backend. Prompts are token lists, never text: the agent loop owns tokenization.
+
+An engine that knows its model also exposes ``generation_config`` (the model's transformers
+``GenerationConfig``, or None): the agent loop derives the same turn ends from it
+(:func:`turn_end_ids`) as the engine stops at. Engines without it (scripted test engines) stop
+at the tokenizer's EOS.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 
+def _ids(value: Any) -> list[int]:
+    """``eos_token_id`` as a list: it may be None, one id or a list of ids."""
+    if value is None:
+        return []
+    return [int(i) for i in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
 def eos_token_ids(tokenizer) -> list[int]:
-    """The tokenizer's EOS ids (``eos_token_id`` may be one id or a list); the first is the one
-    a scripted turn ends with."""
-    eos = tokenizer.eos_token_id
-    return list(eos) if isinstance(eos, list) else [eos]
+    """The tokenizer's EOS ids (``eos_token_id`` may be one id or a list)."""
+    return _ids(tokenizer.eos_token_id)
+
+
+def turn_end_ids(tokenizer, generation_config: Any = None, extra: Iterable[int] = ()) -> list[int]:
+    """Every token id at which a sampled turn ends: the tokenizer's EOS, then the model's
+    ``generation_config.eos_token_id`` (one id or a list), then ``extra`` (a tool-call format's
+    stop tokens), without repeats.
+
+    The one place that decides where turns end: both engines stop at these ids (the HF engine
+    reads ``model.generation_config``; the vLLM engine the model folder's, and passes the ids as
+    explicit ``stop_token_ids`` so vLLM does not decide on its own), the agent loop strips them
+    from a turn's text, and SFT replay ends a demonstrated turn with one of them
+    (rl/sft.py). Models whose chat turns end with another token than the tokenizer's EOS list it
+    in their generation config: Gemma's ``<end_of_turn>``, Llama 3's ``<|eot_id|>``, Qwen base
+    models' ``<|im_end|>``; without it the HF engine ran past the turn while vLLM stopped.
+    ``generation_config``: a transformers ``GenerationConfig`` (or anything with
+    ``eos_token_id``), or None (the tokenizer's EOS only).
+    """
+    ids = [*eos_token_ids(tokenizer), *_ids(getattr(generation_config, "eos_token_id", None)),
+           *extra]
+    return list(dict.fromkeys(ids))
 
 
 @dataclass
@@ -32,7 +62,8 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     """Stop strings: generation ends once the decoded continuation contains one (kept)."""
     stop_token_ids: list[int] = field(default_factory=list)
-    """Extra stop tokens besides the tokenizer's EOS (kept in the output)."""
+    """Extra stop tokens besides the engine's turn ends (:func:`turn_end_ids`; kept in the
+    output)."""
     seed: int | None = None
     """Seed for this call's sampling; None continues the engine's RNG stream."""
 

@@ -22,7 +22,7 @@ from rl.rollout.engines.base import (
     GenerationOutput,
     GenerationRequest,
     SamplingParams,
-    eos_token_ids,
+    turn_end_ids,
 )
 
 
@@ -78,7 +78,10 @@ class HFEngine:
         self.max_batch_size = max_batch_size
         self.share_prefix = share_prefix
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.eos_ids = set(eos_token_ids(tokenizer))
+        # where a turn ends: the tokenizer's EOS and the model's generation_config.eos_token_id
+        # (Gemma's <end_of_turn>, Llama 3's <|eot_id|>), as vLLM stops (turn_end_ids)
+        self.generation_config = getattr(model, "generation_config", None)
+        self.eos_ids = set(turn_end_ids(tokenizer, self.generation_config))
         self.seed = seed
         # On the model's device now, so a resumed run restores the state into a generator of
         # the right kind (rl/checkpoint.py GeneratorState) before the first rollout.

@@ -13,7 +13,9 @@ Same contract as :mod:`rl.rollout.engines.hf` (the reference semantics):
   raw_logprobs when T is 0 or 1 (exact for any top-k/top-p), processed_logprobs when T != 1 and
   there is no truncation (exact). T not in {0, 1} *with* top-k/top-p has no exact mode and is
   refused (ValueError) rather than silently returning a different quantity.
-- per-request token budgets, stop strings, stop token ids, per-call seeds. On CUDA each request
+- per-request token budgets, stop strings, stop token ids (the call's, plus the model's turn ends
+  from :func:`~rl.rollout.engines.base.turn_end_ids`, passed explicitly: the HF engine stops at
+  the same ids), per-call seeds. On CUDA each request
   gets its own seed derived from the call's seed and its index (repeated prompts of a GRPO group
   still differ). On CPU, vLLM 0.32 cannot use per-request generators: when chunked prefill
   discards a sampled token it rewinds the request's generator with ``set_offset``, which CPU
@@ -55,7 +57,12 @@ from typing import Any
 import torch
 
 from rl.config import VLLMConfig
-from rl.rollout.engines.base import GenerationOutput, GenerationRequest, SamplingParams
+from rl.rollout.engines.base import (
+    GenerationOutput,
+    GenerationRequest,
+    SamplingParams,
+    turn_end_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +163,40 @@ def logprobs_mode_for(sampling: SamplingParams) -> str:
     raise ValueError(
         f"vLLM cannot report logprobs under temperature {t} before top-k/top-p truncation "
         f"(top_k={sampling.top_k}, top_p={sampling.top_p}): use temperature 1.0 or no truncation"
+    )
+
+
+def vllm_sampling_params(
+    req: GenerationRequest, s: SamplingParams, index: int, *, turn_ends: Iterable[int],
+    on_cpu: bool,
+):
+    """vLLM's ``SamplingParams`` for request ``index`` of a call: our sampling settings, the
+    request's token budget, and as ``stop_token_ids`` the engine's turn ends
+    (:func:`~rl.rollout.engines.base.turn_end_ids`, as the HF engine stops) plus the call's
+    stop tokens. vLLM would add its own (tokenizer EOS, generation config) anyway; passing them
+    keeps the decision where the HF engine's is made."""
+    from vllm import SamplingParams as VSamplingParams
+
+    limit = min(s.max_new_tokens, req.max_new_tokens or s.max_new_tokens)
+    if limit <= 0:
+        raise ValueError("every request needs a token budget of at least 1")
+    seed = None
+    if s.seed is not None and not on_cpu:  # per-request stream (see module doc)
+        seed = (s.seed * 1_000_003 + index) % (2**31 - 1)
+    return VSamplingParams(
+        n=1,
+        max_tokens=limit,
+        temperature=max(s.temperature, 0.0),
+        top_p=s.top_p if s.temperature > 0 else 1.0,
+        top_k=s.top_k if (s.temperature > 0 and s.top_k > 0) else 0,
+        stop=list(s.stop) or None,
+        stop_token_ids=sorted({*turn_ends, *s.stop_token_ids}) or None,
+        include_stop_str_in_output=True,
+        seed=seed,
+        logprobs=0,
+        skip_special_tokens=False,
+        spaces_between_special_tokens=False,
+        detokenize=bool(s.stop),  # text is only needed to find stop strings
     )
 
 
@@ -275,6 +316,11 @@ class VLLMEngine:
         if cfg.lora_sync not in ("merged", "adapter"):
             raise ValueError(f"vllm.lora_sync must be 'merged' or 'adapter', got {cfg.lora_sync!r}")
         self.tokenizer = tokenizer
+        from rl.models import load_generation_config
+
+        # the turn ends both engines stop at (turn_end_ids), from the folder vLLM serves
+        self.generation_config = load_generation_config(model_path)
+        self.eos_ids = frozenset(turn_end_ids(tokenizer, self.generation_config))
         self.adapter = lora and cfg.lora_sync == "adapter"
         if self.adapter and policy is None:
             raise ValueError("lora_sync='adapter' needs the policy module (a PEFT model)")
@@ -455,29 +501,7 @@ class VLLMEngine:
             self._mode = mode
 
     def _params(self, req: GenerationRequest, s: SamplingParams, index: int):
-        from vllm import SamplingParams as VSamplingParams
-
-        limit = min(s.max_new_tokens, req.max_new_tokens or s.max_new_tokens)
-        if limit <= 0:
-            raise ValueError("every request needs a token budget of at least 1")
-        seed = None
-        if s.seed is not None and not self.on_cpu:  # per-request stream (see module doc)
-            seed = (s.seed * 1_000_003 + index) % (2**31 - 1)
-        return VSamplingParams(
-            n=1,
-            max_tokens=limit,
-            temperature=max(s.temperature, 0.0),
-            top_p=s.top_p if s.temperature > 0 else 1.0,
-            top_k=s.top_k if (s.temperature > 0 and s.top_k > 0) else 0,
-            stop=list(s.stop) or None,
-            stop_token_ids=list(s.stop_token_ids) or None,
-            include_stop_str_in_output=True,
-            seed=seed,
-            logprobs=0,
-            skip_special_tokens=False,
-            spaces_between_special_tokens=False,
-            detokenize=bool(s.stop),  # text is only needed to find stop strings
-        )
+        return vllm_sampling_params(req, s, index, turn_ends=self.eos_ids, on_cpu=self.on_cpu)
 
     def _seeded(self, seed: int | None) -> contextlib.AbstractContextManager:
         """CPU: seed the process RNG the in-process sampler draws from, restoring it after."""
