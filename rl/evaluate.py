@@ -12,8 +12,8 @@ Intervals (all 95%):
   has one sample (scipy's ``binomtest(...).proportion_ci(method="wilson")``); with several
   samples per task (``n_samples`` x seeds) samples of one task are correlated, so a rate is the
   mean of the per-task rates with a Student-t interval over tasks;
-- means (reward, turns, tool calls, tokens, reward terms): Student-t over episodes (over tasks
-  with several samples per task). ``Interval.method`` names which one each figure used.
+- means (reward, turns, tool calls, tokens, share of turns cut by a token limit, reward terms):
+  Student-t over episodes (over tasks with several samples per task). ``Interval.method`` names which one each figure used.
 
 pass@k uses the unbiased estimator of Chen et al. (2021, "Evaluating Large Language Models
 Trained on Code", eq. 1): ``1 - C(n - c, k) / C(n, k)`` per task with ``n`` samples of which
@@ -135,6 +135,7 @@ def summarize(trajs: Sequence[Trajectory], n_per_task: int = 1,
     set). Episodes of one task share ``task.id``; ``n_per_task`` > 1 switches to per-task
     clustering (module docstring)."""
     from rewards.outcome import success as solved
+    from rl.rollout.agent_loop import turns_cut
 
     by_task: dict[str, list[Trajectory]] = {}
     for t in trajs:
@@ -173,7 +174,10 @@ def summarize(trajs: Sequence[Trajectory], n_per_task: int = 1,
         "tool_errors": mean(lambda t: t.info.get("tool_errors", 0)),
         "turns": mean(lambda t: len(t.turns)),
         "model_tokens": mean(lambda t: t.num_model_tokens),
+        # episodes a limit ended (incl. the env ending one on a cut turn), and per episode the
+        # share of turns a token limit cut (rl/rollout/agent_loop.py:trajectory_stats)
         "truncated": rate(lambda t: t.truncated),
+        "turn_truncated": mean(turns_cut),
     }
     # Fission-GRPO's question: does the model recover after a tool error it made? (rl/rollout/tree)
     from rl.rollout.tree import saw_error

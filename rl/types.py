@@ -68,7 +68,9 @@ class Trajectory:
     # scored; empty before scoring. Turn-level advantages read it beside outcome_reward.
     turn_rewards: list[float] = field(default_factory=list)
     terminated: bool = False  # env said the episode is over (final answer, failure)
-    truncated: bool = False  # cut by a limit (turns, tokens); bootstrapping would differ
+    # cut by a limit (turns, tokens; also when the env ended the episode on a turn a token limit
+    # cut: rl/rollout/agent_loop.py); bootstrapping would differ. May be set with terminated.
+    truncated: bool = False
     group_id: int = 0  # trajectories sharing a prompt share a group (GRPO / RLOO)
     info: dict[str, Any] = field(default_factory=dict)
 

@@ -377,7 +377,12 @@ class AgentLoop:
         if res.score is not None:
             t.info["score"] = res.score
         if res.terminated or res.truncated:
-            t.terminated, t.truncated, x.done = res.terminated, res.truncated, True
+            # A turn cut by a token limit (rollout.max_tokens_per_turn, or the trajectory budget)
+            # that the env then ended the episode on makes it truncated too: what the env judged
+            # was cut off (a base model copying the prompt until the cap ends every episode so,
+            # and counted 0 truncated). Earlier cut turns are counted per turn (turn_truncated).
+            cut = turn.finish_reason == "length"
+            t.terminated, t.truncated, x.done = res.terminated, res.truncated or cut, True
             return
         if last:  # turn limit: no observation tokens that no model turn would follow
             t.truncated, x.done = True, True
@@ -407,7 +412,11 @@ class AgentLoop:
 def trajectory_stats(trajs: Sequence[Trajectory]) -> dict[str, Any]:
     """Episode-level means for logging (the drivers prefix ``episode/``).
 
-    Besides counts: ``lenient_calls`` (calls only the format's ``lenient`` option found),
+    Besides counts: ``truncated`` (episodes a limit ended: the turn limit, the token budget, or
+    the env ending it on a turn a token limit cut), ``turn_truncated`` (per episode, the share of
+    its model turns a token limit cut, ``finish_reason == "length"``: usually
+    ``rollout.max_tokens_per_turn``; any cut turn counts, not only the last),
+    ``lenient_calls`` (calls only the format's ``lenient`` option found),
     ``parse_errors`` and ``parse_errors/<kind>`` (calls the format could not read, by
     :func:`envs.formats.error_kind`), ``call_errors/<kind>`` (well-formed calls that failed),
     ``history_rewrites`` (turns sampled on a context the chat template would render otherwise).
@@ -421,6 +430,7 @@ def trajectory_stats(trajs: Sequence[Trajectory]) -> dict[str, Any]:
         "tool_errors": sum(t.info.get("tool_errors", 0) for t in trajs) / n,
         "model_tokens": sum(t.num_model_tokens for t in trajs) / n,
         "truncated": sum(t.truncated for t in trajs) / n,
+        "turn_truncated": sum(turns_cut(t) for t in trajs) / n,
         "lenient_calls": sum(c.lenient for t in trajs for u in t.turns for c in u.tool_calls) / n,
         "history_rewrites": sum(t.info.get("history_rewrites", 0) for t in trajs) / n,
         "parse_errors": 0.0,
@@ -432,3 +442,9 @@ def trajectory_stats(trajs: Sequence[Trajectory]) -> dict[str, Any]:
         if group == "parse_errors":
             out["parse_errors"] += 1 / n
     return out
+
+
+def turns_cut(traj: Trajectory) -> float:
+    """Share of the episode's model turns that a token limit cut (``finish_reason == "length"``:
+    ``rollout.max_tokens_per_turn`` or the trajectory budget); 0.0 without turns."""
+    return sum(u.finish_reason == "length" for u in traj.turns) / max(len(traj.turns), 1)

@@ -143,6 +143,36 @@ def test_turn_cut_by_length_gets_template_closing_masked(tokenizer):
     assert t.token_ids[first.end] == tokenizer.eos_token_id and t.loss_mask[first.end] == 0
 
 
+class JudgesFirstTurnEnv(EchoToolEnv):
+    """Ends the episode on the first turn, whatever it says (an answer env scoring it)."""
+
+    async def step(self, action_text):
+        return StepResult(messages=[], terminated=True, success=False)
+
+
+def test_turns_cut_by_the_per_turn_cap_count_as_truncated(tokenizer):
+    """A base model that copies the prompt until ``max_tokens_per_turn`` every turn: the env
+    ends the episode on a cut turn, which makes the episode truncated (it was reported 0); a cut
+    turn the episode went on after counts in ``turn_truncated`` only."""
+    from rl.evaluate import summarize
+
+    cfg = RolloutConfig(max_turns=3, max_tokens_per_turn=3)
+    engine = ScriptedEngine(tokenizer, {"a": ["copying the prompt on and on"]})
+    (judged,) = AgentLoop(engine, tokenizer, JudgesFirstTurnEnv, cfg).run([Task(id="a",
+                                                                                 prompt="a")])
+    assert judged.turns[0].finish_reason == "length"
+    assert judged.terminated and judged.truncated
+    (went_on,), _ = _run(tokenizer, {"b": ["a b c d e f g", "DONE"]}, cfg)
+    assert [u.finish_reason for u in went_on.turns] == ["length", "stop"]
+    assert went_on.terminated and not went_on.truncated
+
+    stats = trajectory_stats([judged, went_on])
+    assert stats["truncated"] == 0.5 and stats["turn_truncated"] == 0.75  # (1 + 1/2) / 2
+    m = summarize([judged, went_on]).metrics
+    assert m["truncated"].value == 0.5 and m["turn_truncated"].value == 0.75
+    assert summarize([judged]).metrics["truncated"].value == 1.0
+
+
 @pytest.mark.parametrize("n", [3])
 def test_groups_share_ids_per_task(tokenizer, n):
     engine = ScriptedEngine(tokenizer, {"a": ["DONE"] * n, "b": ["DONE"] * n})
