@@ -55,11 +55,12 @@ endif
 
 FORCE:
 
-# the fast paths: vLLM where installed, each shared token prefix computed once in the learner
-# (exact: same logprobs and gradients; not the library default because flash-attention
-# models cannot use it)
+# = `turnrl train` (engine=auto, the default: vLLM where installed and usable) + the learner's
+# prefix-shared pass (each shared token prefix computed once; exact on the default model). Not the
+# library default: its tree mask replaces sliding-window masks (inexact past the window on such
+# models) and flash attention refuses it (README, "Prefix-shared learner pass").
 train: install
-	$(VENV)/bin/turnrl train engine=auto learner.prefix_sharing=true $(ARGS)
+	$(VENV)/bin/turnrl train learner.prefix_sharing=true $(ARGS)
 
 test: install
 	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)

@@ -72,8 +72,10 @@ def evaluate(categories: list[str], n: int, overrides: list[str]) -> dict[str, d
     torch.set_num_threads(1)
     policy, results = None, {}
     for c in categories:
+        # engine=hf (before --overrides, which may change it): one engine per category, and
+        # the HF one is the loaded policy itself, where engine=auto could start vLLM each time
         cfg = to_dataclass(load_config(["env=bfcl", f"tasks.source={c}", f"tasks.eval_size={n}",
-                                        "trainer.wandb=disabled", *overrides]))
+                                        "trainer.wandb=disabled", "engine=hf", *overrides]))
         if policy is None:
             policy = load_policy(cfg, None)
             policy.eval()

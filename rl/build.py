@@ -62,18 +62,47 @@ class Parts:
     disjoint from ``eval_tasks`` and the train tasks; empty when the guard is off."""
 
 
-def resolve_engine(cfg: Config) -> str:
-    """``engine=auto``: vLLM where it is installed (the fast path), else the in-process HF
-    engine. Sets ``cfg.engine`` to the choice and says which engine runs."""
+def vllm_unusable(cfg: Config) -> str | None:
+    """Why ``engine=auto`` cannot pick vLLM for this run, or None when it can: vLLM is
+    installed, this is not one rank of a torchrun world (in-process vLLM under torchrun is not
+    done: BENCHMARKS.md, GPU readiness), and vLLM imports and finds a device it supports (the
+    CUDA build a GPU, the CPU build the CPU). Imports vLLM's platform module (seconds), never a
+    model. Under ``launcher=ray`` the rollout workers run the engine, on nodes whose devices this
+    driver cannot see: there, installed is enough."""
     import importlib.util
+    import os
+
+    if importlib.util.find_spec("vllm") is None:
+        return "vllm is not installed"
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    if world.isdigit() and int(world) > 1:
+        return f"one of {world} torchrun ranks, where in-process vLLM is not supported"
+    if cfg.launcher.kind == "ray":
+        return None
+    try:
+        from vllm.platforms import current_platform
+
+        if current_platform.is_unspecified():
+            return "vllm finds no device it supports"
+    except Exception as e:  # a broken install (e.g. a CUDA torchvision beside CPU torch)
+        why = (str(e).strip().splitlines() or [""])[0][:160]
+        return f"vllm does not import ({type(e).__name__}: {why})"
+    return None
+
+
+def resolve_engine(cfg: Config) -> str:
+    """``engine=auto`` (the default): vLLM where it is installed and usable (the fast path; see
+    :func:`vllm_unusable`), else the in-process HF engine. Sets ``cfg.engine`` to the choice and
+    prints it with the reason, once (later calls see the concrete engine and print nothing)."""
+    import os
 
     if cfg.engine == "auto":
-        cfg.engine = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
-        print(f"[turnrl] engine: {cfg.engine} (engine=auto: "
-              f"{'vllm is installed' if cfg.engine == 'vllm' else 'vllm is not installed'}; "
-              f"engine=hf / engine=vllm to choose)", flush=True)
-    else:
-        print(f"[turnrl] engine: {cfg.engine}", flush=True)
+        why = vllm_unusable(cfg)
+        cfg.engine = "hf" if why else "vllm"
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per rank
+            print(f"[turnrl] engine: {cfg.engine} (engine=auto: "
+                  f"{why or 'vllm is installed and usable'}; engine=hf / engine=vllm to "
+                  "choose)", flush=True)
     return cfg.engine
 
 

@@ -189,13 +189,18 @@ def _remove_if_nothing_ran(run_dir: Path) -> None:
 
 
 def cmd_sft(overrides: list[str]) -> None:
-    cmd_train(["trainer.steps=0", "sft.enabled=true", "eval.compare_stages=false", *overrides])
+    # rollout=hf: an SFT-only run samples nothing, and the HF engine (the policy module itself)
+    # costs nothing to build, where engine=auto could start vLLM for no rollout (the group, not
+    # engine=hf, so that a later rollout=... or engine=... still overrides it)
+    cmd_train(["trainer.steps=0", "sft.enabled=true", "eval.compare_stages=false", "rollout=hf",
+               *overrides])
 
 
 def cmd_eval(args) -> None:
     """The eval harness (rl/evaluate.py): a table with 95% intervals and an eval folder."""
     import torch
 
+    from rl.build import resolve_engine
     from rl.evaluate import run_eval
 
     overrides = list(args.overrides)
@@ -225,6 +230,7 @@ def cmd_eval(args) -> None:
 
         args.checkpoint = str(checked_model_path(args.checkpoint))
     out = Path(args.out) if args.out else Path("evals") / time.strftime("%Y%m%d-%H%M%S")
+    resolve_engine(cfg)  # engine=auto decided before run_eval reads it (vLLM takes merged weights)
     res = run_eval(cfg, args.checkpoint, out, n_samples=args.samples, seeds=seeds)
     s = res.settings
     print(f"# eval: env={s['env']} model={s['model']} checkpoint={s['checkpoint']} "
@@ -265,7 +271,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="training checkpoint folder (default: model.name itself: the base "
                         "model, a hub name or an exported folder)")
     e.add_argument("--out", default=None, help="eval folder (default: evals/<timestamp>)")
-    e.add_argument("--engine", choices=["hf", "vllm"], default=None, help="rollout engine")
+    e.add_argument("--engine", choices=["auto", "hf", "vllm"], default=None,
+                   help="rollout engine (default: the config's engine=auto: vllm where it is "
+                        "installed and usable, else hf)")
     e.add_argument("--tasks", type=int, default=None, help="held-out tasks (tasks.eval_size)")
     e.add_argument("--samples", type=int, default=1, help="samples per task and seed (pass@k)")
     e.add_argument("--seeds", default="10007", help="comma-separated sampling seeds")

@@ -534,9 +534,10 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    engine: str = "hf"
-    """Rollout engine: hf (in-process transformers) | vllm | auto (vllm where installed, else
-    hf; ``make train`` uses auto)."""
+    engine: str = "auto"
+    """Rollout engine: auto (vllm where it is installed and usable, else hf; the run prints the
+    choice and why: rl.build.resolve_engine) | hf (in-process transformers, shares the learner's
+    weights, no start-up) | vllm (the fast path; start-up options under ``vllm``)."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Start-up options of the vLLM engine (used when engine=vllm)."""
     launcher: LauncherConfig = field(default_factory=LauncherConfig)

@@ -16,8 +16,8 @@ from rl.cli import main
 
 pytestmark = pytest.mark.slow
 
-SMALL = [
-    "trainer.wandb=disabled", "trainer.num_threads=2", "tasks.eval_size=2",
+SMALL = [  # engine=hf: the default engine=auto would start vLLM where it is installed
+    "engine=hf", "trainer.wandb=disabled", "trainer.num_threads=2", "tasks.eval_size=2",
     "rollout.max_tokens_per_turn=40", "rollout.max_turns=2",
 ]
 

@@ -72,9 +72,11 @@ class WorkerPool:
         import ray
         from ray.util.placement_group import placement_group
 
+        from rl.build import resolve_engine
         from rl.distributed.envs import EnvWorker
         from rl.distributed.workers import LearnerWorker, RolloutWorker
 
+        resolve_engine(cfg)  # engine=auto: decided here, once, for every rollout worker
         self.cfg, self.lc = cfg, cfg.launcher
         lc = self.lc
         specs, self.learner_bundle, self.rollout_bundle = bundles(lc)

@@ -489,7 +489,7 @@ def test_two_step_training_run(tmp_path: Path) -> None:
     # (demonstrations are replayed in the tests above). tasks.seed=7 draws entries with one API
     # class (TradingBot, ~2k tokens of docs) for train steps 0-1 and the eval.
     main(["train", "env=bfcl", "tasks.source=multi_turn_base", "tasks.seed=7",
-          f"trainer.run_dir={run_dir}",
+          f"trainer.run_dir={run_dir}", "engine=hf",
           "trainer.steps=2", "trainer.tasks_per_step=1", "algorithm.group_size=2",
           "algorithm.drop_uniform_groups=false", "sft.enabled=false",
           "eval.compare_stages=false", "tasks.eval_size=1", "trainer.wandb=disabled",

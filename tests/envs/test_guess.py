@@ -173,7 +173,7 @@ def test_train_env_guess_builds_its_parts(tmp_path, tiny_model_dir) -> None:
     from rl.trainer import Trainer
 
     cfg = to_dataclass(load_config([
-        "env=guess", f"model.name={tiny_model_dir}", "trainer.wandb=disabled",
+        "env=guess", f"model.name={tiny_model_dir}", "engine=hf", "trainer.wandb=disabled",
         "tasks.train_size=8", "tasks.eval_size=2", "sft.num_examples=2",
         "trainer.tasks_per_step=2", "algorithm.group_size=2", "rollout.max_tokens_per_turn=8",
     ]))

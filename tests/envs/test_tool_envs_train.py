@@ -16,7 +16,7 @@ def test_two_training_steps_with_the_default_model(tmp_path, env: str) -> None:
     from rl.cli import main
 
     run = tmp_path / "run"
-    main(["train", f"env={env}", f"trainer.run_dir={run}", "trainer.wandb=disabled",
+    main(["train", f"env={env}", f"trainer.run_dir={run}", "engine=hf", "trainer.wandb=disabled",
           "trainer.num_threads=1", "trainer.steps=2", "trainer.tasks_per_step=2",
           "algorithm.group_size=2", "algorithm.advantage=reinforce",
           "algorithm.drop_uniform_groups=false", "sft.num_examples=4", "sft.batch_size=4",

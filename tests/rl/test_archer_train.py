@@ -28,7 +28,8 @@ def _trainer(model_dir: Path, run_dir: Path, *extra: str):
 
     exec(REGISTER, {})
     overrides = [
-        "env=guess", f"model.name={model_dir}", f"trainer.run_dir={run_dir}", "trainer.steps=2",
+        "env=guess", f"model.name={model_dir}", "engine=hf", f"trainer.run_dir={run_dir}",
+        "trainer.steps=2",
         "trainer.tasks_per_step=2", "algorithm.group_size=2", "tasks.train_size=8",
         "tasks.eval_size=2", "sft.enabled=false", "eval.compare_stages=false",
         "rollout.max_turns=3", "rollout.max_tokens_per_turn=6", "learner.autocast=fp32",

@@ -36,3 +36,49 @@ def test_a_maker_that_repeats_held_out_tasks_has_them_dropped(monkeypatch, capsy
     monkeypatch.setattr(rl.build, "build_tasks", lambda cfg, split, n: held)  # split exhausted
     with pytest.raises(ValueError, match="no tasks beyond the 2 held-out ones"):
         build_guard_tasks(cfg, held)
+
+
+# -- engine=auto: the default of `turnrl train` and `turnrl eval` -------------------------------------
+def test_the_default_engine_is_auto_and_the_choice_is_printed_once(monkeypatch, capsys) -> None:
+    from rl.config import load_config, to_dataclass
+
+    assert Config().engine == "auto"
+    for why, engine in ((None, "vllm"), ("vllm is not installed", "hf")):
+        cfg = to_dataclass(load_config([]))  # `turnrl train` without an override
+        assert cfg.engine == "auto"
+        monkeypatch.setattr(rl.build, "vllm_unusable", lambda cfg, why=why: why)
+        capsys.readouterr()
+        assert rl.build.resolve_engine(cfg) == engine == cfg.engine
+        assert rl.build.resolve_engine(cfg) == engine  # decided: said once
+        assert capsys.readouterr().out.splitlines() == [
+            f"[turnrl] engine: {engine} (engine=auto: {why or 'vllm is installed and usable'}; "
+            "engine=hf / engine=vllm to choose)"]
+
+    def no_probe(cfg) -> str:
+        raise AssertionError("an explicit engine needs no probe")
+
+    monkeypatch.setattr(rl.build, "vllm_unusable", no_probe)
+    for override, engine in (("engine=hf", "hf"), ("rollout=hf", "hf"), ("rollout=vllm", "vllm")):
+        assert rl.build.resolve_engine(to_dataclass(load_config([override]))) == engine
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(rl.build, "vllm_unusable", lambda cfg: None)
+    monkeypatch.setenv("RANK", "1")  # a torchrun rank other than 0 decides without a word
+    assert rl.build.resolve_engine(Config()) == "vllm" and capsys.readouterr().out == ""
+
+
+def test_auto_takes_hf_where_vllm_is_missing_or_under_torchrun(monkeypatch) -> None:
+    """The probe's cheap answers (the platform check imports vLLM: not run here)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "vllm" else real(name, *a))
+    cfg = Config()
+    assert rl.build.vllm_unusable(cfg) == "vllm is not installed"
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "vllm" else real(name, *a))
+    cfg.launcher.kind = "ray"  # the workers' nodes have the devices: installed is enough
+    assert rl.build.vllm_unusable(cfg) is None
+    monkeypatch.setenv("WORLD_SIZE", "2")  # decided before vLLM is imported
+    assert rl.build.vllm_unusable(cfg) == ("one of 2 torchrun ranks, where in-process vLLM is not "
+                                           "supported")

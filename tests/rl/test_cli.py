@@ -128,6 +128,38 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_run_dir(tmp_path, caps
     assert (old / "config.yaml").exists()
 
 
+# -- engine=auto ----------------------------------------------------------------------------------
+class _Reached(Exception):
+    """Raised by a stand-in at the point a test wants to look at."""
+
+
+def test_eval_decides_engine_auto_before_the_harness_and_sft_takes_hf(monkeypatch, capsys):
+    """`turnrl eval` resolves engine=auto (the default) before run_eval reads it: vLLM is given
+    merged weights, so a LoRA checkpoint's adapter must be off when vLLM is the choice. `turnrl
+    sft` samples nothing: it builds the free HF engine unless the command names another."""
+    import rl.build
+    import rl.cli
+    import rl.evaluate
+    from rl.config import load_config, to_dataclass
+
+    def harness(cfg, *a, **k):
+        raise _Reached(cfg.engine)
+
+    monkeypatch.setattr(rl.build, "vllm_unusable", lambda cfg: "vllm is not installed")
+    monkeypatch.setattr(rl.evaluate, "run_eval", harness)
+    with pytest.raises(_Reached, match="^hf$"):
+        main(["eval", "--tasks", "1"])
+    assert "[turnrl] engine: hf (engine=auto: vllm is not installed;" in capsys.readouterr().out
+    with pytest.raises(_Reached, match="^vllm$"):
+        main(["eval", "--engine", "vllm"])
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(rl.cli, "cmd_train", seen.append)
+    for extra, engine in (([], "hf"), (["rollout=vllm"], "vllm"), (["engine=auto"], "auto")):
+        main(["sft", *extra])
+        assert to_dataclass(load_config(seen[-1])).engine == engine
+
+
 # -- SFT data ---------------------------------------------------------------------------------------
 OK_ROW = '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}'
 
@@ -212,7 +244,8 @@ def test_eval_refuses_a_checkpoint_with_4_kib_overwritten(run_dir, capsys, no_mo
 
 
 # -- disk full during a real run ---------------------------------------------------------------------
-SMALL = ["trainer.tasks_per_step=2", "algorithm.group_size=2", "tasks.train_size=16",
+# engine=hf: the default engine=auto would start vLLM where it is installed
+SMALL = ["engine=hf", "trainer.tasks_per_step=2", "algorithm.group_size=2", "tasks.train_size=16",
          "tasks.eval_size=2", "sft.enabled=false", "eval.compare_stages=false",
          "rollout.max_turns=1", "rollout.max_tokens_per_turn=6", "learner.autocast=fp32",
          "trainer.num_threads=1", "trainer.samples_to_log=1", "trainer.save_every=1"]
@@ -401,8 +434,9 @@ def test_ctrl_c_during_a_checkpoint_write_of_the_default_model(tmp_path):
     the shared 2-core machine at load average 9-13 (336 s at load 20 with 2 tasks x 2 turns x
     16 tokens per step; now 1 x 1 x 8)."""
     run = tmp_path / "run"
-    argv = ["train", f"trainer.run_dir={run}", "trainer.steps=3", "trainer.tasks_per_step=1",
-            "algorithm.group_size=2", "sft.enabled=false", "eval.compare_stages=false",
+    argv = ["train", f"trainer.run_dir={run}", "engine=hf", "trainer.steps=3",
+            "trainer.tasks_per_step=1", "algorithm.group_size=2", "sft.enabled=false",
+            "eval.compare_stages=false",
             "rollout.max_turns=1", "rollout.max_tokens_per_turn=8", "trainer.save_every=1",
             "trainer.num_threads=1", "tasks.eval_size=2", "tasks.train_size=20"]
     ckdir = run / "checkpoints"

@@ -245,7 +245,8 @@ def test_turnrl_eval_cli_on_a_folder_and_a_checkpoint(tiny_model_dir, tmp_path, 
 
     from rl.cli import main
 
-    common = ["--tasks", "3", f"model.name={tiny_model_dir}", "rollout.max_tokens_per_turn=6",
+    common = ["--tasks", "3", "--engine", "hf", f"model.name={tiny_model_dir}",
+              "rollout.max_tokens_per_turn=6",
               "rollout.max_turns=2", "trainer.num_threads=1", "trainer.wandb=disabled"]
     main(["eval", "--out", str(tmp_path / "base"), *common])
     out = capsys.readouterr().out

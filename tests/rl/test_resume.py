@@ -19,41 +19,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from rl.config import load_config, to_dataclass
-
 ROOT = Path(__file__).resolve().parents[2]
 
-REGISTER = """
-from rewards.compose import register_reward, registered_rewards
-if "even_tokens" not in registered_rewards():
-    @register_reward("even_tokens")
-    def even_tokens(traj):
-        ids = [t for t, m in zip(traj.token_ids, traj.loss_mask) if m]
-        return sum(t % 2 == 0 for t in ids) / max(len(ids), 1)
-"""
-
-
-def _overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        f"model.name={model_dir}", f"trainer.run_dir={run_dir}", "trainer.steps=4",
-        "trainer.tasks_per_step=2", "algorithm.group_size=2", "tasks.train_size=16",
-        "tasks.eval_size=2", "sft.enabled=false", "eval.compare_stages=false",
-        "rollout.max_turns=1", "rollout.max_tokens_per_turn=6", "learner.autocast=fp32",
-        "learner.lr=1e-2", "trainer.num_threads=1", "trainer.wandb=disabled",
-        "trainer.samples_to_log=1", "++algorithm.reward_weights={even_tokens: 1.0}", *extra,
-    ]
-
-
-def _trainer(overrides: list[str]):
-    from omegaconf import OmegaConf
-
-    from rl.trainer import Trainer
-
-    exec(REGISTER, {})
-    raw = load_config(overrides)
-    cfg = to_dataclass(raw)
-    run_dir = Path(cfg.trainer.run_dir)
-    return Trainer(cfg, run_dir, OmegaConf.to_yaml(raw))
+# 4 steps (the kill lands after step 2), 16 tasks, no stage evaluations (tests/conftest.py TinyRun)
+RUN = ("trainer.steps=4", "tasks.train_size=16", "eval.compare_stages=false")
 
 
 def _logged(run_dir: Path, step: int) -> bool:
@@ -67,16 +36,16 @@ def _rows(run_dir: Path) -> list[dict]:
             for r in rows if r.get("stage") == "rl"]  # (sandbox/: process-wide counters)
 
 
-def test_kill_and_resume_continues_exactly(tmp_path, tiny_model_dir, capsys):
+def test_kill_and_resume_continues_exactly(tmp_path, tiny_run, capsys):
     threads = torch.get_num_threads()
     try:
-        a = _trainer(_overrides(tiny_model_dir, tmp_path / "a"))
+        a = tiny_run.trainer(tmp_path / "a", *RUN)
         a.fit()
 
         run_b = tmp_path / "b"
-        code = REGISTER + "from rl.cli import main\nimport sys\nmain(sys.argv[1:])\n"
-        args = ["train", *_overrides(tiny_model_dir, run_b, "trainer.save_every=1",
-                                     "trainer.keep_last=3")]
+        code = tiny_run.register + "from rl.cli import main\nimport sys\nmain(sys.argv[1:])\n"
+        args = ["train", *tiny_run.overrides(run_b, *RUN, "trainer.save_every=1",
+                                             "trainer.keep_last=3")]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
         proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -96,8 +65,8 @@ def test_kill_and_resume_continues_exactly(tmp_path, tiny_model_dir, capsys):
         if ckpt3.exists():  # the kill came after the step-3 save's rename: make it come before
             ckpt3.rename(run_b / "checkpoints" / ".tmp-step_000003-1")
 
-        b = _trainer(_overrides(tiny_model_dir, run_b, "trainer.save_every=1",
-                                "trainer.keep_last=3", "resume=true"))
+        b = tiny_run.trainer(run_b, *RUN, "trainer.save_every=1", "trainer.keep_last=3",
+                             "resume=true")
         capsys.readouterr()
         b.fit()
         assert "step_000002 at step 2 (rl)" in capsys.readouterr().out
@@ -110,7 +79,7 @@ def test_kill_and_resume_continues_exactly(tmp_path, tiny_model_dir, capsys):
     assert pa.keys() == pb.keys()
     for name in pa:
         assert torch.equal(pa[name], pb[name]), name
-    init = load_file(str(tiny_model_dir / "model.safetensors"))
+    init = load_file(str(tiny_run.model_dir / "model.safetensors"))
     assert any(not torch.equal(init[k], pa[k]) for k in init if k in pa), "nothing trained"
     rows_a, rows_b = _rows(tmp_path / "a"), _rows(run_b)
     assert [r["step"] for r in rows_b] == [0, 1, 2, 3]  # no duplicate, no missing row

@@ -6,45 +6,20 @@ restores the best."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from rl import checkpoint as ckpt
-from rl.config import load_config, to_dataclass
 
-REGISTER = """
-from rewards.compose import register_reward, registered_rewards
-if "even_tokens" not in registered_rewards():
-    @register_reward("even_tokens")
-    def even_tokens(traj):
-        ids = [t for t, m in zip(traj.token_ids, traj.loss_mask) if m]
-        return sum(t % 2 == 0 for t in ids) / max(len(ids), 1)
-"""
+# the best-checkpoint guard on every step, one checkpoint kept besides the best
+GUARD = ("eval.every=1", "eval.guard_tasks=2", "trainer.keep_last=1")
 
 
-def _trainer(model_dir: Path, run_dir: Path, *extra: str):
-    from omegaconf import OmegaConf
-
-    from rl.trainer import Trainer
-
-    exec(REGISTER, {})  # a reward that varies with the sampled tokens: the policy trains
-    raw = load_config([
-        f"model.name={model_dir}", f"trainer.run_dir={run_dir}", "trainer.steps=2",
-        "trainer.tasks_per_step=2", "algorithm.group_size=2", "tasks.train_size=8",
-        "tasks.eval_size=2", "eval.every=1", "eval.guard_tasks=2", "sft.enabled=false",
-        "trainer.keep_last=1", "rollout.max_turns=1", "rollout.max_tokens_per_turn=6",
-        "learner.autocast=fp32", "learner.lr=1e-2", "trainer.num_threads=1",
-        "trainer.wandb=disabled", "trainer.samples_to_log=1",
-        "++algorithm.reward_weights={even_tokens: 1.0}", *extra])
-    return Trainer(to_dataclass(raw), run_dir, OmegaConf.to_yaml(raw))
-
-
-def test_guard_keeps_links_and_reports_the_best(tmp_path, tiny_model_dir, capsys):
+def test_guard_keeps_links_and_reports_the_best(tmp_path, tiny_run, capsys):
     threads = torch.get_num_threads()
     try:
-        t = _trainer(tiny_model_dir, tmp_path)
+        t = tiny_run.trainer(tmp_path, *GUARD)
         held = {x.id for x in t.parts.eval_tasks}
         assert len(t.guard_tasks) == 2 and not held & {x.id for x in t.guard_tasks}
         results = t.fit()
@@ -69,6 +44,6 @@ def test_guard_keeps_links_and_reports_the_best(tmp_path, tiny_model_dir, capsys
     assert all(torch.equal(params[k], v) for k, v in last.items() if k in params)
     assert any(not torch.equal(first[k], v) for k, v in last.items()), "nothing trained"
     # a resume restores the guard's best with the rest of the run state
-    r = _trainer(tiny_model_dir, tmp_path, "resume=true")
+    r = tiny_run.trainer(tmp_path, *GUARD, "resume=true")
     r.resume()
     assert (r.state.step, r.state.best_step, r.state.best_guard) == (2, 0, 0.0)

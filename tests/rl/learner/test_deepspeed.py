@@ -157,7 +157,7 @@ def test_torchrun_cli_train_zero2(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "rl.cli", "train", "learner=deepspeed_zero2", f"model.name={tiny_model_dir}",
-           "sft.enabled=true", "sft.num_examples=3", "sft.batch_size=3",
+           "engine=hf", "sft.enabled=true", "sft.num_examples=3", "sft.batch_size=3",
            "eval.compare_stages=false", "trainer.steps=2", "trainer.tasks_per_step=3",
            "algorithm.group_size=2", "algorithm.drop_uniform_groups=false",
            "rollout.max_tokens_per_turn=8", "rollout.max_turns=1", f"trainer.run_dir={run_dir}",
@@ -192,7 +192,7 @@ def test_torchrun_archer_zero2(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "rl.cli", "train", "learner=deepspeed_zero2", "algorithm=archer", "env=guess",
-           f"model.name={tiny_model_dir}", "sft.enabled=false", "eval.compare_stages=false",
+           f"model.name={tiny_model_dir}", "engine=hf", "sft.enabled=false", "eval.compare_stages=false",
            "trainer.steps=2", "trainer.tasks_per_step=2", "algorithm.group_size=2",
            "algorithm.archer.warmup_iters=1", "algorithm.archer.critic_updates=2",
            "algorithm.archer.batch_size=4", "algorithm.archer.critic_max_tokens=128",

@@ -276,7 +276,7 @@ def test_trainer_step_with_prefix_sharing_and_tree_credit(tmp_path, tiny_model_d
             return sum(t % 2 == 0 for t in ids) / max(len(ids), 1)
 
     overrides = [
-        "env=guess", f"model.name={tiny_model_dir}", f"trainer.run_dir={tmp_path}",
+        "env=guess", f"model.name={tiny_model_dir}", "engine=hf", f"trainer.run_dir={tmp_path}",
         "trainer.steps=1", "trainer.tasks_per_step=2", "algorithm.group_size=3",
         "tasks.train_size=4", "tasks.eval_size=2", "sft.enabled=false",
         "eval.compare_stages=false", "rollout.max_turns=2", "rollout.max_tokens_per_turn=6",
