@@ -32,7 +32,11 @@ Weight sync (``update_weights``) keeps the engine running: a worker-extension me
 model runner's ``reload_weights(weights_iterator=...)`` (loads checkpoint-format tensors, then
 re-runs the platform's post-load processing, e.g. CPU weight prepacking; loading through
 ``model.load_weights`` fails on CPU for that reason), then the prefix cache is reset
-(mandatory: cached KV blocks were computed with the old weights). The engine core runs in this
+(mandatory: cached KV blocks were computed with the old weights). vLLM logs "<Layer>: Failed to
+load weights" for each layer that receives no tensor; those lines are taken out of the log and
+the engine prints once which layers got none and why that is right (buffer-only layers such as
+rotary tables, a tied LM head), or a warning for layers that kept stale weights
+(:func:`layers_without_weights`). The engine core runs in this
 process by default (``in_process``), so the learner's tensors are handed over by reference; with
 ``in_process=False`` they are serialized to the engine-core process. LoRA: ``lora_sync="merged"``
 loads ``W + scale * B @ A`` (what ``TorchLearner.named_weights`` yields);
@@ -203,7 +207,10 @@ def vllm_sampling_params(
 class _WorkerExtension:
     """Methods mixed into vLLM's worker class (``worker_extension_cls``); ``self`` is the worker."""
 
-    def turnrl_reload_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> int:
+    def turnrl_reload_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> dict:
+        """Load ``weights``; returns ``{"tensors": n, "expected": {layer class: why},
+        "gaps": [layer classes]}``: the layers that received no tensor, sorted by
+        :func:`layers_without_weights` (vLLM's own warning for each is taken out of the log)."""
         n = [0]
 
         def counted():
@@ -211,9 +218,17 @@ class _WorkerExtension:
                 n[0] += 1
                 yield name, t
 
-        self.reload_weights(weights_iterator=counted())  # type: ignore[attr-defined]
-        _refresh_tied_heads(self.model_runner.get_model())  # type: ignore[attr-defined]
-        return n[0]
+        unloaded = _LayersWithoutWeights()
+        vllm_log = logging.getLogger(_RELOAD_LOGGER)
+        vllm_log.addFilter(unloaded)
+        try:
+            self.reload_weights(weights_iterator=counted())  # type: ignore[attr-defined]
+        finally:
+            vllm_log.removeFilter(unloaded)
+        model = self.model_runner.get_model()  # type: ignore[attr-defined]
+        _refresh_tied_heads(model)
+        expected, gaps = layers_without_weights(model, unloaded.names)
+        return {"tensors": n[0], "expected": expected, "gaps": gaps}
 
     def turnrl_set_logprobs_mode(self, mode: str) -> None:
         set_runner_logprobs_mode(self.model_runner, mode)  # type: ignore[attr-defined]
@@ -291,6 +306,86 @@ def _refresh_tied_heads(model: torch.nn.Module) -> None:
 
 _EXTENSION = f"{__name__}._WorkerExtension"
 
+# -- weight sync: layers that receive no tensor ----------------------------------------------------
+# vLLM's in-place reload (model_loader/reload/layerwise.py) warns "<Layer class>: Failed to load
+# weights" for every layer that got no checkpoint tensor and puts its previous tensors back. Most
+# are expected (rotary tables, Gemma's embedding normalizer, a tied LM head) and the sync works,
+# but users read the lines as a broken sync: they are taken out of the log, and the engine says
+# once, in one line, what received nothing and why that is right (or warns when it is not).
+_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+_NO_WEIGHTS = ": Failed to load weights"
+_BUFFERS_ONLY = "holds only buffers vLLM computes from the config (rotary tables, normalizers)"
+_TIED = "shares its weight with a layer that was loaded (a tied LM head, refreshed after each sync)"
+
+
+class _LayersWithoutWeights(logging.Filter):
+    """Takes vLLM's "<Layer>: Failed to load weights" records out of the log, keeping the names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg.endswith(_NO_WEIGHTS):
+            self.names.append(msg[: -len(_NO_WEIGHTS)])
+            return False
+        return True
+
+
+def layers_without_weights(
+    model: torch.nn.Module, names: Iterable[str]
+) -> tuple[dict[str, str], list[str]]:
+    """``(expected, gaps)`` for the layer classes ``names`` that a reload gave no tensor.
+
+    Expected (``{class: why}``): every module of that class holds no parameter of its own (only
+    buffers vLLM computed at start-up from the config and keeps: rotary cos/sin tables, Gemma's
+    embedding normalizer), or only parameters that another module also holds (an LM head tied to
+    the input embedding: the embedding's tensor loads them, and :func:`_refresh_tied_heads`
+    repacks the head). ``gaps``: any other class (or one not found in ``model``): its
+    parameters kept their previous values, so the engine samples with stale weights there.
+    """
+    holders: dict[int, set[int]] = {}  # storage -> modules holding a parameter on it
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            holders.setdefault(p.data_ptr(), set()).add(id(m))
+    expected: dict[str, str] = {}
+    gaps: list[str] = []
+    for name in dict.fromkeys(names):
+        whys: set[str] = set()
+        for m in (m for m in model.modules() if type(m).__name__ == name):
+            own = list(m.parameters(recurse=False))
+            if not own:
+                whys.add(_BUFFERS_ONLY)
+            elif all(len(holders[p.data_ptr()]) > 1 for p in own):
+                whys.add(_TIED)
+            else:
+                whys = set()
+                break
+        if whys:
+            expected[name] = "; ".join(sorted(whys))
+        else:
+            gaps.append(name)
+    return expected, gaps
+
+
+def sync_report(info: dict) -> list[str]:
+    """The lines a weight sync's result (``turnrl_reload_weights``) calls for: one saying which
+    layers received no tensor as expected, one warning about the others."""
+    lines = []
+    by_why: dict[str, list[str]] = {}
+    for name, why in info.get("expected", {}).items():
+        by_why.setdefault(why, []).append(name)
+    if by_why:
+        lines.append("[turnrl] vLLM weight sync: no tensors for " + "; ".join(
+            f"{', '.join(names)} ({why})" for why, names in by_why.items())
+            + ": as intended, so vLLM's 'Failed to load weights' lines for them are not shown")
+    if info.get("gaps"):
+        lines.append(f"[turnrl] WARNING: vLLM weight sync: {', '.join(info['gaps'])} received no "
+                     "tensors and keep their previous weights: the learner sent none for them "
+                     "(names vLLM does not map?), so the engine samples with stale weights there")
+    return lines
+
 
 # -- the engine ------------------------------------------------------------------------------------
 
@@ -329,6 +424,7 @@ class VLLMEngine:
         self._lora_id = 0
         self._lora_dir = tempfile.mkdtemp(prefix="turnrl-lora-") if self.adapter else None
         self.sync_seconds: list[float] = []
+        self._sync_said: set[str] = set()  # weight-sync notes already printed (sync_report)
         self._mode = "raw_logprobs"
         self._calls = 0
         self._async_seq = 0
@@ -465,9 +561,13 @@ class VLLMEngine:
                 weights: Iterable[tuple[str, torch.Tensor]] = named_tensors
             else:  # crosses a process boundary: materialize plain CPU tensors
                 weights = [(n, t.detach().to("cpu").contiguous()) for n, t in named_tensors]
-            (count,) = self.llm.collective_rpc("turnrl_reload_weights", args=(weights,))
-            if count == 0:
+            (info,) = self.llm.collective_rpc("turnrl_reload_weights", args=(weights,))
+            if info["tensors"] == 0:
                 raise ValueError("update_weights: no tensors given")
+            for line in sync_report(info):  # each once per engine, not at every sync
+                if line not in self._sync_said:
+                    self._sync_said.add(line)
+                    print(line, flush=True)
         # Mandatory: cached prefix KV blocks were computed by the old weights.
         self.llm.reset_prefix_cache()
         self.sync_seconds.append(time.perf_counter() - t0)
