@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rl.tracking import PARSE_KINDS, call_error_kind, tool_use_stats
+from rl.tooluse import PARSE_KINDS, call_error_kind, tool_use_stats
 from rl.types import Task, Trajectory
 
 Z95 = 1.959963984540054

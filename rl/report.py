@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rl.health import HEALTH_KEYS, metric_value
+from rl.tooluse import call_error_kind
 from rl.types import Trajectory
 
 
@@ -40,7 +42,6 @@ def trajectory_record(traj: Trajectory, tokenizer=None, **extra: Any) -> dict[st
     """One episode as plain JSON: task, verdict, rewards, turns with tool calls, messages and
     (with a tokenizer) the token list as loss-mask segments."""
     from rewards.outcome import success as solved
-    from rl.tracking import call_error_kind
 
     turns = []
     for i, t in enumerate(traj.turns):
@@ -189,10 +190,8 @@ _STEP_COLUMNS = (("step", "step"), ("reward", "reward/mean"), ("success", "rewar
 
 def step_table_html(rows: Sequence[dict[str, Any]]) -> str:
     """Per-step health of a training run: step, reward, success, tool-call rate and every
-    learning-health key (rl/tracking.py:HEALTH_KEYS) that some row has; ``-`` where a row has
+    learning-health key (rl/health.py:HEALTH_KEYS) that some row has; ``-`` where a row has
     none (older runs, other learners). Rows without ``reward/mean`` (SFT, eval) are skipped."""
-    from rl.tracking import HEALTH_KEYS, metric_value
-
     rows = [r for r in rows if "reward/mean" in r]
     if not rows:
         return ""

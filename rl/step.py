@@ -271,7 +271,8 @@ class StepCore:
 
     def __init__(self, cfg: Config, train_tasks, pad_id: int, credit: Credit | None,
                  needs_tools: bool = False) -> None:
-        from rl.tracking import HealthMonitor, ToolUseMonitor
+        from rl.health import HealthMonitor
+        from rl.tooluse import ToolUseMonitor
 
         self.cfg, self.train_tasks, self.pad_id, self.credit = cfg, train_tasks, pad_id, credit
         # tool-use health: warns when an env whose tasks need tools sees no successful call
@@ -347,9 +348,10 @@ class StepCore:
         from envs.sandbox import sandbox_metrics
         from rewards.compose import reward_metrics
         from rewards.outcome import success as solved
+        from rl.health import health_stats
         from rl.rollout.agent_loop import trajectory_stats
         from rl.rollout.tree import tree_stats
-        from rl.tracking import health_stats, tool_use_stats
+        from rl.tooluse import tool_use_stats
 
         n = max(len(trajs), 1)
         tree = tree_stats(trajs)  # tree branches copy their parents' tokens up to the fork

@@ -16,6 +16,7 @@ import torch
 
 from rl import checkpoint as ckpt
 from rl.config import Config
+from rl.health import health_postfix
 from rl.learner import dist, make_learner, rollout_policy
 from rl.rollout.agent_loop import AgentLoop
 from rl.step import (
@@ -30,7 +31,8 @@ from rl.step import (
     seed_everything,
     write_results,
 )
-from rl.tracking import RunLogger, Timer, env_needs_tools, health_postfix, tool_postfix
+from rl.tooluse import env_needs_tools, tool_postfix
+from rl.tracking import RunLogger, Timer
 from rl.types import Batch, Task, Trajectory
 
 

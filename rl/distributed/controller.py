@@ -36,6 +36,7 @@ import torch
 from rl.config import Config
 from rl.distributed.pool import WorkerPool
 from rl.distributed.workers import RolloutJob, RolloutResult
+from rl.health import health_postfix
 from rl.learner.dist import shard as dist_shard
 from rl.step import (
     RunState,
@@ -46,7 +47,8 @@ from rl.step import (
     needs_reference,
     write_results,
 )
-from rl.tracking import RunLogger, Timer, env_needs_tools, health_postfix
+from rl.tooluse import env_needs_tools
+from rl.tracking import RunLogger, Timer
 from rl.types import Batch, Task, Trajectory
 
 

@@ -1,7 +1,7 @@
-"""Tool-use health: error kinds, step metrics, the progress-bar fields and the monitor's warnings;
-learning health: its metrics (hand-computed), progress-bar fields, the collapse warning, the health
-panels of progress.png and the per-step table of report.html; the run logger's samples.jsonl and
-report.html."""
+"""Tool-use health (rl/tooluse.py): error kinds, step metrics, the progress-bar fields and the
+monitor's warnings; learning health (rl/health.py): its metrics (hand-computed), progress-bar
+fields, the collapse warning, the health panels of progress.png and the per-step table of
+report.html; the run logger's (rl/tracking.py) samples.jsonl and report.html."""
 
 from __future__ import annotations
 
@@ -10,18 +10,16 @@ from types import SimpleNamespace
 
 import pytest
 
+from rl.health import HealthMonitor, health_postfix, health_stats
 from rl.report import render_report
-from rl.tracking import (
-    HealthMonitor,
-    RunLogger,
+from rl.tooluse import (
     ToolUseMonitor,
     call_error_kind,
     env_needs_tools,
-    health_postfix,
-    health_stats,
     tool_postfix,
     tool_use_stats,
 )
+from rl.tracking import RunLogger
 from rl.types import Task, ToolCall, Trajectory, Turn
 
 
