@@ -58,6 +58,7 @@ from rl.rollout.engines.base import Engine, GenerationRequest, SamplingParams, t
 from rl.types import Message, Task, Trajectory, Turn
 
 ACTION_SENTINEL = "@@turnrl:sampled-turn@@"  # stands for the sampled turn's content in a render
+_WARNED: set[str] = set()  # one-line warnings already printed by this process
 
 
 class ChatRenderer:
@@ -75,6 +76,7 @@ class ChatRenderer:
         self.generation_config = generation_config
         self.eos_ids = set(turn_end_ids(tokenizer, generation_config))  # where turns end
         self._structured: dict[str, bool] = {}  # format name -> its turns go in as fields
+        self._bos_checked = False
         self._gen_prompt: str | None = None
 
     def render(self, messages: list[Message], tools: list[dict] | None, gen_prompt: bool) -> str:
@@ -93,6 +95,49 @@ class ChatRenderer:
         if ids and ids[-1] in self.eos_ids:
             ids = ids[:-1]
         return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def missing_bos(self, ids: list[int]) -> str | None:
+        """Why the rendered prompt ``ids`` should start with BOS and does not, or None.
+
+        BOS is expected when there is one (the tokenizer's ``bos_token_id``, else the model's
+        ``generation_config.bos_token_id``) and the chat template writes ``bos_token`` or the
+        tokenizer says ``add_bos_token``. A tokenizer converted from GGUF can lose its BOS
+        (transformers drops ``add_bos_token`` for Gemma 3), and prompts are encoded without
+        special tokens (the template's own text is the prompt): the model then sees no BOS,
+        which models trained with one (Gemma) answer badly. Not detected: a tokenizer that lost
+        every trace of BOS (no bos token, no add_bos_token, a template without it).
+        """
+        tok = self.tokenizer
+        bos = tok.bos_token_id
+        if bos is None:
+            bos = getattr(self.generation_config, "bos_token_id", None)
+        if bos is None or (ids and ids[0] == bos):
+            return None
+        template = getattr(tok, "chat_template", None)
+        templates = template.values() if isinstance(template, dict) else [template]
+        why = [w for w, said in (
+            ("the chat template writes bos_token",
+             any(isinstance(t, str) and "bos_token" in t for t in templates)),
+            ("tokenizer.add_bos_token is set", getattr(tok, "add_bos_token", None) is True),
+        ) if said]
+        if not why:
+            return None
+        name = tok.bos_token or tok.convert_ids_to_tokens(bos)
+        return (f"prompts do not start with BOS ({name!r}, id {bos}) although {' and '.join(why)}"
+                f"{'' if tok.bos_token else ', and the tokenizer has no bos_token'}: a tokenizer "
+                "converted from GGUF can lose it; set bos_token (and add_bos_token) in the model "
+                "folder's tokenizer_config.json, or use the model's original tokenizer")
+
+    def check_bos(self, ids: list[int]) -> None:
+        """Print :meth:`missing_bos` as a one-line warning, once per process (the first prompt
+        of each renderer is checked: every prompt starts the same way)."""
+        if self._bos_checked:
+            return
+        self._bos_checked = True
+        problem = self.missing_bos(ids)
+        if problem is not None and problem not in _WARNED:
+            _WARNED.add(problem)
+            print(f"[turnrl] WARNING: {problem}", flush=True)
 
     def stop_ids(self, fmt: Any) -> list[int]:
         """Token ids of the format's ``stop_tokens`` (where its turns end besides EOS) that are
@@ -304,6 +349,7 @@ class AgentLoop:
         tools = list(getattr(env, "tools", []) or [])
         prompt = self.chat.render(messages, tools, gen_prompt=True)
         ids = self.chat.encode(prompt)
+        self.chat.check_bos(ids)
         traj = Trajectory(
             task=task, token_ids=ids, loss_mask=[0] * len(ids), logprobs=[0.0] * len(ids),
             prompt_len=len(ids), messages=list(messages), group_id=group,

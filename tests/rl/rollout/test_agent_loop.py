@@ -449,3 +449,58 @@ def test_structured_turns_only_for_formats_that_have_them_and_templates_that_nee
                                                   "m.thinking")
     chat = ChatRenderer(tok, native_tools=False)
     assert chat.observation_after(msgs, [{"role": "user", "content": "r"}], None) == "U:r;A:"
+
+
+# ---- BOS: a tokenizer converted from GGUF can lose it
+
+
+class BosTokenizer:
+    """SmolLM2's tokenizer as a model trained with a BOS: ``bos``/``add_bos`` override its own
+    (``bos=None``: the tokenizer lost it), ``template`` its ChatML template."""
+
+    def __init__(self, tok, bos, add_bos, template=None):
+        self.tok, self.add_bos_token = tok, add_bos
+        self.bos_token = bos
+        self.bos_token_id = None if bos is None else tok.convert_tokens_to_ids(bos)
+        self.chat_template = template or tok.chat_template
+
+    def apply_chat_template(self, messages, **kw):
+        return self.tok.apply_chat_template(messages, chat_template=self.chat_template,
+                                            bos_token=self.bos_token or "", **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+BOS_CHATML = "{{ bos_token }}" + DROP_THINK
+
+
+def _bos_warnings(tok, capsys, monkeypatch, generation_config=None) -> list[str]:
+    import rl.rollout.agent_loop as agent_loop
+
+    monkeypatch.setattr(agent_loop, "_WARNED", set())
+    engine = ScriptedEngine(tok, {"a": ["DONE"], "b": ["DONE"]})
+    engine.generation_config = generation_config
+    for _ in range(2):  # two loops (SFT replays one per demonstration): still one line
+        AgentLoop(engine, tok, EchoToolEnv, RolloutConfig()).run([Task("a", "a"), Task("b", "b")])
+        engine.scripts = {"a": ["DONE"], "b": ["DONE"]}
+    return [ln for ln in capsys.readouterr().out.splitlines() if "BOS" in ln]
+
+
+def test_a_prompt_without_the_bos_the_model_expects_warns_once(tokenizer, capsys, monkeypatch):
+    from transformers import GenerationConfig
+
+    # add_bos_token set, but the template does not write BOS and prompts carry no special tokens
+    (line,) = _bos_warnings(BosTokenizer(tokenizer, "<|endoftext|>", True), capsys, monkeypatch)
+    assert line.startswith("[turnrl] WARNING: prompts do not start with BOS ('<|endoftext|>', "
+                           "id 0) although tokenizer.add_bos_token is set")
+    assert "tokenizer_config.json" in line
+    # the template writes bos_token, but the tokenizer lost it: the model's config names it
+    lost = BosTokenizer(tokenizer, None, None, BOS_CHATML)
+    (line,) = _bos_warnings(lost, capsys, monkeypatch, GenerationConfig(bos_token_id=0))
+    assert "id 0) although the chat template writes bos_token, and the tokenizer has no " \
+        "bos_token" in line
+    # fine: the template writes the BOS the tokenizer has; a model that expects none (SmolLM2)
+    assert _bos_warnings(BosTokenizer(tokenizer, "<|endoftext|>", True, BOS_CHATML), capsys,
+                         monkeypatch) == []
+    assert _bos_warnings(tokenizer, capsys, monkeypatch) == []
