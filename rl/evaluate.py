@@ -13,7 +13,8 @@ Intervals (all 95%):
   samples per task (``n_samples`` x seeds) samples of one task are correlated, so a rate is the
   mean of the per-task rates with a Student-t interval over tasks;
 - means (reward, turns, tool calls, tokens, share of turns cut by a token limit, reward terms):
-  Student-t over episodes (over tasks with several samples per task). ``Interval.method`` names which one each figure used.
+  Student-t over episodes (over tasks with several samples per task). ``Interval.method`` names
+  which one each figure used.
 
 pass@k uses the unbiased estimator of Chen et al. (2021, "Evaluating Large Language Models
 Trained on Code", eq. 1): ``1 - C(n - c, k) / C(n, k)`` per task with ``n`` samples of which

@@ -6,8 +6,9 @@ ends where sampling stops: a turn end of the model, or a stop token of the env's
 harmony's ``<|call|>``) and the real env produces the tool results. The terminator is the token
 the chat template closes an assistant turn with when the model stops there (Gemma's
 ``<end_of_turn>``, not its ``<eos>``), else the tokenizer's EOS
-(:meth:`~rl.rollout.agent_loop.ChatRenderer.turn_terminator`). So SFT sequences obey the token-in/token-out contract and
-the loss mask covers exactly the assistant tokens, with no second tokenization code path.
+(:meth:`~rl.rollout.agent_loop.ChatRenderer.turn_terminator`). So SFT sequences obey the
+token-in/token-out contract and the loss mask covers exactly the assistant tokens, with no second
+tokenization code path.
 
 A user's JSONL of chat trajectories (``{"messages": [...], "tools": [...]}`` per line) goes the
 same way: a conversation env replays its non-assistant messages as observations.
