@@ -4,6 +4,8 @@
 #   make train ARGS="trainer.steps=4"  # any Hydra override
 #   make test                          # the test suite (what CI runs)
 #   make test-heavy                    # + a 2-step training run per env (minutes each)
+#   make test-launch                   # launch/ scripts run for real: one-node Slurm (as root:
+#                                      # apt-installs slurm + munge if missing), torchrun, ray job
 #   make lint                          # ruff + mypy
 #   make install STACK=cuda            # CUDA stack (vLLM, DeepSpeed with CUDA torch); the default
 #                                      # is cuda when nvidia-smi lists a GPU, else cpu
@@ -26,7 +28,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install train test test-heavy lint clean gpu-check-bundle FORCE
+.PHONY: install train test test-heavy test-launch lint clean gpu-check-bundle FORCE
 
 install: $(STAMP)
 
@@ -67,6 +69,12 @@ test: install
 
 test-heavy: install  # the per-env 2-step training runs with the default model (minutes each)
 	$(PY) -m pytest -q -m heavy $(PYTEST_ARGS)
+
+# launch/slurm_ray.sbatch under a real one-node Slurm (daemons in a temp dir, stopped after;
+# skips without root + apt-get), launch/torchrun.sh with 2 ranks, launch/ray_submit.sh against
+# a local Ray head; the tiny model, minutes
+test-launch: install
+	$(PY) -m pytest -q -m heavy tests/launch --durations=0 $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check rl envs rewards tests
