@@ -112,6 +112,9 @@ def fit(driver: Driver, cfg: Config) -> dict[str, dict[str, float]]:
         # resumed from the cold-start checkpoint: RL starts here, with this run's learner
         # settings (lr, warm-up, KL reference), not the saved schedule of the run that made it
         driver.start_rl()
+        start = "sft" if cfg.sft.enabled else "base"
+        if cfg.eval.compare_stages and not s.results:  # the checkpoint's run did not evaluate
+            s.results[start] = driver.evaluate(start)  # it: the paired gain needs the start
     if s.stage == "start":
         if cfg.eval.compare_stages:
             s.results["base"] = driver.evaluate("base")

@@ -133,6 +133,22 @@ def test_resume_from_the_cold_start_checkpoint_starts_rl_with_this_runs_settings
     assert d.calls == ["resume", "start_rl", "step0", "save@1", "finish"]
 
 
+def test_resume_from_a_cold_start_checkpoint_without_evaluations_evaluates_the_start():
+    """Defect: a checkpoint made with eval.compare_stages=false (an SFT-only run shared by RL
+    seeds) carried no start evaluation, so the resumed run's table had no SFT row and no paired
+    gain. Now the start is evaluated after start_rl; one that carries its results is not."""
+    cfg = Config()
+    cfg.trainer.steps = 1
+    d = _ScriptedDriver(stage="rl", step=0)
+    results = fit(d, cfg)
+    assert d.calls == ["resume", "start_rl", "eval:sft", "step0", "eval:grpo", "save@1", "finish"]
+    assert set(results) == {"sft", "grpo"}
+    d = _ScriptedDriver(stage="rl", step=0)
+    d.state.results["sft"] = {"success": 0.5}
+    fit(d, cfg)
+    assert "eval:sft" not in d.calls
+
+
 def test_stage_table_lists_every_stage_with_intervals():
     table = stage_table({"base": {"success": 0.0, "tool_call_rate": 0.0},
                          "sft": {"success": 0.25, "success_lo": 0.1, "success_hi": 0.5,
