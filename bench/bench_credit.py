@@ -320,6 +320,7 @@ def check_plan(jobs: list[dict[str, Any]], per_step: int) -> list[str]:
     """Compose and validate every job's config as ``turnrl train`` would (no model loads); a
     run whose steps would not sample ``per_step`` episodes is a problem too. A start model that
     the plan's own SFT job will write is checked as the model that SFT starts from."""
+    from rl.checks import validate
     from rl.config import load_config, to_dataclass
 
     sft_out = next((f"model.name={Path(o.split('=', 1)[1]) / 'checkpoints' / 'step_000000' / 'model'}"
@@ -330,7 +331,7 @@ def check_plan(jobs: list[dict[str, Any]], per_step: int) -> list[str]:
         overrides = [o for o in j["overrides"] if o != sft_out]
         try:
             cfg = to_dataclass(load_config(overrides))
-            cfg.validate()
+            validate(cfg)
         except Exception as e:  # Hydra / ConfigError: say which job
             problems.append(f"{j['job']}: {type(e).__name__}: {str(e).splitlines()[0]}")
             continue

@@ -93,6 +93,7 @@ def _unparsable(overrides: Sequence[str]) -> str | None:
 def _config(overrides: list[str]):
     from omegaconf import OmegaConf
 
+    from rl.checks import validate
     from rl.config import load_config, to_dataclass
 
     try:
@@ -100,13 +101,11 @@ def _config(overrides: list[str]):
         cfg = to_dataclass(raw)
     except Exception as e:  # Hydra/OmegaConf errors: say what is wrong, not a stack trace
         raise CLIError(config_error_line(e, overrides)) from None
-    validate = getattr(cfg, "validate", None)  # unknown names, bad values: before any model
-    if validate is not None:
-        try:
-            validate()
-        except ValueError as e:  # rl.config.ConfigError: one line per problem
-            raise CLIError("\n".join(f"bad config: {line}" for line in str(e).splitlines()
-                                      if line.strip())) from None
+    try:  # unknown names, bad values: before any model
+        validate(cfg)
+    except ValueError as e:  # rl.config.ConfigError: one line per problem
+        raise CLIError("\n".join(f"bad config: {line}" for line in str(e).splitlines()
+                                  if line.strip())) from None
     return cfg, OmegaConf.to_yaml(raw)
 
 

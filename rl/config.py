@@ -4,9 +4,11 @@ YAML files under ``rl/configs/`` (shipped inside the package) hold only what an 
 changes; Hydra composes them on top of these dataclasses (strict: an unknown key is an error).
 Every run saves its resolved config. This module imports no implementation module (no torch):
 the learner, rollout, vLLM, ArCHer and launcher settings are defined here and imported by the
-code that reads them. ``Config.validate()`` checks names against the registries and ranges
-before anything heavy loads. ``python -m rl.config`` prints the composed defaults (the reviewed
-reference is ``tests/config_reference.yaml``).
+code that reads them. It imports nothing of the project either: the schema knows nothing of the
+parts. ``Config.validate()`` checks values, ranges and combinations; the names a config picks
+(env, credit, learner backend, rewards, model, ...) are checked against the registries by
+rl/checks.py, which the CLI runs before anything heavy loads. ``python -m rl.config`` prints the
+composed defaults (the reviewed reference is ``tests/config_reference.yaml``).
 """
 
 from __future__ import annotations
@@ -541,59 +543,23 @@ class Config:
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Start-up options of the vLLM engine (used when engine=vllm)."""
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
-    """Where the run executes: this process (local) or Ray actors (ray); rl/distributed/config.py."""
+    """Where the run executes: this process (local) or Ray actors (ray); :class:`LauncherConfig`."""
     resume: str | None = None
     """Alias of ``trainer.resume`` so that ``turnrl train resume=true`` works."""
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` listing every problem (one line each: the key, what is
-        wrong, the valid values). Cheap: imports the registries, never a model."""
+        """Raise :class:`ConfigError` listing every schema problem (one line each: the key, what
+        is wrong, the valid values): values, ranges and combinations. Names against the
+        registries (env, credit, learner backend, rewards, model): rl.checks.validate, which
+        runs this too."""
         problems = config_problems(self)
         if problems:
             raise ConfigError("\n".join(problems))
 
 
-def _registry_problems(cfg: Config) -> list[str]:
-    """Names that must exist in a registry (importing the registries, not a model)."""
-    import envs.tasks  # noqa: F401  (registers the envs)
-    import rewards  # noqa: F401  (registers the reward terms)
-    from envs.base import registered_envs
-    from envs.formats import registered_formats
-    from envs.tasks import TASK_MAKERS
-    from rewards.compose import _REWARDS as REWARDS
-    from rewards.compose import _TURN_REWARDS as TURN_REWARDS
-    from rl.algos.advantages import ADVANTAGES
-    from rl.algos.credit import CREDITS
-    from rl.algos.kl import KL_ESTIMATORS
-    from rl.algos.losses import AGGREGATIONS as LOSS_AGGS
-    from rl.learner import LEARNERS
-
-    a = cfg.algorithm
-    checks: list[tuple[str, Any, Any]] = [
-        ("env.name", cfg.env.name, registered_envs()),
-        ("algorithm.credit", a.credit, CREDITS.names()),
-        ("algorithm.advantage", a.advantage, ADVANTAGES.names()),
-        ("algorithm.loss.kl_estimator", a.loss.kl_estimator, KL_ESTIMATORS.names()),
-        ("algorithm.loss.agg", a.loss.agg, LOSS_AGGS.names()),
-        ("learner.backend", cfg.learner.backend, LEARNERS.names()),
-    ]
-    fmt_name = cfg.env.format.partition("+")[0]  # "+lenient": an option (envs.formats)
-    if fmt_name != "auto":
-        checks.append(("env.format", fmt_name, registered_formats()))
-    out = [f"{key}={val!r} is not one of: {', '.join(sorted(valid))}"
-           for key, val, valid in checks if val not in valid]
-    if cfg.env.name in registered_envs() and cfg.env.name not in TASK_MAKERS:
-        out.append(f"env.name={cfg.env.name!r} has no task maker (envs.tasks.TASK_MAKERS)")
-    out += [f"algorithm.reward_weights: unknown reward {k!r} (valid: "
-            f"{', '.join(sorted(REWARDS.names()))})" for k in a.reward_weights if k not in REWARDS]
-    out += [f"algorithm.turn_reward_weights: unknown turn reward {k!r} (valid: "
-            f"{', '.join(sorted(TURN_REWARDS.names()))})"
-            for k in a.turn_reward_weights if k not in TURN_REWARDS]
-    return out
-
-
 def config_problems(cfg: Config) -> list[str]:
-    """Every problem of ``cfg`` as a one-line message (empty when the config is valid)."""
+    """Every schema problem of ``cfg`` as a one-line message (empty when there is none).
+    Imports nothing: the names a config picks are rl.checks' (registry, model, task source)."""
     a, r, t, lc = cfg.algorithm, cfg.rollout, cfg.trainer, cfg.launcher
     rules: list[tuple[bool, str]] = [
         (cfg.engine in ("hf", "vllm", "auto"), f"engine={cfg.engine!r} is not one of: auto, hf, vllm"),
@@ -658,33 +624,7 @@ def config_problems(cfg: Config) -> list[str]:
         out.append(str(e))
     if cfg.sft.data_path and not Path(cfg.sft.data_path).is_file():
         out.append(f"sft.data_path={cfg.sft.data_path!r}: no such file")
-    out += _model_problems(cfg)
-    out += _registry_problems(cfg)
-    if not out:  # the env's task maker knows its sources (cheap: one task)
-        from envs.tasks import make_tasks
-
-        ts = cfg.tasks
-        try:
-            make_tasks(cfg.env.name, ts.source, "train", 1, ts.seed, **dict(ts.kwargs))
-        except (KeyError, ValueError, TypeError) as e:
-            msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-            out.append(f"tasks.source={ts.source!r} / tasks.kwargs for env {cfg.env.name!r}: "
-                       f"{msg}")
     return out
-
-
-def _model_problems(cfg: Config) -> list[str]:
-    """``model.name`` must be an embedded model, an existing folder, or a hub id (org/name)."""
-    from rl.models import EMBEDDED
-
-    name = cfg.model.name
-    if name in EMBEDDED or Path(name).expanduser().is_dir():
-        return []
-    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") != 1
-    if looks_like_path:
-        return [f"model.name={name!r} is not an embedded model ({', '.join(sorted(EMBEDDED))}), "
-                "an existing folder, or a hub id like org/name"]
-    return []
 
 
 def load_config(overrides: list[str] | None = None, config_dir: str | None = None):

@@ -61,12 +61,14 @@ def test_composed_defaults_match_the_reviewed_reference():
 
 
 def test_validate_reports_every_problem_one_line_each():
+    """rl.checks.validate: the schema's problems and the names checked against the registries."""
+    from rl.checks import validate
     from rl.config import ConfigError
 
     cfg = to_dataclass(load_config(["env.name=nope", "algorithm.credit=critic",
                                     "trainer.steps=-1", "learner.backend=jax"]))
     with pytest.raises(ConfigError) as info:
-        cfg.validate()
+        validate(cfg)
     lines = str(info.value).splitlines()
     assert len(lines) == 4
     assert any(line.startswith("env.name='nope' is not one of: ") and "math" in line
@@ -75,7 +77,10 @@ def test_validate_reports_every_problem_one_line_each():
                for line in lines)
     assert "trainer.steps=-1 must be >= 0" in lines
     assert any(line.startswith("learner.backend='jax'") for line in lines)
-    to_dataclass(load_config([])).validate()  # the defaults are valid
+    validate(to_dataclass(load_config([])))  # the defaults are valid
+    with pytest.raises(ConfigError) as info:  # the schema alone (Config.validate) knows no names
+        cfg.validate()
+    assert str(info.value).splitlines() == ["trainer.steps=-1 must be >= 0"]
 
 
 def test_presets_pick_credit_with_one_knob():

@@ -76,10 +76,11 @@ class RayController:
         import ray
 
         from rl.build import TaskStream, build_guard_tasks, build_tasks, resolve_engine
+        from rl.checks import validate
         from rl.distributed.pool import init_ray
         from rl.models import load_tokenizer
 
-        cfg.validate()
+        validate(cfg)
         resolve_engine(cfg)  # engine=auto: decided once, here, for every worker
         self.cfg, self.run_dir, self.lc = cfg, Path(run_dir), cfg.launcher
         self.bound = self.lc.staleness_bound
