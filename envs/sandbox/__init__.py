@@ -13,9 +13,11 @@ Layout: ``config.py`` (SandboxConfig, levels), ``result.py`` (ExecResult, output
 ``sandbox.py`` (the async pool on the trainer side), ``probe.py`` (what this machine supports,
 tried independently of the pool), and, standard library only, ``_worker.py`` (the supervising
 worker process), ``_forkserver.py`` (the fork server that forks every call from a memory image
-no call has touched, and the background deleter), ``_child.py`` (what a forked child does
-before and while running code), ``_kernel.py`` (Landlock, credentials, mount/IPC namespaces,
-the depth-proof delete, through ctypes) and ``_seccomp.py`` (the filter, built by libseccomp).
+no call has touched, and the background deleter), ``_spares.py`` (call children forked and
+isolated ahead of their calls), ``_sessions.py`` (persistent sessions), ``_child.py`` (what a
+forked child does before and while running code), ``_kernel.py`` (Landlock, credentials,
+mount/IPC namespaces, the depth-proof delete, through ctypes) and ``_seccomp.py`` (the filter,
+built by libseccomp).
 
 Reused rather than written here: libseccomp (the system's ``libseccomp.so.2``, through ctypes:
 no maintained PyPI binding fits) compiles the seccomp filter; bubblewrap, from the

@@ -77,6 +77,11 @@ class Spec:
     """Prebuilt Landlock ruleset (``_kernel.landlock_base``), used when the call's work dir is
     a per-call tmpfs; otherwise each call builds its full ruleset from ``ll_read``."""
     seccomp: bytes = b""
+    """The filter each child installs; empty where there is none or it is inherited."""
+    seccomp_inherited: bool = False
+    """The fork server installed the filter on itself once, so every child starts under it."""
+    seccomp_in_server: bool = False
+    """The worker's probe found the fork server may install it (see ``_seccomp.build_filter``)."""
     callns: bool = False
     """Per-call mount + IPC namespaces with a quota-limited tmpfs work dir."""
 
@@ -147,7 +152,8 @@ def enter(
                 os._exit(SETUP_FAILED)
 
     if spec.callns:  # before the uid switch (needs the worker's privileges) and the chdir
-        shm = None if spec.seccomp else spec.limits.memory_mb << 20  # seccomp denies SysV IPC
+        filtered = bool(spec.seccomp) or spec.seccomp_inherited
+        shm = None if filtered else spec.limits.memory_mb << 20  # seccomp denies SysV IPC
         layer("callns", lambda: K.call_namespaces(workdir, uid, quota[0], quota[1], shm))
     set_rlimits(spec, cpu, cpu_hard)
     os.chdir(workdir)
@@ -182,6 +188,31 @@ def enter(
     tempfile.tempdir = workdir
     sys.argv = ["-c"]
     return got
+
+
+CPU_UNSET = 1 << 30
+"""CPU seconds a child is forked with before its call is known (``await_call`` lowers it)."""
+
+
+def await_call(cmd_fd: int) -> dict[str, Any] | None:
+    """Block until the worker hands this child its call: children are forked (and isolate
+    themselves) ahead of their calls, then wait here. The frame holds the call's CPU seconds
+    and language; the program itself is in the memfd (``read_code``). Returns None when the
+    worker closed the pipe instead (a spare child it no longer needs)."""
+    try:
+        n = int.from_bytes(read_exact(cmd_fd, HDR), "big")
+        req: dict[str, Any] = json.loads(read_exact(cmd_fd, n))
+    except (EOFError, OSError, ValueError):
+        return None
+    os.close(cmd_fd)
+    # RLIMIT_CPU counts the life of the process: the call gets its own seconds from now on.
+    # Lowering a limit needs no privilege (this process already runs as the call's uid).
+    soft = int(sum(os.times()[:2])) + int(req["cpu"])
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard - 1)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1))
+    return req
 
 
 def read_code(fd: int) -> str:

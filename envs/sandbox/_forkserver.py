@@ -4,11 +4,14 @@
   start-up probe, so its memory holds the standard library, the preloaded modules and the
   configuration, and never any call's code or output: a forked child that walks its inherited
   interpreter state (frames, ``gc.get_objects()``) or scans its memory with ``ctypes`` finds
-  nothing of the calls beside it. A call's program reaches the child through a memfd the child
-  reads only after it has isolated itself; session cells go straight from the worker to the
-  session's own pipe. The worker talks to it over a SOCK_SEQPACKET pair (a small JSON request
-  plus the child's descriptors; the reply is the pid) and learns of exits from an event pipe
-  (the fork server is the children's parent and the subreaper of their orphans).
+  nothing of the calls beside it. Where the probe allows, it installs the seccomp filter on
+  itself once, so every child starts under it (``_filter_children``). Call children are
+  forked ahead of their calls (the worker's spares): each isolates itself, then waits for its
+  call frame; the program reaches it through a memfd it reads only after that; session cells
+  go straight from the worker to the session's own pipe. The worker talks to it over a
+  SOCK_SEQPACKET pair (a small JSON request plus the child's descriptors; the reply is the
+  pid, answered in order: ``ForkClient``) and learns of exits from an event pipe (the fork
+  server is the children's parent and the subreaper of their orphans).
 - **Deleter**: removes work dirs the worker moved into its trash directory (an O(1) rename),
   with the depth-proof ``_kernel.remove_tree``, at low priority, so neither a 2,000-deep tree
   nor half a million files ever runs on the worker's request path.
@@ -21,10 +24,15 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import select
 import selectors
 import signal
 import socket
 import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 try:  # imported as part of the package (tests, type checking)
@@ -39,6 +47,73 @@ except ImportError:  # loaded by the worker script: this directory is on sys.pat
 EVENT = struct.Struct("=ii")
 """One exit event on the event pipe: pid, wait status."""
 F_SETPIPE_SZ = 1031
+
+
+@dataclass
+class Fork:
+    """One fork request; the fork server answers requests in the order they were sent."""
+
+    on_done: Callable[[Fork], None] | None = None
+    pid: int = 0
+    """The child's pid once answered (0 before, and after a failure)."""
+    error: int = 0
+    """errno of a failed fork."""
+    done: bool = False
+
+
+class ForkClient:
+    """The worker's end of the fork server's socket. Requests do not wait for their answer
+    (a fork takes a millisecond or more on a loaded machine, which the worker spends serving
+    other calls); ``read_replies`` takes the answers as they come, ``settle`` waits for all."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.pending: deque[Fork] = deque()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def request(
+        self, req: dict[str, Any], fds: list[int], on_done: Callable[[Fork], None] | None = None
+    ) -> Fork:
+        """Ask for a child (``fds``: its stdout, stderr, then the fds it keeps). OSError: the
+        fork server is gone or stuck."""
+        msg = [json.dumps(req).encode()]
+        try:
+            socket.send_fds(self.sock, msg, fds)
+        except BlockingIOError:  # never in practice: hundreds of requests fit in the buffer
+            if not select.select([], [self.sock], [], 30.0)[1]:
+                raise OSError("the fork server stopped reading requests") from None
+            socket.send_fds(self.sock, msg, fds)
+        fork = Fork(on_done)
+        self.pending.append(fork)
+        return fork
+
+    def read_replies(self) -> None:
+        """Take every answer that has arrived. OSError: the fork server is gone."""
+        while self.pending:
+            try:
+                data = self.sock.recv(16)
+            except BlockingIOError:
+                return
+            if not data:
+                raise OSError("the fork server closed its socket")
+            fork = self.pending.popleft()
+            pid = int.from_bytes(data, "big", signed=True)
+            fork.pid, fork.error, fork.done = max(pid, 0), max(-pid, 0), True
+            if fork.on_done is not None:
+                fork.on_done(fork)
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait until every request is answered (then every child of the fork server is one
+        the worker knows of). OSError: the fork server is gone or stuck."""
+        deadline = time.monotonic() + timeout
+        while self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                raise OSError("the fork server stopped answering")
+            self.read_replies()
 
 
 def _close_all_but(keep: set[int]) -> None:
@@ -87,7 +162,7 @@ def _serve(
     me = os.getpid()
     spec.worker_pid = me
     if spec.seccomp:  # the same rules, now also protecting this process
-        spec.seccomp = S.build_filter([*protect, me])
+        _filter_children(spec, [*protect, me])
     spec.base_as = C.address_space()
     wake_r, wake_w = os.pipe()
     for fd in (wake_r, wake_w):
@@ -126,6 +201,21 @@ def _serve(
             os.write(ev_w, EVENT.pack(pid, status))
 
 
+def _filter_children(spec: C.Spec, protect: list[int]) -> None:
+    """Put every child under the seccomp filter: installed here once, so children inherit it
+    through fork (the per-call install cost about a millisecond), where the worker's probe
+    allows it; otherwise each child installs the program itself (``_child.enter``)."""
+    if spec.seccomp_in_server:
+        try:
+            K.no_new_privs()  # needed without CAP_SYS_ADMIN; this process never execs
+            S.install(S.build_filter(protect, for_setup=spec.callns))
+            spec.seccomp, spec.seccomp_inherited = b"", True
+            return
+        except OSError:
+            pass
+    spec.seccomp = S.build_filter(protect)
+
+
 def _fork_child(spec: C.Spec, req: dict[str, Any], fds: list[int], echo: bool) -> int:
     """Fork one call or session child; returns its pid (or -errno)."""
     C.flush()
@@ -145,18 +235,21 @@ def _fork_child(spec: C.Spec, req: dict[str, Any], fds: list[int], echo: bool) -
                 (int(req["quota"][0]), int(req["quota"][1])))  # fmt: skip
         if req["kind"] == "session":
             status = C.session_loop(3, 4)
-        else:
-            code = C.read_code(3)
-            if req.get("language") == "shell":
-                try:
-                    os.execve("/bin/sh", ["sh", "-c", code], dict(os.environ))
-                except (OSError, ValueError) as e:  # e.g. a NUL byte: not a set-up failure
-                    os.write(2, f"sh: cannot run the command: {e}\n".encode())
-                    status = 127
-                    return 0
-            status = C.run_code(code, echo, C.fresh_main())
-            C.flush()
-            C.report_status(4, status)
+        else:  # fds: 3 the program's memfd, 4 the status pipe, 5 the call frame
+            status = 0
+            call = C.await_call(5)
+            if call is not None:
+                code = C.read_code(3)
+                if call.get("language") == "shell":
+                    status = 127  # if exec fails (e.g. a NUL byte): not a set-up failure
+                    try:
+                        os.execve("/bin/sh", ["sh", "-c", code], dict(os.environ))
+                    except (OSError, ValueError) as e:
+                        os.write(2, f"sh: cannot run the command: {e}\n".encode())
+                else:
+                    status = C.run_code(code, echo, C.fresh_main())
+                    C.flush()
+                    C.report_status(4, status)
     except BaseException as e:  # noqa: BLE001 - a set-up bug must not reach the fork server
         os.write(2, f"sandbox setup failed: {e!r}\n".encode())
     finally:

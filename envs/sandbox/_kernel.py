@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterable, Sequence
 
 _libc = ctypes.CDLL(None, use_errno=True)
+for _name in ("unshare", "mount", "capset"):  # resolved once here, not by dlsym in each child
+    getattr(_libc, _name)
 _libc.syscall.restype = ctypes.c_long
 _libc.prctl.restype = ctypes.c_int
 _libc.prctl.argtypes = [
@@ -494,7 +496,15 @@ def proc_table(since_pid: int = 0) -> list[tuple[int, int, str]]:
 
 
 def kill_orphans(parent: int, known: set[int], since_pid: int = 0) -> None:
-    """SIGKILL the live children of ``parent`` (pid > ``since_pid``) not in ``known``."""
+    """SIGKILL the live children of ``parent`` not in ``known``: read from ``parent``'s own
+    children list (one file, whatever else runs on the machine), else from the process table
+    (only pids > ``since_pid`` there). ``parent`` must be single-threaded (the fork server)."""
+    kids = _children(parent)
+    if kids is not None:
+        for p in kids:
+            if p not in known and _state(p) not in ("Z", ""):
+                kill(p, signal.SIGKILL)
+        return
     for p, pp, state in proc_table(since_pid):
         if pp == parent and p not in known and state != "Z":
             kill(p, signal.SIGKILL)

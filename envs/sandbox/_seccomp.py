@@ -1,12 +1,14 @@
-"""The sandbox's seccomp filter, built by libseccomp (through ctypes) and installed per child.
+"""The sandbox's seccomp filter, built by libseccomp (through ctypes).
 
 Reused: libseccomp (the system's ``libseccomp.so.2``) resolves syscall names for the native
 architecture, compiles the rules to BPF and guards the architecture (a foreign-ABI syscall,
 ``int 0x80`` or x32, kills the process). No maintained Python binding of it is on PyPI for
 this Python (``pyseccomp`` was last released in 2021; ``mephi42-seccomp`` ships no wheel for
 it), so the few entry points are declared here. The worker builds the program once
-(``build_filter``) and every child installs the exported bytes with one ``prctl``
-(``install``): the per-call cost is that of loading a finished program, not of compiling one.
+(``build_filter``). Where a call's set-up needs no user namespace, the fork server installs it
+on itself once and every child inherits it through fork (``for_setup=True``: see there);
+otherwise each child installs the exported bytes with one ``prctl`` (``install``, about a
+millisecond on a loaded 2-core machine).
 
 Standard library only; imported by the worker by path, like ``_kernel``.
 """
@@ -50,6 +52,8 @@ NAMESPACE_FLAGS = (
     0x00000080,
 )  # fmt: skip
 """CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME."""
+_CLONE_NEWNS = 0x00020000
+_MS_NOSUID, _MS_NODEV = 2, 4
 
 
 class _ArgCmp(ctypes.Structure):
@@ -97,7 +101,7 @@ def _errno(code: int) -> int:
     return 0x00050000 | (code & 0xFFFF)
 
 
-def build_filter(protected_pids: Sequence[int]) -> bytes:
+def build_filter(protected_pids: Sequence[int], for_setup: bool = False) -> bytes:
     """The sandbox's seccomp-BPF program (a deny-list; errno rather than kill, so the code sees
     an ``OSError`` it can report).
 
@@ -105,6 +109,14 @@ def build_filter(protected_pids: Sequence[int]) -> bytes:
     namespace flag, clone3 answers ENOSYS (its flags sit in memory BPF cannot read; libc then
     falls back to clone), no signals to ``protected_pids`` (worker, fork server, trainer) or to
     -1, no TIOCSTI/TIOCLINUX terminal injection. A syscall of another ABI kills the process.
+
+    ``for_setup``: the program the fork server installs before forking children that still have
+    to build their per-call mount namespace under it. It differs in two rules only: ``unshare``
+    is allowed with ``CLONE_NEWNS`` (every other namespace flag, ``CLONE_NEWUSER`` above all,
+    stays denied), and ``mount`` with exactly the flags of the work-dir tmpfs (nosuid, nodev).
+    Both still need ``CAP_SYS_ADMIN``, which a call's code never holds: use it only where each
+    child drops every capability (a per-call uid, or ``drop_caps``) and needs no user namespace
+    of its own to mount its tmpfs (the caller checks; see ``_worker.Worker.probe``).
     """
     lib = _load()
     ctx = lib.seccomp_init(_ACT_ALLOW)
@@ -125,7 +137,13 @@ def build_filter(protected_pids: Sequence[int]) -> bytes:
             raise OSError(errno.EINVAL, "seccomp: cannot set the bad-architecture action")
         eperm = _errno(errno.EPERM)
         for name in DENY:
-            rule(name, eperm)
+            if not (for_setup and name in ("mount", "unshare")):
+                rule(name, eperm)
+        if for_setup:
+            rule("mount", eperm, (3, _CMP_NE, _MS_NOSUID | _MS_NODEV, 0))
+            for flag in NAMESPACE_FLAGS:
+                if flag != _CLONE_NEWNS:
+                    rule("unshare", eperm, (0, _CMP_MASKED_EQ, flag, flag))
         rule("socket", _errno(errno.EACCES))
         rule("clone3", _errno(errno.ENOSYS))
         rule("socketpair", _errno(errno.EACCES), (0, _CMP_NE, _AF_UNIX, 0))

@@ -11,14 +11,18 @@ server (``_forkserver``) split off this process before it handled any call, so n
 memory holds another call's code or output. Each child isolates itself (``_child.enter``:
 new session, per-call mount and IPC namespaces with a quota-limited tmpfs work dir, resource
 limits, per-slot uid when root, no capabilities, no_new_privs, per-call Landlock rules,
-seccomp, no other fds, clean environment) before it reads its program.
+seccomp, no other fds, clean environment) before it reads its program. An idle worker keeps
+``prefork`` call children forked and isolated ahead of their calls (``_spares``), so a call
+that finds one costs a pipe write and the run; forks are asked for without waiting for their
+pid (``_forkserver.ForkClient``), so the worker keeps serving while one is made.
 
 The worker is an event loop (``selectors``): it supervises many children at once, enforces
 wall-clock deadlines by killing process groups, caps output, and after every call kills any
 process that escaped its group (orphans are re-parented to the fork server, a subreaper).
-Finished work dirs go to a trash directory that a deleter process empties (``_forkserver``).
-Persistent sessions are long-lived children running ``_child.session_loop``, SIGSTOPped
-between calls.
+Finished work dirs go to a trash directory that a deleter process empties (``_forkserver``);
+with per-call tmpfs work dirs there is nothing to delete (each slot keeps its mount point).
+Persistent sessions (``_sessions``) are long-lived children running ``_child.session_loop``,
+SIGSTOPped between calls.
 
 Protocol on stdin/stdout: frames of a 4-byte big-endian length and UTF-8 JSON.
 """
@@ -31,24 +35,27 @@ import json
 import os
 import selectors
 import signal
-import socket
 import sys
 import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 try:  # imported as part of the package (tests, type checking)
     from . import _child as C
     from . import _forkserver as F
     from . import _kernel as K
     from . import _seccomp as S
+    from . import _sessions as Z
+    from . import _spares as P
 except ImportError:  # run as a script: this directory is sys.path[0]
     import _child as C  # type: ignore[no-redef]
     import _forkserver as F  # type: ignore[no-redef]
     import _kernel as K  # type: ignore[no-redef]
     import _seccomp as S  # type: ignore[no-redef]
+    import _sessions as Z  # type: ignore[no-redef]
+    import _spares as P  # type: ignore[no-redef]
 
 HDR = C.HDR
 FLOOD_FACTOR = 16  # kill a call once it printed this many times the output cap...
@@ -80,26 +87,6 @@ class Call:
     replied: bool = False
 
 
-@dataclass
-class Session:
-    name: str
-    pid: int
-    workdir: str
-    slot: int | None
-    cmd_w: int
-    res_r: int
-    out_r: int
-    err_r: int
-    last_used: float
-    res_buf: bytearray = field(default_factory=bytearray)
-    call: Call | None = None
-
-
-def _closing_call(pid: int) -> Call:
-    """Placeholder call of a session being closed (no reply is sent for it)."""
-    return Call(id=-1, pid=pid, timeout=0, started=0, deadline=float("inf"))
-
-
 class Worker:
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
@@ -115,7 +102,6 @@ class Worker:
         self.max_out: int = cfg["max_output_bytes"]
         self.flood = max(FLOOD_MIN, FLOOD_FACTOR * self.max_out)
         self.echo: bool = cfg["show_last_expression"]
-        self.session_idle: float = cfg["session_idle_timeout"]
         self.base = tempfile.mkdtemp(prefix=f"turnrl-sbx-{cfg['uid_block']}-")
         os.chmod(self.base, 0o711)
         self.trash = os.path.join(self.base, ".trash")
@@ -129,9 +115,9 @@ class Worker:
         self.sel = selectors.DefaultSelector()
         self.calls: dict[int, Call] = {}
         self.by_pid: dict[int, Call] = {}
-        self.sessions: dict[str, Session] = {}
-        self.session_pids: dict[int, Session] = {}
-        self.expired: set[str] = set()
+        self.sessions = Z.Sessions(self, float(cfg["session_idle_timeout"]))
+        self.spares = P.Spares(self, int(cfg.get("prefork", 0)))
+        self.slot_dirs: set[int] = set()
         self.free_slots = list(range(cfg["slots"] - 1, -1, -1))
         self.ctl_buf = bytearray()
         self.layers: list[str] = []
@@ -195,7 +181,8 @@ class Worker:
         if not self.root:  # the kernel counts every task of the uid, the trainer's included
             spec.nproc = K.count_own_tasks() + spec.limits.processes + 64
         layers = self._probe_child()
-        self.layers = [x for x in layers if x != "stdlib"]
+        userns = "userns" in layers  # the child needed its own user namespace to mount
+        self.layers = [x for x in layers if x not in ("stdlib", "userns")]
         if "stdlib" not in layers:
             self.warnings.append(
                 f"calls cannot read the Python standard library ({os.path.dirname(os.__file__)}"
@@ -216,12 +203,20 @@ class Worker:
         if spec.ll_base >= 0 and not (spec.callns and spec.ll_abi):
             os.close(spec.ll_base)
             spec.ll_base = -1
+        # The fork server may put itself (so every child) under the filter where no child
+        # needs what it denies: a user namespace, or capabilities after its set-up.
+        spec.seccomp_in_server = (
+            bool(spec.seccomp)
+            and not (spec.callns and userns)
+            and ("uid" in self.layers or "nocaps" in self.layers)
+        )
 
     def _probe_child(self) -> list[str]:
         r, w = os.pipe()
         workdir = tempfile.mkdtemp(dir=self.base)
         slot = self.free_slots[-1]
         self._own(workdir, slot)
+        userns = os.readlink("/proc/self/ns/user")
         pid = os.fork()
         if pid == 0:
             os.close(r)
@@ -229,6 +224,12 @@ class Worker:
             try:
                 got = C.enter(self.spec, workdir, self._uid(slot), 5, 6, strict=False, keep=[w],
                               quota=self.quota_call)  # fmt: skip
+                try:  # did its mount namespace need a user namespace of its own?
+                    own_userns = os.readlink("/proc/self/ns/user") != userns
+                except OSError:
+                    own_userns = True
+                if "callns" in got and own_userns:
+                    got.append("userns")
                 try:  # can this uid read the standard library? (lazy imports need it)
                     with open(os.__file__, "rb"):
                         got.append("stdlib")
@@ -251,24 +252,48 @@ class Worker:
         any call."""
         dpid, self.del_w = F.start_deleter(self.trash)
         protect = [self.pid, dpid, os.getppid(), int(self.cfg["trainer_pid"])]
-        self.zpid, self.zsock, self.ev_r = F.start_fork_server(self.spec, protect, self.echo)
+        self.zpid, zsock, self.ev_r = F.start_fork_server(self.spec, protect, self.echo)
+        self.forks = F.ForkClient(zsock)
         os.set_blocking(self.ev_r, False)
         self.sel.register(self.ev_r, selectors.EVENT_READ, self._on_events)
+        self.sel.register(self.forks.fileno(), selectors.EVENT_READ, self._on_fork_replies)
+
+    def _request_fork(self, req: dict[str, Any], fds: list[int], on_done: Any = None) -> F.Fork:
+        """Ask the fork server for a child (``fds``: its stdout, stderr, then kept fds). A fork
+        server that fails is fatal: the trainer replaces us."""
+        try:
+            return self.forks.request(req, fds, on_done)
+        except OSError:
+            self._fatal()
+
+    def _settle_forks(self) -> None:
+        """Wait for every pending fork's pid: afterwards every child of the fork server that
+        the worker does not know of is a stray."""
+        try:
+            self.forks.settle()
+        except OSError:
+            self._fatal()
+
+    def _on_fork_replies(self, fd: int = -1) -> None:
+        try:
+            self.forks.read_replies()
+        except OSError:
+            self._fatal()
 
     def _fork(self, req: dict[str, Any], fds: list[int]) -> int:
-        """Have the fork server fork a child (``fds``: its stdout, stderr, then kept fds);
-        returns the pid. A fork server that fails is fatal: the trainer replaces us."""
-        try:
-            socket.send_fds(self.zsock, [json.dumps(req).encode()], fds)
-            pid = int.from_bytes(self.zsock.recv(16), "big", signed=True)
-        except (OSError, ValueError):
-            self._fatal()
-        if pid <= 0:
-            raise OSError(-pid, f"fork failed: {os.strerror(-pid)}")
-        self._forked(pid)
-        return pid
+        """Fork a child and wait for its pid (sessions)."""
+        fork = self._request_fork(req, fds)
+        self._settle_forks()
+        if not fork.pid:
+            raise OSError(fork.error, f"fork failed: {os.strerror(fork.error)}")
+        self._forked(fork.pid)
+        return fork.pid
 
-    def _fatal(self) -> None:
+    def _closing_call(self, pid: int) -> Call:
+        """Placeholder call of a session being closed (no reply is sent for it)."""
+        return Call(id=-1, pid=pid, timeout=0, started=0, deadline=float("inf"))
+
+    def _fatal(self) -> NoReturn:
         for call in list(self.calls.values()):
             K.killpg(call.pid)
         os._exit(3)
@@ -280,16 +305,39 @@ class Worker:
             return
         if not data:  # the fork server died: its children died with it
             self._fatal()
+        self._on_fork_replies()  # sent before any exit of those children: pids first
         self.ev_buf += data
         n = len(self.ev_buf) // F.EVENT.size * F.EVENT.size
         for pid, status in F.EVENT.iter_unpack(bytes(self.ev_buf[:n])):
             self._exited(pid, status)
         del self.ev_buf[:n]
 
+    def _workdir(self, slot: int) -> str:
+        """The work dir of a call or session on ``slot``. With per-call tmpfs work dirs, each
+        slot has one mount point, made once: a call's files live in its own tmpfs, which only
+        its mount namespace sees and the kernel frees with it, and nothing is ever written
+        beneath the mount point itself (every call covers it). A mount point is not worth
+        removing per call: its rmdir waits for the kernel to detach the dead namespace's mount
+        (milliseconds on a busy machine). Otherwise a fresh directory per call, which
+        ``_discard`` hands to the deleter."""
+        if not self.spec.callns:
+            path = tempfile.mkdtemp(dir=self.base)
+            self._own(path, slot)
+            return path
+        path = os.path.join(self.base, f"slot-{slot}")
+        if slot not in self.slot_dirs:
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+            self._own(path, slot)
+            self.slot_dirs.add(slot)
+        return path
+
     def _discard(self, path: str | None) -> None:
-        """Remove a finished work dir without ever blocking: a per-call tmpfs leaves an empty
-        mount point (one rmdir); anything else is renamed into the trash for the deleter."""
-        if not path:
+        """Remove a finished work dir without ever blocking: an empty one at once, anything
+        else renamed into the trash for the deleter (a slot's mount point stays)."""
+        if not path or self.spec.callns:
             return
         try:
             os.rmdir(path)
@@ -347,45 +395,70 @@ class Worker:
         call = Call(id=req["id"], pid=0, timeout=timeout, started=now, deadline=now + timeout,
                     session=req.get("session"))  # fmt: skip
         if call.session is not None:
-            self._session_call(call, req["code"])
+            self.sessions.call(call, req["code"])
             return
-        if not self.free_slots:
-            self._reply(call, error="sandbox busy: no free slot")
-            return
-        call.slot = self.free_slots.pop()
-        call.workdir = tempfile.mkdtemp(dir=self.base)
-        self._own(call.workdir, call.slot)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        code = os.memfd_create("cell", os.MFD_CLOEXEC)  # read by the child, never the server
-        st_r, st_w = os.pipe()
         try:
             data = _encode_program(req["code"])
-            view = memoryview(data)
-            while view:
-                view = view[os.write(code, view) :]
-            cpu = self._cpu(timeout)
-            fork = {"kind": "call", "workdir": call.workdir, "uid": self._uid(call.slot),
-                    "cpu": cpu, "cpu_hard": cpu + 1, "quota": self.quota_call,
-                    "language": req.get("language", "python")}  # fmt: skip
-            call.pid = self._fork(fork, [out_w, err_w, code, st_w])
-        except (OSError, ValueError) as e:  # ValueError: a program that is not Unicode text
-            for fd in (out_r, err_r, st_r):
-                os.close(fd)
-            self._discard(call.workdir)
-            self.free_slots.append(call.slot)
+        except ValueError as e:  # a program that is not Unicode text
             self._reply(call, error=f"sandbox could not start the call: {e}")
             return
-        finally:
-            for fd in (out_w, err_w, code, st_w):
-                os.close(fd)
-        call.pipes = {out_r: "out", err_r: "err"}
-        self._watch_output(out_r, err_r)
-        call.status_fd = st_r
-        os.set_blocking(st_r, False)
-        self.sel.register(st_r, selectors.EVENT_READ, lambda fd, c=call: self._on_status(c, fd))
+        frame = C.frame({"cpu": self._cpu(timeout), "language": req.get("language", "python")})
+        for _attempt in range(2):  # a spare that died unseen is replaced once
+            try:
+                spare = self.spares.take()
+            except OSError as e:
+                self._reply(call, error=f"sandbox could not start the call: {e}")
+                return
+            if spare is None:
+                self._reply(call, error="sandbox busy: no free slot")
+                return
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(spare.code_fd, view) :]
+                os.write(spare.cmd_w, frame)  # a fresh pipe: never blocks
+            except OSError:
+                self.spares.drop(spare)
+                continue
+            self._assign(spare, call)
+            return
+        self._reply(call, error="sandbox could not start the call: its process died")
+
+    def _assign(self, spare: P.Spare, call: Call) -> None:
+        """Hand ``call`` (its program and frame already written) to ``spare``: the call now
+        owns its pipes, work dir and slot."""
+        call.slot, call.workdir, call.pid = spare.slot, spare.workdir, spare.pid
+        call.pipes = {spare.out_r: "out", spare.err_r: "err"}
+        self._watch_output(spare.out_r, spare.err_r)
+        call.status_fd = spare.st_r
+        os.set_blocking(spare.st_r, False)
+        self.sel.register(spare.st_r, selectors.EVENT_READ,
+                          lambda fd, c=call: self._on_status(c, fd))  # fmt: skip
         self.calls[call.id] = call
-        self.by_pid[call.pid] = call
+        if call.pid:
+            self.by_pid[call.pid] = call
+        self.spares.hand_over(spare, call)
+
+    def call_forked(self, call: Call, fork: F.Fork) -> None:
+        """The pid of a child that was handed its call before the pid was known."""
+        if fork.pid:
+            call.pid = fork.pid
+            self.by_pid[call.pid] = call
+            if call.timed_out or call.cancelled or call.flooded:  # while its pid was unknown
+                self._kill_call(call)
+            return
+        if self.calls.pop(call.id, None) is None:
+            return
+        for fd in list(call.pipes):
+            self.sel.unregister(fd)
+            os.close(fd)
+        call.pipes.clear()
+        self._close_status(call)
+        self._discard(call.workdir)
+        if call.slot is not None:
+            self.free_slots.append(call.slot)
+        self._reply(call, error=f"sandbox could not start the call: fork failed: "
+                                f"{os.strerror(fork.error)}")  # fmt: skip
 
     def _on_output(self, fd: int, which: str) -> None:
         call = self._call_for_pipe(fd)
@@ -413,25 +486,28 @@ class Worker:
             self._kill_call(call)
 
     def _call_for_pipe(self, fd: int) -> Call | None:
-        for s in self.sessions.values():
-            if fd in (s.out_r, s.err_r):
-                return s.call
+        found, call = self.sessions.for_pipe(fd)
+        if found:
+            return call
         for c in self.calls.values():
             if fd in c.pipes:
                 return c
         return None
 
     def _kill_call(self, call: Call) -> None:
-        if call.session is not None and call.session in self.sessions:
-            self._kill_session(self.sessions[call.session])
-        else:
+        s = self.sessions.by_name.get(call.session or "")
+        if call.session is not None and s is not None:
+            self.sessions.kill(s)
+        else:  # the process itself too: it may not have made its own group yet
+            K.kill(call.pid, signal.SIGKILL)
             K.killpg(call.pid)
 
     def _complete(self, call: Call, status: int | None) -> None:
-        """A call is over: kill what it left, collect its output, reply."""
+        """A call is over: kill what it left, collect its output, reply, then kill what
+        escaped its group (after the reply: the scan may wait for a spare's fork, and what it
+        finds can no longer write to the call's output, which is closed)."""
         self.calls.pop(call.id, None)
         K.killpg(call.pid)
-        self._kill_strays(call.pid)
         for fd, which in list(call.pipes.items()):
             self._drain_into(fd, call.out if which == "out" else call.err)
             self.sel.unregister(fd)
@@ -439,6 +515,7 @@ class Worker:
         call.pipes.clear()
         self._reply(call, status=status)
         call.replied = True
+        self._kill_strays(call.pid)
 
     def _on_status(self, call: Call, fd: int) -> None:
         """The call's program ended and reported its status (``_child.report_status``): reply
@@ -512,143 +589,6 @@ class Worker:
         elapsed = time.monotonic() - call.started
         return C.explain_exit(self.spec.limits, code, stderr, call.timeout, elapsed)
 
-    # ---- sessions -------------------------------------------------------------------
-
-    def _session_call(self, call: Call, code: str) -> None:
-        assert call.session is not None
-        if call.session in self.expired:
-            self.expired.discard(call.session)
-            call.note = "[sandbox] the session had been idle too long and was restarted\n"
-        s = self.sessions.get(call.session) or self._new_session(call.session)
-        if s is None:
-            self._reply(call, error="sandbox busy: no free slot")
-            return
-        if s.call is not None:
-            self._reply(call, error="session is busy with another call")
-            return
-        s.call, s.last_used = call, call.started
-        call.pid = s.pid
-        self.calls[call.id] = call
-        K.kill(s.pid, signal.SIGCONT)
-        try:
-            os.write(s.cmd_w, C.frame({"code": code, "cpu": self._cpu(call.timeout),
-                                       "echo": self.echo}))  # fmt: skip
-        except OSError:
-            self._kill_session(s)
-
-    def _new_session(self, name: str) -> Session | None:
-        if not self.free_slots:
-            return None
-        slot = self.free_slots.pop()
-        workdir = tempfile.mkdtemp(dir=self.base)
-        self._own(workdir, slot)
-        cmd_r, cmd_w = os.pipe()
-        res_r, res_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        try:  # a whole program fits in the pipe: the write never blocks the worker
-            K.fcntl_pipe_size(cmd_w, 1 << 20)
-        except OSError:
-            pass
-        cpu_total = int(self.cfg["session_cpu_seconds"])
-        fork = {"kind": "session", "workdir": workdir, "uid": self._uid(slot), "cpu": cpu_total,
-                "cpu_hard": cpu_total, "quota": self.quota_session}  # fmt: skip
-        try:
-            pid = self._fork(fork, [out_w, err_w, cmd_r, res_w])
-        except OSError:
-            pid = 0
-        finally:
-            for fd in (cmd_r, res_w, out_w, err_w):
-                os.close(fd)
-        if not pid:
-            for fd in (cmd_w, res_r, out_r, err_r):
-                os.close(fd)
-            self._discard(workdir)
-            self.free_slots.append(slot)
-            return None
-        s = Session(name=name, pid=pid, workdir=workdir, slot=slot, cmd_w=cmd_w, res_r=res_r,
-                    out_r=out_r, err_r=err_r, last_used=time.monotonic())  # fmt: skip
-        self._watch_output(out_r, err_r)
-        os.set_blocking(res_r, False)
-        self.sel.register(res_r, selectors.EVENT_READ, lambda fd, s=s: self._on_session_result(s))
-        self.sessions[name] = s
-        self.session_pids[pid] = s
-        return s
-
-    def _on_session_result(self, s: Session) -> None:
-        try:
-            data = os.read(s.res_r, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.sel.unregister(s.res_r)
-            os.close(s.res_r)
-            s.res_r = -1
-            return
-        s.res_buf += data
-        if len(s.res_buf) < HDR:
-            return
-        n = int.from_bytes(s.res_buf[:HDR], "big")
-        if n > 4096:  # real status frames are tiny: the code is forging them
-            self._kill_session(s)
-            return
-        if len(s.res_buf) < HDR + n:
-            return
-        try:
-            exit_code = int(json.loads(bytes(s.res_buf[HDR : HDR + n]))["exit"])
-        except (ValueError, KeyError, TypeError):
-            self._kill_session(s)  # the code forged the protocol: treat it as a crash
-            return
-        del s.res_buf[: HDR + n]
-        call = s.call
-        if call is None:
-            return
-        K.kill(s.pid, signal.SIGSTOP)  # no background threads running between calls
-        K.kill_descendants(s.pid)
-        self._drain_into(s.out_r, call.out)
-        self._drain_into(s.err_r, call.err)
-        s.call = None
-        self.calls.pop(call.id, None)
-        self._reply(call, status=(exit_code & 0xFF) << 8)
-
-    def _kill_session(self, s: Session) -> None:
-        K.kill(s.pid, signal.SIGKILL)
-        K.killpg(s.pid)
-
-    def _session_died(self, s: Session, status: int) -> None:
-        K.kill_descendants(s.pid)
-        self._kill_strays(s.pid)
-        self.sessions.pop(s.name, None)
-        self.session_pids.pop(s.pid, None)
-        call, s.call = s.call, None
-        for fd in (s.cmd_w, s.res_r, s.out_r, s.err_r):
-            if fd < 0:
-                continue
-            if call is not None and fd in (s.out_r, s.err_r):
-                self._drain_into(fd, call.out if fd == s.out_r else call.err)
-            if fd in self.sel.get_map():
-                self.sel.unregister(fd)
-            os.close(fd)
-        if call is not None and call.id >= 0:
-            self.calls.pop(call.id, None)
-            error = self._explain(call, os.waitstatus_to_exitcode(status), "")
-            if not (call.timed_out or call.flooded or call.cancelled):
-                error = f"the session process exited ({error or 'status 0'})"
-            self._reply(call, status=status, error=error, reset=True)
-        self._discard(s.workdir)
-        if s.slot is not None:
-            self.free_slots.append(s.slot)
-
-    def close_session(self, req: dict[str, Any]) -> None:
-        s = self.sessions.get(req["session"])
-        if s is not None:
-            if s.call is None:
-                s.call = _closing_call(s.pid)
-            self._kill_session(s)
-        self.send({"type": "closed", "id": req["id"]})
-
     # ---- process hygiene ------------------------------------------------------------
 
     def _kill_strays(self, since_pid: int) -> None:
@@ -658,7 +598,9 @@ class Worker:
         also scans everything every few seconds, which catches strays born after a wrap."""
         if self.wrapped:
             since_pid, self.wrapped = 0, False
-        K.kill_orphans(self.zpid, set(self.by_pid) | set(self.session_pids), since_pid)
+        self._settle_forks()  # a child whose pid is still on its way is no stray
+        known = set(self.by_pid) | set(self.sessions.by_pid) | set(self.spares.by_pid)
+        K.kill_orphans(self.zpid, known, since_pid)
 
     def _reap(self) -> None:
         """Our own children are the fork server and the deleter: either dying is fatal."""
@@ -677,9 +619,11 @@ class Worker:
         if call is not None:
             self._finish(call, status)
             return
-        s = self.session_pids.get(pid)
+        s = self.sessions.by_pid.get(pid)
         if s is not None:
-            self._session_died(s, status)
+            self.sessions.died(s, status)
+            return
+        self.spares.reaped(pid)
 
     # ---- loop -----------------------------------------------------------------------
 
@@ -720,7 +664,7 @@ class Worker:
                     lost = Call(id=req["id"], pid=0, timeout=0, started=now, deadline=now)
                     self._reply(lost, error=f"sandbox internal error: {e!r}")
         elif op == "close":
-            self.close_session(req)
+            self.sessions.close(req)
         elif op == "cancel":
             call = self.calls.get(req["id"])
             if call is not None:
@@ -741,13 +685,7 @@ class Worker:
                 self._kill_call(call)
             else:
                 nearest = min(nearest, call.deadline - now)
-        for s in list(self.sessions.values()):
-            if s.call is None and now - s.last_used > self.session_idle:
-                if len(self.expired) > 4096:  # names are only kept to explain a restart
-                    self.expired.clear()
-                self.expired.add(s.name)
-                s.call = _closing_call(s.pid)
-                self._kill_session(s)
+        self.sessions.expire_idle(now)
         return max(nearest, 0.0)
 
     def serve(self) -> None:
@@ -769,10 +707,16 @@ class Worker:
             if time.monotonic() - self.last_scan > SCAN_EVERY:
                 self.last_scan = time.monotonic()
                 self._kill_strays(0)
-        for s in list(self.sessions.values()):
-            self._kill_session(s)
+            if not self.closing and not self.calls:  # keep spares while idle (see _spares)
+                try:
+                    self.spares.refill()
+                except OSError:  # out of descriptors: calls fork on demand (and say why)
+                    traceback.print_exc()
+        self.sessions.kill_all()
+        self._settle_forks()
+        self.spares.drop_all()
         deadline = time.monotonic() + 2
-        while self.sessions and time.monotonic() < deadline:
+        while (self.sessions.by_pid or self.spares.by_pid) and time.monotonic() < deadline:
             self._on_events(self.ev_r)
             time.sleep(0.005)
         for path in (self.trash, self.base):  # what is left: the trainer removes it

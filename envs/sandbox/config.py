@@ -57,6 +57,10 @@ class SandboxConfig:
     prints 16x this (at least 1 MiB) is killed."""
     max_code_bytes: int = 512 * 1024
     """Largest accepted program."""
+    prefork: int = 2
+    """Call children each idle worker keeps forked and isolated ahead of calls (a call that
+    takes one skips the fork and the set-up on its own path; each holds a slot, a process and
+    an empty tmpfs). 0: every call forks its child when it arrives."""
     recycle_after: int = 500
     """Replace a worker after this many calls (bounds leaks and drift in the forking process)."""
     isolation: str = "kernel"
@@ -119,6 +123,8 @@ class SandboxConfig:
             level_rank(self.require)
         if self.workers < 1 or self.max_concurrency < 1:
             raise ValueError("workers and max_concurrency must be >= 1")
+        if self.prefork < 0:
+            raise ValueError(f"SandboxConfig.prefork must be >= 0, got {self.prefork}")
         for name in ("call_disk_mb", "call_files", "session_disk_mb", "session_files"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"SandboxConfig.{name} must be >= 1, got {getattr(self, name)}")

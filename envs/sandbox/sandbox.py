@@ -337,6 +337,7 @@ class Sandbox:
                 "processes": cfg.processes,
             },
             "max_output_bytes": cfg.max_output_bytes,
+            "prefork": cfg.prefork,
             "show_last_expression": cfg.show_last_expression,
             "session_idle_timeout": cfg.session_idle_timeout,
             "session_cpu_seconds": cfg.session_cpu_seconds,

@@ -296,9 +296,13 @@ def test_deep_tree_does_not_break_cleanup_or_a_concurrent_call(tmpfs: bool) -> N
 
 
 def _leftovers(base: str) -> list[str]:
+    """What is left of finished calls: files or non-empty dirs beside the work dirs, anything in
+    the trash. Empty dirs are expected: the work dirs of children forked ahead of their calls
+    (``SandboxConfig.prefork``) and, with per-call tmpfs, each slot's mount point."""
     out = []
-    for root, dirs, _files in os.walk(base):
-        out += [os.path.join(root, d) for d in dirs if d != ".trash"]
+    for root, dirs, files in os.walk(base):
+        out += [os.path.join(root, f) for f in files]
+        out += [os.path.join(root, d) for d in dirs if d != ".trash" and os.listdir(root + "/" + d)]
         break
     trash = os.path.join(base, ".trash")
     return out + (os.listdir(trash) if os.path.isdir(trash) else [])
