@@ -1,4 +1,5 @@
-"""Builds the parts a run needs from a config, and the stage helpers (SFT data, evaluation).
+"""Builds the parts a run needs from a config, and the stage helpers (SFT data, evaluation,
+``turnrl eval``'s policy and parts).
 
 Kept out of trainer.py so the loop stays on one screen.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,6 +18,9 @@ from rl.config import Config
 from rl.models import load_model, load_tokenizer
 from rl.rollout.engines.base import Engine
 from rl.types import Task, Trajectory
+
+if TYPE_CHECKING:
+    from rl.evaluate import EvalResult
 
 
 class TaskStream:
@@ -129,9 +133,13 @@ def build_user_model(cfg: Config, name: str) -> Any:
     ``launcher=ray`` (with Ray up) a proxy to the run's one user model actor
     (rl.distributed.user_actor); otherwise loaded in this process."""
     if cfg.launcher.kind == "ray":
+        import functools
+
         from rl.distributed.user_actor import shared_user
 
-        remote = shared_user(cfg, name)
+        # the actor loads the model itself, with this (picklable) builder
+        remote = shared_user(cfg, name, functools.partial(build_local_user_model, cfg, name,
+                                                          max_batch=16))
         if remote is not None:
             return remote
     return build_local_user_model(cfg, name)
@@ -280,6 +288,46 @@ def evaluate(cfg: Config, parts: Parts, engine: Engine,
     # per-task verdicts in task order: the stage table's paired comparison between stages
     out["success_by_task"] = [float(solved(t)) for t in res.trajectories]  # type: ignore[assignment]
     return out
+
+
+def run_eval(cfg: Config, checkpoint: str | None = None, out_dir: Path | None = None,
+             n_samples: int = 1, seeds: Sequence[int] = (10_007,)) -> EvalResult:
+    """``turnrl eval``: load the policy (``model.name`` = hub name / exported folder / embedded
+    model; ``checkpoint`` = a training checkpoint on top of it), build the held-out split and an
+    engine, evaluate ``tasks.eval_size`` held-out tasks through the harness (rl/evaluate.py),
+    write the eval folder when ``out_dir`` is given."""
+    import time
+
+    from rl.evaluate import evaluate_tasks, write_eval_folder
+
+    t0 = time.perf_counter()
+    if cfg.engine == "vllm" and checkpoint:
+        # merged weights are pushed to the engine: it needs no LoRA support of its own
+        cfg = replace(cfg, learner=replace(cfg.learner, lora=replace(cfg.learner.lora,
+                                                                      enabled=False)))
+    policy = load_policy(cfg, checkpoint)
+    policy.eval()
+    parts = build_parts(cfg, model=policy, train=False)  # the eval split only
+    engine = _eval_engine(cfg, parts, policy, from_checkpoint=bool(checkpoint))
+    res = evaluate_tasks(cfg, parts, engine, parts.eval_tasks, n_samples, seeds=list(seeds))
+    res.settings.update(checkpoint=checkpoint, seconds=round(time.perf_counter() - t0, 1))
+    if out_dir is not None:
+        write_eval_folder(res, Path(out_dir), parts.tokenizer)
+    return res
+
+
+def _eval_engine(cfg: Config, parts: Parts, policy: torch.nn.Module,
+                 from_checkpoint: bool) -> Engine:
+    """An engine generating with ``policy``; vLLM starts from the model folder and receives
+    the checkpoint's (merged) weights."""
+    if cfg.engine != "vllm":
+        return parts.make_engine(policy)
+    if hasattr(policy, "merge_and_unload"):  # a PEFT checkpoint: serve merged weights
+        policy = policy.merge_and_unload()
+    engine = parts.make_engine(policy)
+    if from_checkpoint:
+        engine.update_weights((n, p.detach()) for n, p in policy.named_parameters())
+    return engine
 
 
 def read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:

@@ -199,8 +199,7 @@ def cmd_eval(args) -> None:
     """The eval harness (rl/evaluate.py): a table with 95% intervals and an eval folder."""
     import torch
 
-    from rl.build import resolve_engine
-    from rl.evaluate import run_eval
+    from rl.build import resolve_engine, run_eval
 
     overrides = list(args.overrides)
     if args.engine:

@@ -1,10 +1,13 @@
 """The evaluation harness: any env x model (base, checkpoint, exported folder) x engine x tasks x
 seeds x temperature, with 95% intervals.
 
-``turnrl eval`` calls :func:`run_eval`; the trainer's stage evaluations can call
-:func:`evaluate_tasks` on parts it already built. An eval folder holds ``results.json`` (metrics
-with intervals, parse and call errors, the settings), ``trajectories.jsonl`` (every episode,
-with the loss mask as text segments) and ``report.html`` (rl/report.py).
+A pure harness: the caller passes what it built (the tokenizer, env factory and tasks of
+rl.build's ``Parts``, an engine). ``turnrl eval`` loads the policy and builds them in
+``rl.build.run_eval``, then calls :func:`evaluate_tasks` and :func:`write_eval_folder`; the
+trainer's stage evaluations call :func:`evaluate_tasks` on the parts they already built. An eval
+folder holds ``results.json`` (metrics with intervals, parse and call errors, the settings),
+``trajectories.jsonl`` (every episode, with the loss mask as text segments) and ``report.html``
+(rl/report.py).
 
 Intervals (all 95%):
 
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -252,42 +254,6 @@ def evaluate_tasks(cfg, parts, engine, tasks: Sequence[Task], n_samples: int = 1
                     "seeds": list(seeds) if seeds else [seed],
                     "temperature": cfg.eval.temperature, "env": cfg.env.name,
                     "format": cfg.env.format, "model": cfg.model.name, "engine": cfg.engine}
-    return res
-
-
-def _engine_for(cfg, parts, policy, from_checkpoint: bool):
-    """An engine generating with ``policy``; vLLM starts from the model folder and receives
-    the checkpoint's (merged) weights."""
-    if cfg.engine != "vllm":
-        return parts.make_engine(policy)
-    if hasattr(policy, "merge_and_unload"):  # a PEFT checkpoint: serve merged weights
-        policy = policy.merge_and_unload()
-    engine = parts.make_engine(policy)
-    if from_checkpoint:
-        engine.update_weights((n, p.detach()) for n, p in policy.named_parameters())
-    return engine
-
-
-def run_eval(cfg, checkpoint: str | None = None, out_dir: Path | None = None,
-             n_samples: int = 1, seeds: Sequence[int] = (10_007,)) -> EvalResult:
-    """``turnrl eval``: load the policy (``model.name`` = hub name / exported folder / embedded
-    model; ``checkpoint`` = a training checkpoint on top of it), evaluate ``tasks.eval_size``
-    held-out tasks, write the eval folder when ``out_dir`` is given."""
-    from rl.build import build_parts, load_policy
-
-    t0 = time.perf_counter()
-    if cfg.engine == "vllm" and checkpoint:
-        # merged weights are pushed to the engine: it needs no LoRA support of its own
-        cfg = replace(cfg, learner=replace(cfg.learner, lora=replace(cfg.learner.lora,
-                                                                      enabled=False)))
-    policy = load_policy(cfg, checkpoint)
-    policy.eval()
-    parts = build_parts(cfg, model=policy, train=False)  # the eval split only
-    engine = _engine_for(cfg, parts, policy, from_checkpoint=bool(checkpoint))
-    res = evaluate_tasks(cfg, parts, engine, parts.eval_tasks, n_samples, seeds=list(seeds))
-    res.settings.update(checkpoint=checkpoint, seconds=round(time.perf_counter() - t0, 1))
-    if out_dir is not None:
-        write_eval_folder(res, Path(out_dir), parts.tokenizer)
     return res
 
 

@@ -3,7 +3,8 @@
 With ``env.kwargs.user_model=<model>`` (envs/tasks/llm_user.py), the local driver loads the user
 model once per process. Under Ray every rollout worker and env worker builds its own envs, so
 each would load its own copy; instead :func:`shared_user` (called by
-``rl.build.build_user_model`` when ``launcher.kind=ray`` and Ray is up) finds or creates ONE
+``rl.build.build_user_model`` when ``launcher.kind=ray`` and Ray is up, with the builder the
+actor loads the model with) finds or creates ONE
 named :class:`UserModelActor` per (model, seed) in the run's Ray namespace and hands the envs a
 :class:`RemoteUser` proxy with the same ``async reply(goal, conversation) -> str`` as
 :class:`envs.tasks.llm_user.LLMUser`.
@@ -98,21 +99,18 @@ def get_user_actor(name: str, build: Callable[[], Any], *, num_cpus: float = 0.0
                        num_gpus=num_gpus).remote(build)
 
 
-def shared_user(cfg: Any, name: str) -> RemoteUser | None:
+def shared_user(cfg: Any, name: str, build: Callable[[], Any]) -> RemoteUser | None:
     """``env.kwargs.user_model=<name>`` under ``launcher=ray``: a proxy to the run's one user
-    model actor; None when Ray is not initialised in this process (the caller then loads the
+    model actor, which ``build`` (picklable, zero arguments: the wiring's
+    ``rl.build.build_local_user_model`` with its arguments bound) creates inside the actor the
+    first time; None when Ray is not initialised in this process (the caller then loads the
     model in process, as under ``launcher=local``)."""
-    import functools
-
     import ray
-
-    from rl.build import build_local_user_model
 
     if not ray.is_initialized():
         return None
     lc = cfg.launcher
-    actor = get_user_actor(actor_name(name, cfg.trainer.seed),
-                           functools.partial(build_local_user_model, cfg, name, max_batch=16),
+    actor = get_user_actor(actor_name(name, cfg.trainer.seed), build,
                            num_cpus=lc.cpus_per_user_model,
                            num_gpus=lc.gpus_per_user_model)
     ray.get(actor.ping.remote())  # built (a model that cannot load fails the run here)

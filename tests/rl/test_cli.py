@@ -33,11 +33,11 @@ class _NoModel:
 
 @pytest.fixture()
 def no_model(monkeypatch):
-    import rl.evaluate
+    import rl.build
     import rl.trainer
 
     monkeypatch.setattr(rl.trainer, "Trainer", _NoModel)
-    monkeypatch.setattr(rl.evaluate, "run_eval", _NoModel)
+    monkeypatch.setattr(rl.build, "run_eval", _NoModel)
 
 
 def _fails(argv: list[str], capsys, code: int = 2, *, ran: bool = False) -> str:
@@ -139,14 +139,13 @@ def test_eval_decides_engine_auto_before_the_harness_and_sft_takes_hf(monkeypatc
     sft` samples nothing: it builds the free HF engine unless the command names another."""
     import rl.build
     import rl.cli
-    import rl.evaluate
     from rl.config import load_config, to_dataclass
 
     def harness(cfg, *a, **k):
         raise _Reached(cfg.engine)
 
     monkeypatch.setattr(rl.build, "vllm_unusable", lambda cfg: "vllm is not installed")
-    monkeypatch.setattr(rl.evaluate, "run_eval", harness)
+    monkeypatch.setattr(rl.build, "run_eval", harness)
     with pytest.raises(_Reached, match="^hf$"):
         main(["eval", "--tasks", "1"])
     assert "[turnrl] engine: hf (engine=auto: vllm is not installed;" in capsys.readouterr().out

@@ -12,7 +12,6 @@ pytest.importorskip("bfcl_eval")
 def test_eval_builds_only_the_eval_split(tiny_model_dir, monkeypatch) -> None:
     import rl.build
     from rl.config import load_config, to_dataclass
-    from rl.evaluate import run_eval
 
     cfg = to_dataclass(load_config([
         "env=bfcl", "tasks.source=multi_turn_base", "+tasks.kwargs.test_percent=100",
@@ -28,7 +27,7 @@ def test_eval_builds_only_the_eval_split(tiny_model_dir, monkeypatch) -> None:
         return real(cfg, split, n)
 
     monkeypatch.setattr(rl.build, "build_tasks", spy)
-    res = run_eval(cfg)
+    res = rl.build.run_eval(cfg)
     assert splits == ["test"]
     assert len(res.trajectories) == 2 and res.settings["tasks"] == 2
     # training still builds both splits

@@ -190,6 +190,6 @@ def test_user_actor_asks_for_the_user_model_resources(monkeypatch) -> None:
     cfg = to_dataclass(load_config([
         "launcher=ray", "launcher.cpus_per_user_model=2.5", "launcher.gpus_per_user_model=0.25",
         "launcher.cpus_per_rollout_worker=3", "launcher.gpus_per_rollout_worker=0.5"]))
-    assert isinstance(ua.shared_user(cfg, "some/model"), RemoteUser)
+    assert isinstance(ua.shared_user(cfg, "some/model", lambda: None), RemoteUser)
     assert (asked["num_cpus"], asked["num_gpus"]) == (2.5, 0.25)
     assert asked["name"] == actor_name("some/model", cfg.trainer.seed)
