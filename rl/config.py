@@ -93,6 +93,13 @@ class LearnerConfig:
     Micro-batches then hold whole packed groups within the token slots and attention area of a
     plain micro-batch (micro_batch_size rows of the batch's longest row); under DeepSpeed each
     rank packs its own shard. sdpa, eager or flex_attention (flex untested on CUDA)."""
+    logprob_chunk: int = 1024
+    """Scored tokens per LM-head chunk when the learner computes logprobs: the head, softmax and
+    token selection run this many positions at a time, forward and backward (each chunk's logits
+    are recomputed in backward), so a micro-batch never holds its full-vocabulary logits (8 rows x 1.5k
+    tokens x 49k vocabulary: ~2.4 GB per fp32 copy). Same values and gradients as the
+    plain pass (rl/learner/logprobs.py); costs one more head matmul per chunk in backward, only
+    when a micro-batch scores more than this many tokens. 0 = all positions at once (plain)."""
     track_kl_to_start: bool = True
     """Keep a snapshot of the policy at the start of RL even without a KL penalty, to report the
     KL to it (``health/kl_to_start``, one extra no-grad forward of 4 rows per step) — one copy of
@@ -608,6 +615,8 @@ def config_problems(cfg: Config) -> list[str]:
          "auto, false, true"),
         (cfg.learner.lora.token_rows_lr_scale > 0,
          f"learner.lora.token_rows_lr_scale={cfg.learner.lora.token_rows_lr_scale} must be > 0"),
+        (cfg.learner.logprob_chunk >= 0,
+         f"learner.logprob_chunk={cfg.learner.logprob_chunk} must be >= 0 (0 = no chunking)"),
         (cfg.learner.autocast in ("auto", "bf16", "fp32"),
          f"learner.autocast={cfg.learner.autocast!r} is not one of: auto, bf16, fp32"),
         (cfg.learner.deepspeed.zero_stage in (1, 2, 3),

@@ -141,20 +141,25 @@ def ds_config(cfg: LearnerConfig, device: torch.device | None = None) -> dict[st
 class _TokenLogprobs(torch.nn.Module):
     """What the engine runs forward: logprobs of the sampled tokens (``token_logprobs``), or
     with ``prefix_max_len > 0`` the prefix-shared pass (``prefix_token_logprobs``, packed
-    sequences of at most that many tokens)."""
+    sequences of at most that many tokens). ``chunk``: scored positions per LM-head chunk
+    (``learner.logprob_chunk``, rl/learner/logprobs.py), at least ``min_chunks`` of them: under
+    ZeRO-3 the head's module hooks gather its weight for each chunk (in the backward's recompute
+    too), so every rank must run as many chunks."""
 
     def __init__(self, policy: torch.nn.Module) -> None:
         super().__init__()
         self.policy = policy
 
     def forward(self, input_ids, attention_mask, loss_mask, temperature: float = 1.0,
-                prefix_max_len: int = 0):
+                prefix_max_len: int = 0, chunk: int = 0, min_chunks: int = 0):
         if prefix_max_len > 0:
             from rl.learner.prefix import prefix_token_logprobs
 
             return prefix_token_logprobs(self.policy, input_ids, attention_mask, loss_mask,
-                                         temperature, max_len=prefix_max_len)
-        return token_logprobs(self.policy, input_ids, attention_mask, loss_mask, temperature)
+                                         temperature, max_len=prefix_max_len, chunk=chunk,
+                                         min_chunks=min_chunks)
+        return token_logprobs(self.policy, input_ids, attention_mask, loss_mask, temperature,
+                              chunk=chunk, min_chunks=min_chunks)
 
 
 def padding_batch(length: int = 2) -> Batch:
@@ -304,9 +309,15 @@ class DeepSpeedLearner:
             from rl.learner.prefix import packed_length_cap
 
             cap = packed_length_cap(self.cfg.micro_batch_size, mb.input_ids.shape[1])
+        chunk, chunks = self.cfg.logprob_chunk, 0
+        if self.stage == 3 and chunk > 0:  # collective: the same number of head calls per rank
+            from rl.learner.logprobs import num_chunks
+
+            scored = int((mb.loss_mask[:, 1:] > 0).sum())  # >= the states the pass scores
+            chunks = int(dist.all_reduce_max(torch.tensor([float(num_chunks(scored, chunk))]))[0])
         with self._autocast():
             return self.engine(mb.input_ids, mb.attention_mask, mb.loss_mask, temperature,
-                               cap).float()
+                               cap, chunk, chunks).float()
 
     def _split(self, batch: Batch | None) -> list[tuple[list[int], Batch] | None]:
         """Micro-batches, the same count on every rank (collective; :func:`synced_split`)."""

@@ -258,12 +258,18 @@ def prefix_token_logprobs(
     max_len: int | None = None,
     min_shared: int = 1,
     plan: PrefixPlan | None = None,
+    chunk: int = 0,
+    min_chunks: int = 0,
 ) -> torch.Tensor:
     """``token_logprobs`` (rl/learner/torch.py) with shared prefixes computed once.
 
     Shapes: all ``(B, L)`` right-padded; returns ``(B, L)`` float32, zeros where ``loss_mask``
-    is 0. ``max_len``: the longest packed sequence (None: unbounded).
+    is 0. ``max_len``: the longest packed sequence (None: unbounded). ``chunk``: scored states
+    per LM-head chunk (``learner.logprob_chunk``; 0 = all at once; ``min_chunks``: at least that
+    many, for ZeRO-3; rl/learner/logprobs.py).
     """
+    from rl.learner.logprobs import model_logprobs
+
     if plan is None:
         plan = build_plan(input_ids, attention_mask, max_len, min_shared)
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
@@ -284,11 +290,9 @@ def prefix_token_logprobs(
     src = plan.index[:, :-1][target_mask]  # packed index of the scoring state, (N,)
     targets = input_ids[:, 1:][target_mask]
     states, inv = torch.unique(src, return_inverse=True)  # a shared state scored once
-    logits = head(flat[states]).float()
-    if temperature > 0:
-        logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1)
-    out[:, 1:][target_mask] = logp[inv, targets]
+    out[:, 1:][target_mask] = model_logprobs(model, flat[states], targets, rows=inv,
+                                             temperature=temperature, chunk=chunk,
+                                             min_chunks=min_chunks)
     return out
 
 

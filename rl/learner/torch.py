@@ -3,7 +3,8 @@ optional LoRA (PEFT) and bf16 autocast (``learner.autocast``; auto: where bf16 i
 
 Logprobs are recomputed for the sampled tokens only: the backbone runs on the whole sequence,
 but the LM head (a 49k x 576 matmul for SmolLM2, ~20% of the FLOPs) and the softmax run only on
-positions that carry loss.
+positions that carry loss, ``learner.logprob_chunk`` positions at a time (rl/learner/logprobs.py:
+the full-vocabulary logits of a micro-batch are never held at once, forward or backward).
 """
 
 from __future__ import annotations
@@ -56,21 +57,24 @@ def token_logprobs(
     attention_mask: torch.Tensor,
     loss_mask: torch.Tensor,
     temperature: float = 1.0,
+    chunk: int = 0,
+    min_chunks: int = 0,
 ) -> torch.Tensor:
     """Logprob of each token given its prefix, at positions where ``loss_mask`` is 1.
 
     Shapes: all ``(B, L)``; returns ``(B, L)`` float32 with zeros where the mask is 0.
+    ``chunk``: scored positions per LM-head chunk (``learner.logprob_chunk``, 0 = all at once;
+    ``min_chunks``: at least that many, for ZeRO-3; rl/learner/logprobs.py).
     """
+    from rl.learner.logprobs import model_logprobs
+
     decoder = model.get_decoder()
-    head = model.get_output_embeddings()
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     target_mask = loss_mask[:, 1:] > 0  # token t is scored from hidden state t-1
     h = hidden[:, :-1][target_mask]  # (N, H)
-    logits = head(h).float()
-    if temperature > 0:
-        logits = logits / temperature
     targets = input_ids[:, 1:][target_mask]
-    lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    lp = model_logprobs(model, h, targets, temperature=temperature, chunk=chunk,
+                        min_chunks=min_chunks)
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     out[:, 1:][target_mask] = lp
     return out
@@ -165,10 +169,10 @@ class TorchLearner:
 
                 return prefix_token_logprobs(
                     self.model, mb.input_ids, mb.attention_mask, mb.loss_mask, temperature,
-                    max_len=packed_length_cap(self.cfg.micro_batch_size, mb.input_ids.shape[1]))
-            return token_logprobs(
-                self.model, mb.input_ids, mb.attention_mask, mb.loss_mask, temperature
-            )
+                    max_len=packed_length_cap(self.cfg.micro_batch_size, mb.input_ids.shape[1]),
+                    chunk=self.cfg.logprob_chunk)
+            return token_logprobs(self.model, mb.input_ids, mb.attention_mask, mb.loss_mask,
+                                  temperature, chunk=self.cfg.logprob_chunk)
 
     def _split(self, batch: Batch) -> list[Batch]:
         """Micro-batches: ``micro_batch_size`` rows in order, or with ``prefix_sharing`` whole
