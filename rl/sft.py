@@ -25,7 +25,7 @@ import torch
 
 from envs.base import StepResult
 from rl.rollout.agent_loop import AgentLoop, ChatRenderer, RolloutConfig
-from rl.rollout.engines.base import GenerationOutput, GenerationRequest, SamplingParams
+from rl.sampling import GenerationOutput, GenerationRequest, SamplingParams
 from rl.types import Message, Task, Trajectory
 
 

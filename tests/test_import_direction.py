@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = {"rl.types", "rl.registry"}
+CORE = {"rl.types", "rl.registry", "rl.sampling"}
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

@@ -10,9 +10,8 @@ one calls its engine's ``update_weights``.
 
 Its engine is any object with the Engine protocol's ``generate(requests, sampling)`` (the HF
 engine of :mod:`rl.rollout.engines.hf` with its own frozen model, vLLM, or a scripted stand-in in
-tests). ``envs/`` may not import ``rl.rollout``, so the requests and sampling parameters here are
-small dataclasses with the same fields as ``GenerationRequest`` / ``SamplingParams`` (a test keeps
-them in step). The config path ``env.kwargs.user_model=<model name>`` is resolved by the run
+tests). Its requests and sampling parameters are the core's ``rl.sampling.GenerationRequest`` /
+``SamplingParams``, the ones every engine takes. The config path ``env.kwargs.user_model=<model name>`` is resolved by the run
 builder (``rl.build``), which loads the model into such an engine once and shares it between
 episodes.
 
@@ -34,35 +33,14 @@ import asyncio
 import hashlib
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from rl.sampling import GenerationRequest, SamplingParams
 from rl.types import Message
 
 PERSONA = ("You are a customer talking to an assistant. Speak only as the customer, in one or two "
            "short sentences. Never say that you are an AI.")
 OPENING_CUE = "(The assistant is waiting for your message.)"
-
-
-@dataclass
-class UserRequest:
-    """Same fields as ``rl.rollout.engines.base.GenerationRequest``."""
-
-    prompt_ids: list[int]
-    max_new_tokens: int | None = None
-
-
-@dataclass
-class UserSampling:
-    """Same fields as ``rl.rollout.engines.base.SamplingParams``."""
-
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
-    seed: int | None = None
 
 
 class LLMUser:
@@ -156,11 +134,11 @@ class LLMUser:
         return self._generate_many([ids], self._seed(ids))[0]
 
     def _generate_many(self, prompts: list[list[int]], seed: int | None) -> list[str]:
-        sampling = UserSampling(max_new_tokens=self.max_new_tokens,
-                                temperature=self.temperature, seed=seed)
+        sampling = SamplingParams(max_new_tokens=self.max_new_tokens,
+                                  temperature=self.temperature, seed=seed)
         with self._lock:
-            outs = self.engine.generate([UserRequest(ids, self.max_new_tokens) for ids in prompts],
-                                        sampling)
+            outs = self.engine.generate(
+                [GenerationRequest(ids, self.max_new_tokens) for ids in prompts], sampling)
             self.calls += len(prompts)
             self.engine_calls += 1
         return [str(self.tokenizer.decode(o.token_ids, skip_special_tokens=True)).strip()

@@ -12,10 +12,12 @@ at the tokenizer's EOS.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+# the request types live in the core (rl/sampling.py, shared with envs/); re-exported here
+from rl.sampling import GenerationOutput, GenerationRequest, SamplingParams
 
 
 def _ids(value: Any) -> list[int]:
@@ -48,40 +50,6 @@ def turn_end_ids(tokenizer, generation_config: Any = None, extra: Iterable[int] 
     ids = [*eos_token_ids(tokenizer), *_ids(getattr(generation_config, "eos_token_id", None)),
            *extra]
     return list(dict.fromkeys(ids))
-
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 64
-    """Upper bound on tokens sampled for one request (per-request limits may be lower)."""
-    temperature: float = 1.0
-    """0 means greedy decoding (logprobs are then those of the untempered distribution)."""
-    top_p: float = 1.0
-    top_k: int = 0
-    """0 disables top-k."""
-    stop: list[str] = field(default_factory=list)
-    """Stop strings: generation ends once the decoded continuation contains one (kept)."""
-    stop_token_ids: list[int] = field(default_factory=list)
-    """Extra stop tokens besides the engine's turn ends (:func:`turn_end_ids`; kept in the
-    output)."""
-    seed: int | None = None
-    """Seed for this call's sampling; None continues the engine's RNG stream."""
-
-
-@dataclass
-class GenerationRequest:
-    prompt_ids: list[int]
-    max_new_tokens: int | None = None
-    """Overrides SamplingParams.max_new_tokens when smaller (remaining trajectory budget)."""
-
-
-@dataclass
-class GenerationOutput:
-    token_ids: list[int]
-    logprobs: list[float]
-    """Log-probability of each sampled token under the sampling distribution (after temperature)."""
-    finish_reason: str
-    """"stop" (EOS, stop token or stop string) or "length"."""
 
 
 @runtime_checkable
