@@ -503,9 +503,9 @@ class Worker:
             K.killpg(call.pid)
 
     def _complete(self, call: Call, status: int | None) -> None:
-        """A call is over: kill what it left, collect its output, reply, then kill what
-        escaped its group (after the reply: the scan may wait for a spare's fork, and what it
-        finds can no longer write to the call's output, which is closed)."""
+        """A call is over: kill its group, collect its output, reply. What escaped the group
+        is killed when the process is reaped (``_finish``, before its slot is reused): until
+        then its orphans are its own (it is their subreaper), and ``_on_status`` kills those."""
         self.calls.pop(call.id, None)
         K.killpg(call.pid)
         for fd, which in list(call.pipes.items()):
@@ -515,7 +515,6 @@ class Worker:
         call.pipes.clear()
         self._reply(call, status=status)
         call.replied = True
-        self._kill_strays(call.pid)
 
     def _on_status(self, call: Call, fd: int) -> None:
         """The call's program ended and reported its status (``_child.report_status``): reply
@@ -544,9 +543,9 @@ class Worker:
         self.by_pid.pop(call.pid, None)
         if not call.replied:
             self._complete(call, status)
-        else:  # anything that escaped between the reply and the exit
+        else:  # anything started in its group between the reply and the exit
             K.killpg(call.pid)
-            self._kill_strays(call.pid)
+        self._kill_strays(call.pid)  # after the reply: it may wait for a spare's pid
         self._close_status(call)
         self._discard(call.workdir)  # never blocks: a tmpfs is freed by the kernel
         if call.slot is not None:
