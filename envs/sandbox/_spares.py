@@ -28,6 +28,9 @@ except ImportError:  # loaded by the worker script: this directory is on sys.pat
     import _kernel as K  # type: ignore[no-redef]
 
 
+MAX_IDLE_DEATHS = 3
+
+
 @dataclass
 class Spare:
     """One call child forked ahead of its call; the worker keeps the ends of its pipes."""
@@ -71,6 +74,9 @@ class Spares:
         self.target = target
         self.ready: deque[Spare] = deque()
         self.by_pid: dict[int, Spare] = {}
+        self.idle_deaths = 0
+        """Spares that died unused since a call last took one: at ``MAX_IDLE_DEATHS`` the
+        pool stops forking ahead (a set-up failing every time must not fork in a loop)."""
 
     def take(self) -> Spare | None:
         """The oldest ready spare, else a new one; None: no free slot. OSError: see
@@ -79,7 +85,7 @@ class Spares:
 
     def refill(self) -> None:
         """Fork spares up to the target (the worker calls this while idle)."""
-        while len(self.ready) < self.target:
+        while len(self.ready) < self.target and self.idle_deaths < MAX_IDLE_DEATHS:
             spare = self.prepare()
             if spare is None:
                 return
@@ -142,6 +148,7 @@ class Spares:
             os.close(fd)
         spare.code_fd = spare.cmd_w = spare.out_r = spare.err_r = spare.st_r = -1
         spare.slot, spare.workdir = None, ""
+        self.idle_deaths = 0
         if spare.pid:
             self.by_pid.pop(spare.pid, None)
         else:  # its pid is still on its way: ``_forked`` passes it to the call
@@ -167,6 +174,8 @@ class Spares:
             return False
         if spare in self.ready:
             self.ready.remove(spare)
+        if not spare.dropped:
+            self.idle_deaths += 1
         self.release(spare)
         return True
 

@@ -5,8 +5,10 @@ worker waiting. Each is checked for what it must not weaken."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sandbox_helpers import SET_TAG, assert_serves, need_level, survivors
@@ -102,3 +104,48 @@ def test_setup_filter_is_well_formed() -> None:
 def test_prefork_is_validated() -> None:
     with pytest.raises(ValueError):
         SandboxConfig(prefork=-1)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            out += [int(x) for x in f.read().split()]
+    return out
+
+
+def _spares(sb: Sandbox) -> list[int]:
+    """The idle worker's spares: the children of its fork server (its other child, the
+    deleter, has none)."""
+    return [p for c in _children(sb._workers[0].proc.pid) for p in _children(c)]
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return cond()
+
+
+def test_spares_that_keep_dying_are_not_forked_in_a_loop() -> None:
+    """Spares killed while idle are replaced, but not endlessly: after a few deaths the worker
+    forks each call's child when it comes, and calls are unaffected."""
+    sb = Sandbox(SandboxConfig(workers=1, prefork=2))
+    try:
+        sb.run_sync("pass")
+        assert _wait_for(lambda: len(_spares(sb)) == 2)
+        killed = 0
+        for _ in range(4):
+            for pid in _spares(sb):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            time.sleep(0.3)
+        assert killed >= 3
+        assert _wait_for(lambda: _spares(sb) == [])  # it stopped forking ahead
+        time.sleep(0.5)
+        assert _spares(sb) == []
+        assert_serves(sb)  # a call forks its own child, and the pool forks ahead again
+        assert _wait_for(lambda: len(_spares(sb)) == 2)
+        assert sb.metrics().get("worker_deaths", 0) == 0
+    finally:
+        sb.close_sync()
