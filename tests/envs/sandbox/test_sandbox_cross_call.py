@@ -117,7 +117,10 @@ for d in cands:
 try:
     for pid in os.listdir("/proc"):
         for p in ("cwd/secret.txt", "fd/1", "cmdline", "environ"):
-            try: look(open(f"/proc/{pid}/{p}", "rb").read(1 << 20))
+            try:  # non-blocking: fd/1 of a process writing to a pipe opens that pipe
+                fd = os.open(f"/proc/{pid}/{p}", os.O_RDONLY | os.O_NONBLOCK)
+                try: look(os.read(fd, 1 << 20))
+                finally: os.close(fd)
             except OSError: pass
 except OSError: pass
 print("HITS", sorted(h.decode("ascii", "replace") for h in hits))
