@@ -113,7 +113,7 @@ def test_torch_learner_moves_model_and_batches_to_its_device(tiny_model, monkeyp
     assert {p.device for p in learner.model.parameters()} == {META}
     seen: list[tuple[str, torch.device]] = []
 
-    def fake_logprobs(model, input_ids, attention_mask, loss_mask, temperature=1.0):
+    def fake_logprobs(model, input_ids, attention_mask, loss_mask, temperature=1.0, chunk=0):
         seen.extend([("ids", input_ids.device), ("attn", attention_mask.device),
                      ("mask", loss_mask.device)])
         return torch.zeros(input_ids.shape)  # values on the host: meta has none
