@@ -65,9 +65,10 @@ async def measure(category: str) -> dict[str, float]:
 def evaluate(categories: list[str], n: int, overrides: list[str]) -> dict[str, dict]:
     import torch
 
-    from rl.build import build_parts, load_policy
+    from rl.build import build_parts
     from rl.config import load_config, to_dataclass
     from rl.evaluate import evaluate_tasks
+    from rl.models import load_policy
 
     torch.set_num_threads(1)
     policy, results = None, {}

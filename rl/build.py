@@ -1,5 +1,5 @@
 """Builds the parts a run needs from a config, and the stage helpers (SFT data, evaluation,
-``turnrl eval``'s policy and parts).
+``turnrl eval``'s policy and parts; the weight I/O of checkpoints is rl/models.py's).
 
 Kept out of trainer.py so the loop stays on one screen.
 """
@@ -15,7 +15,7 @@ import torch
 
 from envs.base import Env, make_env
 from rl.config import Config
-from rl.models import load_model, load_tokenizer
+from rl.models import load_model, load_policy, load_tokenizer
 from rl.rollout.engines.base import Engine
 from rl.types import Task, Trajectory
 
@@ -328,48 +328,3 @@ def _eval_engine(cfg: Config, parts: Parts, policy: torch.nn.Module,
     if from_checkpoint:
         engine.update_weights((n, p.detach()) for n, p in policy.named_parameters())
     return engine
-
-
-def read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the ``*.safetensors`` files (shards) in an HF folder, by name."""
-    from safetensors.torch import load_file
-
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no safetensors weights in {folder}")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    return state
-
-
-def load_weights_into(model: torch.nn.Module, folder: Path) -> None:
-    """Load a checkpoint's ``model/`` folder (full weights or a PEFT adapter) into ``model``."""
-    from safetensors.torch import load_file
-
-    adapter = folder / "adapter_model.safetensors"
-    if adapter.exists():
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(str(adapter)))
-        return
-    missing, unexpected = model.load_state_dict(read_safetensors_folder(folder), strict=False)
-    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
-    missing = [k for k in missing if not (tied and k.endswith("lm_head.weight"))]
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {folder} does not fit the model: missing={missing[:5]} "
-                         f"unexpected={unexpected[:5]}")
-
-
-def load_policy(cfg: Config, checkpoint: str | None) -> torch.nn.Module:
-    """The base model, or a saved policy (checkpoint folder or its model/ subfolder)."""
-    model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.device)
-    if checkpoint:
-        path = Path(checkpoint)
-        folder = path / "model" if (path / "model").exists() else path
-        if (folder / "adapter_config.json").exists():
-            from peft import PeftModel
-
-            return PeftModel.from_pretrained(model, str(folder))
-        load_weights_into(model, folder)
-    return model

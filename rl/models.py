@@ -25,8 +25,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from rl.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +182,52 @@ def load_model(name_or_path: str, dtype: str = "float32", device: str | torch.de
     )
     dev = resolve_device(device)
     return model if dev.type == "cpu" else model.to(dev)
+
+
+# -- weights of checkpoints and HF folders ------------------------------------------------------
+def read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the ``*.safetensors`` files (shards) in an HF folder, by name."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no safetensors weights in {folder}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+def load_weights_into(model: torch.nn.Module, folder: Path) -> None:
+    """Load a checkpoint's ``model/`` folder (full weights or a PEFT adapter) into ``model``."""
+    from safetensors.torch import load_file
+
+    adapter = folder / "adapter_model.safetensors"
+    if adapter.exists():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(adapter)))
+        return
+    missing, unexpected = model.load_state_dict(read_safetensors_folder(folder), strict=False)
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    missing = [k for k in missing if not (tied and k.endswith("lm_head.weight"))]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {folder} does not fit the model: missing={missing[:5]} "
+                         f"unexpected={unexpected[:5]}")
+
+
+def load_policy(cfg: Config, checkpoint: str | None) -> torch.nn.Module:
+    """The base model, or a saved policy (checkpoint folder or its model/ subfolder)."""
+    model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.device)
+    if checkpoint:
+        path = Path(checkpoint)
+        folder = path / "model" if (path / "model").exists() else path
+        if (folder / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            return PeftModel.from_pretrained(model, str(folder))
+        load_weights_into(model, folder)
+    return model
 
 
 # -- devices ---------------------------------------------------------------------------------------

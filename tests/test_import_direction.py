@@ -43,13 +43,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 FIRST_LAYER_WITH_ENVS = "components"  # layers below it import neither envs nor rewards
 
-# Upward imports that part 2 of issue 26 removes: the learners load checkpoint weights with
-# rl/build.py's weight I/O, which is to move down to the models (rl/models.py), below the learners.
-# (file, imported module, imported names): each exactly once.
-ALLOWED_UPWARD = Counter({
-    ("rl/learner/torch.py", "rl.build", ("load_weights_into",)): 1,  # TorchLearner.load_pretrained
-    ("rl/learner/deepspeed.py", "rl.build", ("read_safetensors_folder",)): 1,  # load_pretrained
-})
+# Upward imports allowed by (file, imported module, imported names), each exactly once: none (the
+# learners' weight I/O moved from rl/build.py down to rl/models.py in part 2 of issue 26).
+ALLOWED_UPWARD: Counter = Counter()
 # Import circles closed only by a type-only import (under ``if TYPE_CHECKING:``, nothing runs):
 # rl/rollout/tree.py grows the trees of rl/rollout/agent_loop.py's live episodes and names its
 # types; agent_loop.py calls tree.grow_tree. To go with a Protocol for the loop in tree.py
@@ -241,9 +237,8 @@ def test_no_import_circle() -> None:
 
 
 def test_the_allow_lists_only_hold_what_they_must() -> None:
-    """Part 2 of issue 26 empties ALLOWED_UPWARD; nothing else joins it."""
-    assert {k[1] for k in ALLOWED_UPWARD} == {"rl.build"}
-    assert all(k[0].startswith("rl/learner/") for k in ALLOWED_UPWARD)
+    """Part 2 of issue 26 emptied ALLOWED_UPWARD; nothing joins it."""
+    assert not ALLOWED_UPWARD
 
 
 def _violations(package: str, allowed) -> list[str]:

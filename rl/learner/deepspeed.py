@@ -524,7 +524,7 @@ class DeepSpeedLearner:
             with self._gather(lora, modifier_rank=0):
                 set_peft_model_state_dict(self.model, load_file(str(adapter)))
         else:
-            from rl.build import read_safetensors_folder
+            from rl.models import read_safetensors_folder
 
             state = read_safetensors_folder(path)
             base = self.model.get_base_model() if self.cfg.lora.enabled else self.model

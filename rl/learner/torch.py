@@ -137,7 +137,7 @@ class TorchLearner:
         """Collective: load a folder written by :meth:`save_pretrained` into the model."""
         from pathlib import Path
 
-        from rl.build import load_weights_into
+        from rl.models import load_weights_into
 
         load_weights_into(self.model, Path(path))
 
