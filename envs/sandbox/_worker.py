@@ -693,6 +693,11 @@ class Worker:
                 for call in list(self.calls.values()):
                     call.cancelled = True
                     self._kill_call(call)
+            elif not self.calls:  # keep spares while idle (see _spares)
+                try:
+                    self.spares.refill()
+                except OSError:  # out of descriptors: calls fork on demand (and say why)
+                    traceback.print_exc()
             for key, _mask in self.sel.select(self._check_deadlines()):
                 # An earlier handler in this batch may have closed this fd (and a new pipe may
                 # already reuse its number): only dispatch keys that are still registered.
@@ -706,11 +711,6 @@ class Worker:
             if time.monotonic() - self.last_scan > SCAN_EVERY:
                 self.last_scan = time.monotonic()
                 self._kill_strays(0)
-            if not self.closing and not self.calls:  # keep spares while idle (see _spares)
-                try:
-                    self.spares.refill()
-                except OSError:  # out of descriptors: calls fork on demand (and say why)
-                    traceback.print_exc()
         self.sessions.kill_all()
         self._settle_forks()
         self.spares.drop_all()
