@@ -8,9 +8,9 @@
 layers above them may import both. A module imports its own layer and the layers below, never a
 layer above it, and no import circle closes anywhere in rl/, envs/ or rewards/. Every import counts:
 at module level, inside a function, under ``if TYPE_CHECKING:`` (``ast.walk`` sees them all); a
-reader follows each one. The two allow-lists below name each exception by file, module and
-imported names, so an exception cannot grow unnoticed, and an entry whose import is gone fails too
-(delete it). ``rl.config`` imports nothing of the project, so loading and checking a config imports
+reader follows each one. The two allow-lists below (empty) would name an exception by file, module
+and imported names, so an exception cannot grow unnoticed, and an entry whose import is gone fails
+too (delete it). ``rl.config`` imports nothing of the project, so loading and checking a config imports
 no torch and no part (the names a config picks are checked by rl/checks.py, in the wiring)."""
 
 from __future__ import annotations
@@ -46,13 +46,10 @@ FIRST_LAYER_WITH_ENVS = "components"  # layers below it import neither envs nor 
 # Upward imports allowed by (file, imported module, imported names), each exactly once: none (the
 # learners' weight I/O moved from rl/build.py down to rl/models.py in part 2 of issue 26).
 ALLOWED_UPWARD: Counter = Counter()
-# Import circles closed only by a type-only import (under ``if TYPE_CHECKING:``, nothing runs):
-# rl/rollout/tree.py grows the trees of rl/rollout/agent_loop.py's live episodes and names its
-# types; agent_loop.py calls tree.grow_tree. To go with a Protocol for the loop in tree.py
-# (rl/rollout/ is another pass's).
-ALLOWED_TYPE_ONLY = Counter({
-    ("rl/rollout/tree.py", "rl.rollout.agent_loop", ("AgentLoop", "_Live")): 1,
-})
+# Import circles allowed when closed only by a type-only import (under ``if TYPE_CHECKING:``,
+# nothing runs), by (file, imported module, imported names): none (rl/rollout/tree.py names the
+# agent loop it grows trees with by a Protocol of its own, TreeLoop, since part 2 of issue 26).
+ALLOWED_TYPE_ONLY: Counter = Counter()
 
 
 # -- the import graph ----------------------------------------------------------------------------
@@ -237,8 +234,9 @@ def test_no_import_circle() -> None:
 
 
 def test_the_allow_lists_only_hold_what_they_must() -> None:
-    """Part 2 of issue 26 emptied ALLOWED_UPWARD; nothing joins it."""
+    """Part 2 of issue 26 emptied both allow-lists; an exception needs a reason written here."""
     assert not ALLOWED_UPWARD
+    assert not ALLOWED_TYPE_ONLY
 
 
 def _violations(package: str, allowed) -> list[str]:

@@ -57,13 +57,40 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar
 
+from envs.base import Env, StepResult
+from rl.config import RolloutConfig
 from rl.rollout.engines.base import GenerationOutput
 from rl.types import Task, Trajectory, Turn
 
-if TYPE_CHECKING:
-    from rl.rollout.agent_loop import AgentLoop, _Live
+
+class Episode(Protocol):
+    """What a tree reads of a live episode (rl.rollout.agent_loop's ``_Live``)."""
+
+    traj: Trajectory
+    env: Env
+    done: bool
+
+
+E = TypeVar("E", bound=Episode)
+
+
+class TreeLoop(Protocol[E]):
+    """The agent loop's steps a tree uses (rl.rollout.agent_loop.AgentLoop, which calls
+    :func:`grow_tree`): start an episode, sample live episodes to their end, and the replay's
+    step — turn a recorded model output into the env's action, then absorb the env's answer."""
+
+    cfg: RolloutConfig
+
+    async def _start(self, task: Task, seed: int, group: int) -> E: ...
+
+    async def _drive(self, live: list[E], seed: int) -> None: ...
+
+    def _append(self, x: E, o: GenerationOutput) -> str: ...
+
+    def _absorb(self, x: E, sampled: list[int], res: StepResult, last: bool) -> None: ...
+
 
 SEED_STRIDE = 100_003  # level l samples with the rollout seed + l * SEED_STRIDE
 
@@ -101,10 +128,10 @@ def saw_error(traj: Trajectory) -> bool:
 
 
 @dataclass
-class _Node:
+class _Node(Generic[E]):
     """A trajectory of a tree and where its fork search stands."""
 
-    live: _Live
+    live: E
     cursor: int  # the next fork point is searched after this turn
     level: int  # forks on the path to this trajectory's last fork point
 
@@ -119,7 +146,7 @@ def _meta(id_: str, kind: str, parent: str | None = None, level: int = 0,
             "skipped_nondeterministic": 0}
 
 
-async def grow_tree(loop: AgentLoop, live: list[_Live], tasks: Sequence[Task], seed: int,
+async def grow_tree(loop: TreeLoop[E], live: list[E], tasks: Sequence[Task], seed: int,
                     group_offset: int) -> None:
     """Add the branch and fill episodes of every group to ``live`` (sampled to their end).
 
@@ -127,7 +154,7 @@ async def grow_tree(loop: AgentLoop, live: list[_Live], tasks: Sequence[Task], s
     reset with seed ``seed + i`` (as :meth:`AgentLoop.arun` samples them).
     """
     cfg = loop.cfg.tree
-    groups: dict[int, list[_Node]] = {}
+    groups: dict[int, list[_Node[E]]] = {}
     for x in list(live):
         nodes = groups.setdefault(x.traj.group_id, [])
         x.traj.info["tree"] = _meta(f"{x.traj.group_id}.{len(nodes)}", "root")
@@ -140,7 +167,7 @@ async def grow_tree(loop: AgentLoop, live: list[_Live], tasks: Sequence[Task], s
         return tasks[g - group_offset], seed + g - group_offset
 
     for level in range(1, cfg.depth + 1):
-        jobs: list[tuple[int, _Node, int, int]] = []  # (group, parent, fork turn, sibling)
+        jobs: list[tuple[int, _Node[E], int, int]] = []  # (group, parent, fork turn, sibling)
         for g, nodes in groups.items():
             for node in list(nodes):
                 if spent[g] >= cfg.max_branches:
@@ -164,7 +191,7 @@ async def grow_tree(loop: AgentLoop, live: list[_Live], tasks: Sequence[Task], s
         made_now = await asyncio.gather(*(
             _replay(loop, node, k, f"{node.live.traj.info['tree']['id']}-{k}.{j}", level,
                     *where(g)) for g, node, k, j in jobs))
-        branches = []
+        branches: list[E] = []
         for (g, _, k, _), b in zip(jobs, made_now):
             if b is not None:
                 live.append(b)
@@ -185,8 +212,8 @@ async def grow_tree(loop: AgentLoop, live: list[_Live], tasks: Sequence[Task], s
     await loop._drive(fill, seed + SEED_STRIDE * (cfg.depth + 1))
 
 
-async def _replay(loop: AgentLoop, node: _Node, k: int, id_: str, level: int, task: Task,
-                  reset_seed: int) -> _Live | None:
+async def _replay(loop: TreeLoop[E], node: _Node[E], k: int, id_: str, level: int, task: Task,
+                  reset_seed: int) -> E | None:
     """A branch of ``node``'s trajectory after its turn ``k``: a fresh env replays the recorded
     turns ``0..k``; None (counted on the parent) when the env re-produces other messages or
     tokens, or the hint leaves no room in the token budget."""
