@@ -718,7 +718,8 @@ class Worker:
         while (self.sessions.by_pid or self.spares.by_pid) and time.monotonic() < deadline:
             self._on_events(self.ev_r)
             time.sleep(0.005)
-        for path in (self.trash, self.base):  # what is left: the trainer removes it
+        slots = [os.path.join(self.base, f"slot-{n}") for n in sorted(self.slot_dirs)]
+        for path in (*slots, self.trash, self.base):  # what is left: the trainer removes it
             try:
                 os.rmdir(path)
             except OSError:

@@ -149,3 +149,23 @@ def test_spares_that_keep_dying_are_not_forked_in_a_loop() -> None:
         assert sb.metrics().get("worker_deaths", 0) == 0
     finally:
         sb.close_sync()
+
+
+def test_closing_leaves_no_work_dirs() -> None:
+    """Each slot keeps its mount point while the worker lives; the worker removes them (and its
+    base dir) when it exits, so nothing is left even if the trainer's own clean-up thread dies
+    with its process."""
+    sb = Sandbox(SandboxConfig(workers=2, prefork=2))
+    try:
+
+        async def burst() -> list[object]:
+            return list(
+                await asyncio.gather(*(sb.run("import time; time.sleep(0.2)") for _ in range(6)))
+            )
+
+        asyncio.run(burst())
+        bases = [w.base for w in sb._workers if w.base]
+        assert bases and all(os.path.isdir(b) for b in bases)
+    finally:
+        sb.close_sync()
+    assert [b for b in bases if os.path.exists(b)] == []
