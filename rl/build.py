@@ -1,5 +1,6 @@
-"""Builds the parts a run needs from a config, and the stage helpers (SFT data, evaluation,
-``turnrl eval``'s policy and parts; the weight I/O of checkpoints is rl/models.py's).
+"""Builds the parts a run needs from a config, the stage's evaluation helper and ``turnrl
+eval``'s policy and parts (the SFT demonstrations are rl/sft.py's, the weight I/O of checkpoints
+rl/models.py's).
 
 Kept out of trainer.py so the loop stays on one screen.
 """
@@ -17,7 +18,7 @@ from envs.base import Env, make_env
 from rl.config import Config
 from rl.models import load_model, load_policy, load_tokenizer
 from rl.rollout.engines.base import Engine
-from rl.types import Task, Trajectory
+from rl.types import Task
 
 if TYPE_CHECKING:
     from rl.evaluate import EvalResult
@@ -243,30 +244,6 @@ def build_parts(cfg: Config, model: torch.nn.Module | None = None, *,
         guard_tasks=build_guard_tasks(cfg, eval_tasks, train_tasks.tasks)
         if train_tasks is not None and cfg.eval.every > 0 else [],
     )
-
-
-def sft_trajectories(cfg: Config, parts: Parts) -> list[Trajectory]:
-    """Demonstrations replayed through the env (or a user's JSONL), on the RL token path."""
-    from rl.sft import conversation_trajectory, load_jsonl_conversations, replay
-
-    c = cfg.sft
-    gen = getattr(parts.model, "generation_config", None)  # where the model's turns end
-    if c.data_path:
-        rows = load_jsonl_conversations(c.data_path)[: c.num_examples]
-        fmt = getattr(parts.env_factory(), "format", None)  # the format RL will sample in
-        return [conversation_trajectory(parts.tokenizer, r, native_tools=parts.native_tools,
-                                        tool_format=fmt, generation_config=gen) for r in rows]
-    # Demonstrations come from the end of the train stream, RL batches from its start.
-    if parts.train_tasks is None:
-        raise ValueError("sft demonstrations need the train split: build_parts(..., train=True)")
-    tasks = parts.train_tasks.tasks[-c.num_examples:]
-    out = []
-    for task in tasks:
-        env = parts.env_factory()
-        actions = env.demonstration(task)  # type: ignore[attr-defined]
-        out.append(replay(parts.tokenizer, parts.env_factory, task, actions,
-                          native_tools=parts.native_tools, generation_config=gen))
-    return out
 
 
 def evaluate(cfg: Config, parts: Parts, engine: Engine,

@@ -17,13 +17,14 @@ same way: a conversation env replays its non-assistant messages as observations.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from envs.base import StepResult
+from envs.base import Env, StepResult
+from rl.config import SFTConfig
 from rl.rollout.agent_loop import AgentLoop, ChatRenderer, RolloutConfig
 from rl.sampling import GenerationOutput, GenerationRequest, SamplingParams
 from rl.types import Message, Task, Trajectory
@@ -212,3 +213,24 @@ def conversation_trajectory(tokenizer, row: dict[str, Any], *, native_tools: boo
         Task(id=str(row.get("id", "conversation")), prompt=""), actions,
         native_tools=native_tools, generation_config=generation_config,
     )
+
+
+def sft_trajectories(c: SFTConfig, tokenizer, env_factory: Callable[[], Env], *,
+                     native_tools: bool, train_tasks: Sequence[Task],
+                     generation_config: Any = None) -> list[Trajectory]:
+    """The cold start's demonstrations, on the RL token path: the first ``c.num_examples`` rows
+    of ``c.data_path`` (a user's JSONL, replayed in the env's format), else the env's own
+    demonstrations of the last ``c.num_examples`` of ``train_tasks`` (RL batches come from the
+    start of the stream). ``generation_config``: the model's (where its turns end, :func:`replay`).
+    """
+    if c.data_path:
+        rows = load_jsonl_conversations(c.data_path)[: c.num_examples]
+        fmt = getattr(env_factory(), "format", None)  # the format RL will sample in
+        return [conversation_trajectory(tokenizer, r, native_tools=native_tools, tool_format=fmt,
+                                        generation_config=generation_config) for r in rows]
+    out = []
+    for task in list(train_tasks)[-c.num_examples:]:
+        actions = env_factory().demonstration(task)  # type: ignore[attr-defined]
+        out.append(replay(tokenizer, env_factory, task, actions, native_tools=native_tools,
+                          generation_config=generation_config))
+    return out

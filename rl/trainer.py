@@ -137,12 +137,17 @@ class Trainer:
         return {**m, "update/trained_seqs": seqs, "update/tokens": tokens}
 
     def run_sft(self) -> None:
-        from rl.build import sft_trajectories
+        from rl.sft import sft_trajectories
 
         self.learner.set_lr(self.cfg.sft.effective_lr(self.cfg.learner.lora.enabled),
                             warmup_steps=self.cfg.sft.warmup_steps)
+        p = self.parts
+        assert p.train_tasks is not None  # built with train=True
+        demos = sft_trajectories(self.cfg.sft, p.tokenizer, p.env_factory,
+                                 native_tools=p.native_tools, train_tasks=p.train_tasks.tasks,
+                                 generation_config=getattr(p.model, "generation_config", None))
         steps = 0
-        for epoch, chunk in self.core.sft_batches(sft_trajectories(self.cfg, self.parts)):
+        for epoch, chunk in self.core.sft_batches(demos):
             mine = dist.shard(chunk)
             batch = Batch.from_trajectories(mine, torch.zeros(len(mine)),
                                             self.tokenizer.pad_token_id) if mine else None

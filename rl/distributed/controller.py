@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -158,13 +157,12 @@ class RayController:
     def jobs(self, step: int) -> list[RolloutJob]:
         """A step's task groups as rollout jobs: one per worker, or one per group when partial
         rollouts are carried (finer long-tail and restart granularity, less batching)."""
-        n, c = self.cfg.trainer.tasks_per_step, self.cfg
-        tasks = self.tasks.batch(step, n)
+        n, core = self.cfg.trainer.tasks_per_step, self.core
+        tasks = core.task_batch(step)
         k = n if self.lc.carry_partial else min(n, len(self.pool.rollouts))
         bounds = [round(i * n / k) for i in range(k + 1)]
-        base = c.trainer.seed * 100_003 + step
-        return [RolloutJob(step, list(range(a, b)), tasks[a:b], c.algorithm.group_size,
-                           seed=base + 7919 * a, group_offset=step * n + a)
+        return [RolloutJob(step, list(range(a, b)), tasks[a:b], self.cfg.algorithm.group_size,
+                           seed=core.rollout_seed(step, a), group_offset=core.group_offset(step, a))
                 for a, b in zip(bounds, bounds[1:]) if b > a]
 
     def submit(self, job: RolloutJob, worker: int) -> None:
@@ -239,15 +237,17 @@ class RayController:
         the learner ranks."""
         import ray
 
-        from rl.build import sft_trajectories
+        from rl.sft import sft_trajectories
 
         ranks = self.pool.learners
         ray.get([lr.set_lr.remote(self.cfg.sft.effective_lr(self.cfg.learner.lora.enabled),
                                   self.cfg.sft.warmup_steps) for lr in ranks])
-        parts = SimpleNamespace(tokenizer=self.tokenizer, env_factory=self._env_factory(),
-                                native_tools=self._native_tools, train_tasks=self.tasks)
+        factory = self._env_factory()  # sets self._native_tools
+        # no generation_config: the model lives in the learner actors, not here
+        demos = sft_trajectories(self.cfg.sft, self.tokenizer, factory,
+                                 native_tools=self._native_tools, train_tasks=self.tasks.tasks)
         steps = 0
-        for epoch, chunk in self.core.sft_batches(sft_trajectories(self.cfg, parts)):
+        for epoch, chunk in self.core.sft_batches(demos):
             shards = [dist_shard(chunk, r, len(ranks)) for r in range(len(ranks))]
             batches = [Batch.from_trajectories(s, torch.zeros(len(s)), self.tokenizer.pad_token_id)
                        if s else None for s in shards]

@@ -570,12 +570,10 @@ def test_jsonl_harmony_conversation_ends_a_call_turn_at_call(gpt_oss_tokenizer) 
 
 
 def test_sft_data_path_rows_are_replayed_in_the_envs_format(harmony_tokenizer, tmp_path) -> None:
-    """``sft.data_path``: rl.build hands the configured env's format to the replay, so a row's
-    harmony call turn ends at <|call|> (no EOS after it)."""
-    from types import SimpleNamespace
-
-    from rl.build import sft_trajectories
+    """``sft.data_path``: rl.sft.sft_trajectories hands the configured env's format to the
+    replay, so a row's harmony call turn ends at <|call|> (no EOS after it)."""
     from rl.config import load_config, to_dataclass
+    from rl.sft import sft_trajectories
 
     tok, fmt = harmony_tokenizer, get_format("harmony-prompt")
     call = fmt.format_call("calculator", {"expression": "6*7"})
@@ -585,9 +583,8 @@ def test_sft_data_path_rows_are_replayed_in_the_envs_format(harmony_tokenizer, t
     data = tmp_path / "rows.jsonl"
     data.write_text(json.dumps(row) + "\n")
     cfg = to_dataclass(load_config([f"sft.data_path={data}", "env.format=harmony-prompt"]))
-    parts = SimpleNamespace(tokenizer=tok, native_tools=False, model=None,
-                            env_factory=lambda: make_env("math", tool_format="harmony-prompt"))
-    (t,) = sft_trajectories(cfg, parts)  # type: ignore[arg-type]
+    (t,) = sft_trajectories(cfg.sft, tok, lambda: make_env("math", tool_format="harmony-prompt"),
+                            native_tools=False, train_tasks=[])
     first = t.token_ids[t.turns[0].start:t.turns[0].end]
     assert first == tok.encode(call, add_special_tokens=False)
     assert first[-1] == tok.convert_tokens_to_ids("<|call|>")

@@ -168,8 +168,8 @@ def test_replayed_demonstration_scores(tokenizer) -> None:
 def test_train_env_guess_builds_its_parts(tmp_path, tiny_model_dir) -> None:
     """`turnrl train env=guess` with the tiny model: the parts, SFT data, one rollout scored at
     both levels (no training here)."""
-    from rl.build import sft_trajectories
     from rl.config import load_config, to_dataclass
+    from rl.sft import sft_trajectories
     from rl.trainer import Trainer
 
     cfg = to_dataclass(load_config([
@@ -182,7 +182,8 @@ def test_train_env_guess_builds_its_parts(tmp_path, tiny_model_dir) -> None:
     assert isinstance(parts.env_factory(), GuessEnv)
     assert all(t.data["source"] == "listed" for t in parts.train_tasks.tasks + parts.eval_tasks)
     assert {t.id for t in parts.train_tasks.tasks}.isdisjoint(t.id for t in parts.eval_tasks)
-    sft = sft_trajectories(cfg, parts)
+    sft = sft_trajectories(cfg.sft, parts.tokenizer, parts.env_factory,
+                           native_tools=parts.native_tools, train_tasks=parts.train_tasks.tasks)
     assert len(sft) == 2 and all(t.info["final_answer"] == t.task.answer for t in sft)
     trajs = trainer.rollout(0)
     rewards = trainer.core.score(trajs)
