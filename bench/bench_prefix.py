@@ -31,10 +31,11 @@ import torch
 
 def make_trajectories(n_tasks: int, group: int):
     """``n_tasks x group`` replayed math-env trajectories and the tokenizer's pad id."""
-    from rl.build import build_env_factory, build_tasks
+    from rl.build import build_env_factory
     from rl.config import load_config, to_dataclass
     from rl.models import load_tokenizer
     from rl.sft import replay
+    from rl.tasks import build_tasks
 
     cfg = to_dataclass(load_config([]))
     tok = load_tokenizer(cfg.model.name)

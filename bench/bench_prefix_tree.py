@@ -129,10 +129,11 @@ def make_tree_trajectories(n_tasks: int, group: int, mode: str = "fork", branch:
                            depth: int = 2, max_branches: int = 4, overrides: Sequence[str] = ()):
     """Tree rollouts of ``n_tasks`` compose train tasks (``group + max_branches`` rows each),
     the tokenizer's pad id and the config."""
-    from rl.build import build_env_factory, build_tasks
+    from rl.build import build_env_factory
     from rl.config import TreeConfig, load_config, to_dataclass
     from rl.models import load_tokenizer
     from rl.rollout.agent_loop import AgentLoop
+    from rl.tasks import build_tasks
 
     cfg = to_dataclass(load_config(["env=compose", *overrides]))
     tok = load_tokenizer(cfg.model.name)

@@ -503,7 +503,7 @@ class EvalConfig:
     guard_tasks: int = 32
     """Size of the guard's validation set: test-split tasks that follow the held-out ones, so
     it overlaps neither the train tasks nor the ``tasks.eval_size`` tasks the table reports
-    (rl.build.build_guard_tasks)."""
+    (rl.tasks.build_guard_tasks)."""
 
 
 @dataclass

@@ -58,7 +58,7 @@ class Driver(Protocol):
 
     state: RunState
     guard_tasks: list[Task]
-    """The best-checkpoint guard's validation tasks (rl.build.build_guard_tasks; empty when
+    """The best-checkpoint guard's validation tasks (rl.tasks.build_guard_tasks; empty when
     ``eval.every`` is 0)."""
 
     def resume(self) -> None: ...

@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("algos", ("rl.algos",)),
     ("components", ("rl.step", "rl.evaluate", "rl.sft", "rl.learner", "rl.rollout", "rl.models",
                     "rl.checkpoint", "rl.export", "rl.tracking", "rl.report", "rl.tooluse",
-                    "rl.health",
+                    "rl.health", "rl.tasks",
                     # the Ray actor of the LLM user: the wiring (rl.build.build_user_model)
                     # creates it with a builder it passes in; it imports only the core
                     "rl.distributed.user_actor")),

@@ -74,10 +74,11 @@ class RayController:
                  fault_hook: Callable[[RayController, int], None] | None = None) -> None:
         import ray
 
-        from rl.build import TaskStream, build_guard_tasks, build_tasks, resolve_engine
+        from rl.build import resolve_engine
         from rl.checks import validate
         from rl.distributed.pool import init_ray
         from rl.models import load_tokenizer
+        from rl.tasks import TaskStream, build_guard_tasks, build_tasks
 
         validate(cfg)
         resolve_engine(cfg)  # engine=auto: decided once, here, for every worker

@@ -146,8 +146,8 @@ def test_replayed_trajectory_scores(tokenizer) -> None:
                                          ("math", "mixed")])
 def test_build_tasks_asks_the_configured_env(env: str, source: str) -> None:
     from envs.base import make_env
-    from rl.build import build_tasks
     from rl.config import load_config, to_dataclass
+    from rl.tasks import build_tasks
 
     cfg = to_dataclass(load_config([f"env={env}"]))
     assert cfg.tasks.source == source

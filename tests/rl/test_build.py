@@ -1,4 +1,4 @@
-"""rl/build.py: the best-checkpoint guard's validation tasks (eval.every) overlap neither the
+"""rl/tasks.py: the best-checkpoint guard's validation tasks (eval.every) overlap neither the
 held-out tasks the stage table reports nor the train tasks."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 import rl.build
-from rl.build import build_guard_tasks, build_tasks
+import rl.tasks
 from rl.config import Config
+from rl.tasks import build_guard_tasks, build_tasks
 from rl.types import Task
 
 
@@ -30,10 +31,10 @@ def test_a_maker_that_repeats_held_out_tasks_has_them_dropped(monkeypatch, capsy
     held = [Task("a", "p1", 1), Task("b", "p2", 2)]
     # not prefix-stable: a held-out task again (other id, same content), then new ones
     pool = [Task("x", "p2", 2), Task("a", "p9", 9), Task("c", "p3", 3), Task("d", "p1", 5)]
-    monkeypatch.setattr(rl.build, "build_tasks", lambda cfg, split, n: pool[:n])
+    monkeypatch.setattr(rl.tasks, "build_tasks", lambda cfg, split, n: pool[:n])
     assert [t.id for t in build_guard_tasks(cfg, held)] == ["c", "d"]
     assert "only 2 test tasks are disjoint" in capsys.readouterr().out
-    monkeypatch.setattr(rl.build, "build_tasks", lambda cfg, split, n: held)  # split exhausted
+    monkeypatch.setattr(rl.tasks, "build_tasks", lambda cfg, split, n: held)  # split exhausted
     with pytest.raises(ValueError, match="no tasks beyond the 2 held-out ones"):
         build_guard_tasks(cfg, held)
 

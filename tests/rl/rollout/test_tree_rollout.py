@@ -400,8 +400,9 @@ def test_real_envs_replay_deterministically(tokenizer, env):
     each branch equals its parent token for token through the fork turn's observation."""
     if env == "bfcl":
         pytest.importorskip("bfcl_eval", reason="pip install --no-deps bfcl-eval")
-    from rl.build import build_env_factory, build_tasks
+    from rl.build import build_env_factory
     from rl.config import load_config, to_dataclass
+    from rl.tasks import build_tasks
 
     cfg = to_dataclass(load_config([f"env={env}"]))
     factory, native = build_env_factory(cfg)
