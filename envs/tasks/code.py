@@ -68,7 +68,7 @@ from envs.base import StepResult, Tool, ToolEnv, register_env
 from envs.formats import ToolCallFormat, get_format
 from envs.sandbox import ExecResult, get_sandbox
 from envs.tasks.code_data import FAMILIES, make_instance
-from envs.tasks.math import SPLITS, split_of
+from envs.tasks.draw import SPLITS, Candidate, draw_tasks
 from envs.tools.python import MAX_CODE_CHARS, execute
 from rl.types import Message, Task
 
@@ -93,21 +93,18 @@ def make_tasks(source: str = "mixed", split: str = "train", n: int = 100, seed: 
     if not 1 <= n_tests <= 50:
         raise ValueError(f"code tasks.kwargs.n_tests must be 1..50, got {n_tests}")
     families = FAMILIES if source == "mixed" else [f for f in FAMILIES if f.name == source]
-    tasks: list[Task] = []
-    seen: set[str] = set()
-    for k in range(50 * n + 1000):
-        if len(tasks) == n:
-            break
+
+    def candidate(k: int) -> Candidate:
         rng = random.Random(f"code/{seed}/{k}/{source}/{n_tests}")
         data = make_instance(rng.choice(families), rng, n_tests)
         args, want = data["example"]
         call = f"{data['fn']}({', '.join(repr(a) for a in args)})"
         prompt = (f"Write a Python function `{data['signature']}` that {data['description']}.\n"
                   f"Example: {call} == {want!r}")
-        if prompt in seen or split_of(f"code/{prompt}") != split:
-            continue
-        seen.add(prompt)
-        tasks.append(Task(id=f"code-{split}-{seed}-{k}", prompt=prompt, answer=None, data=data))
+        return prompt, f"code/{prompt}", lambda: Task(id=f"code-{split}-{seed}-{k}",
+                                                      prompt=prompt, answer=None, data=data)
+
+    tasks = draw_tasks(candidate, split, n, tries=50 * n + 1000)
     if len(tasks) < n:
         raise ValueError(f"code: only {len(tasks)} unique {split} tasks")
     return tasks

@@ -41,7 +41,7 @@ to 1.0; ``info["turn_passed"]``; at the end ``info["success"]`` = every turn pas
 
 Tasks: ``make_tasks("mixed", split, n, seed, depth=, width=, turns=, distractors=,
 unanswerable=)``: task ``k`` depends only on ``(seed, k, knobs)``; the split hashes the turn texts
-(``envs.tasks.math.split_of``). User turns come from templates, or from a frozen LLM conditioned on
+(``envs.tasks.draw.split_of``). User turns come from templates, or from a frozen LLM conditioned on
 the hidden goal (``user_model``, :mod:`envs.tasks.llm_user`).
 
 Reused: ``envs.matching`` (Hungarian call matching), ``envs.base.ToolEnv`` (parsing, validation
@@ -71,7 +71,7 @@ from envs.tasks.compose_lib import (
     tools_for,
     with_defaults,
 )
-from envs.tasks.math import SPLITS, split_of
+from envs.tasks.draw import SPLITS, Candidate, draw_tasks
 from rl.types import Message, Task, ToolCall
 
 # ---------------------------------------------------------------------------------------------
@@ -332,20 +332,17 @@ def make_tasks(source: str = "mixed", split: str = "train", n: int = 100, seed: 
     except TypeError as e:
         raise ValueError(f"compose tasks.kwargs: {e}") from None
     tag = json.dumps(asdict(k), sort_keys=True)
-    tasks: list[Task] = []
-    seen: set[str] = set()
-    for i in range(50 * n + 1000):
-        if len(tasks) == n:
-            break
+
+    def candidate(i: int) -> Candidate | None:
         task = _one_task(random.Random(f"compose/{seed}/{i}/{tag}"), k)
         if task is None:
-            continue
+            return None
         key = json.dumps([t["text"] for t in task["turns"]])
-        if key in seen or split_of(f"compose/{key}") != split:
-            continue
-        seen.add(key)
-        tasks.append(Task(id=f"compose-{split}-{seed}-{i}", prompt=task["turns"][0]["text"],
-                          answer=None, data=task))
+        return key, f"compose/{key}", lambda: Task(
+            id=f"compose-{split}-{seed}-{i}", prompt=task["turns"][0]["text"], answer=None,
+            data=task)
+
+    tasks = draw_tasks(candidate, split, n, tries=50 * n + 1000)
     if len(tasks) < n:
         raise ValueError(f"compose: only {len(tasks)} unique {split} tasks for knobs {tag}")
     return tasks

@@ -55,7 +55,7 @@ from typing import Any
 
 from envs.base import StepResult, register_env
 from envs.formats import find_answers, get_format
-from envs.tasks.math import SPLITS, split_of
+from envs.tasks.draw import SPLITS, Candidate, draw_tasks, split_of
 from rl.types import Message, Task
 
 DATA = Path(__file__).resolve().parent / "data" / "objects.json"
@@ -260,23 +260,23 @@ def make_tasks(
     if not 2 <= n_candidates <= len(world.objects):
         raise ValueError(f"n_candidates must be in [2, {len(world.objects)}], got {n_candidates}")
     turns = max_turns or 5
-    tasks: list[Task] = []
-    seen: set[str] = set()
-    for k in range(200 * n + 1000):
-        if len(tasks) == n:
-            break
+
+    def candidate(k: int) -> Candidate:
         rng = random.Random(f"guess/listed/{seed}/{n_candidates}/{k}")
         cands = rng.sample(world.objects, n_candidates)
         hidden = rng.choice(cands)
         key = f"{hidden}|{'|'.join(sorted(cands))}"
-        if key in seen or split_of(f"guess/listed/{key}") != split:
-            continue
-        if _depth(world, world.mask(cands)) > turns - 1:  # not solvable in time: skip (~0.1%)
-            continue
-        seen.add(key)
-        tasks.append(Task(id=f"guess-{split}-{seed}-{k}", prompt=_listed_prompt(cands, turns),
-                          answer=hidden, data={"candidates": cands, "max_turns": turns,
-                                               "source": source}))
+
+        def make() -> Task | None:
+            if _depth(world, world.mask(cands)) > turns - 1:  # not solvable in time (~0.1%)
+                return None
+            return Task(id=f"guess-{split}-{seed}-{k}", prompt=_listed_prompt(cands, turns),
+                        answer=hidden, data={"candidates": cands, "max_turns": turns,
+                                             "source": source})
+
+        return key, f"guess/listed/{key}", make
+
+    tasks = draw_tasks(candidate, split, n, tries=200 * n + 1000)
     if len(tasks) < n:
         raise ValueError(f"guess: only {len(tasks)} unique {split} tasks")
     return tasks

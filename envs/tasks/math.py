@@ -21,7 +21,6 @@ tasks appends).
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,13 +28,12 @@ from typing import Any
 
 from envs.answers import answers_match
 from envs.base import StepResult, ToolEnv, ToolError, register_env
+from envs.tasks.draw import SPLITS, Candidate, draw_tasks
 from envs.tools import get_tool
 from envs.tools.calculator import calculator, evaluate, format_number
 from rl.registry import Registry
 from rl.types import Message, Task
 
-SPLITS = ("train", "test")
-TEST_PERCENT = 20
 MAX_CANDIDATES_PER_TASK = 200
 RG_SIZE = 100_000  # reasoning-gym dataset size: the most candidates one source can draw
 
@@ -62,12 +60,6 @@ class Difficulty:
             raise ValueError(
                 f"need 2 <= min_value < max_value, got {self.min_value}, {self.max_value}"
             )
-
-
-def split_of(key: str) -> str:
-    """Which split a problem belongs to: a stable hash of its canonical key."""
-    bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 100
-    return "test" if bucket < TEST_PERCENT else "train"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,24 +336,17 @@ def _collect(
     n: int,
 ) -> list[Task]:
     """Draw candidates 0, 1, 2, ... (``make(k)`` -> prompt, expression, answer, data) and keep
-    the first ``n`` unique ones that hash into ``split``."""
-    tasks: list[Task] = []
-    seen: set[str] = set()
-    for k in range(n * MAX_CANDIDATES_PER_TASK + 100):
-        if len(tasks) == n:
-            return tasks
+    the first ``n`` unique ones that hash into ``split`` (envs.tasks.draw)."""
+
+    def candidate(k: int) -> Candidate | None:
         cand = make(k)
         if cand is None:
-            continue
+            return None
         prompt, expr, answer, data = cand
-        if prompt in seen or split_of(expr if expr is not None else prompt) != split:
-            continue
-        seen.add(prompt)
-        tasks.append(
-            Task(
-                id=f"{prefix}-{k}", prompt=prompt, answer=answer, data={"expression": expr, **data}
-            )
-        )
+        return prompt, expr if expr is not None else prompt, lambda: Task(
+            id=f"{prefix}-{k}", prompt=prompt, answer=answer, data={"expression": expr, **data})
+
+    tasks = draw_tasks(candidate, split, n, tries=n * MAX_CANDIDATES_PER_TASK + 100)
     if len(tasks) < n:
         raise ValueError(f"{prefix}: only {len(tasks)} unique {split} tasks; widen the difficulty")
     return tasks

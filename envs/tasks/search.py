@@ -14,7 +14,7 @@ episode that ends without an answer scores 0. The step reward of non-terminal st
 
 Tasks: ``make_tasks("mixed", split, n, seed, hops=(1, 3), world_seed=0)``; ``hops`` may be an
 int or a ``[min, max]`` range. Task ``k`` depends only on ``(seed, k, hops, world_seed)``; a
-question is in ``"test"`` or ``"train"`` by a hash of its text (``envs.tasks.math.split_of``).
+question is in ``"test"`` or ``"train"`` by a hash of its text (``envs.tasks.draw.split_of``).
 All splits share the one world (as an encyclopedia is shared); they differ in questions.
 
 ``allow_search=False`` offers no tool (the no-search baseline: the model must answer from its own
@@ -32,7 +32,7 @@ from typing import Any
 
 from envs.base import StepResult, ToolEnv, register_env
 from envs.formats import ToolCallFormat, get_format
-from envs.tasks.math import SPLITS, split_of
+from envs.tasks.draw import SPLITS, Candidate, draw_tasks
 from envs.tasks.search_world import (
     QUESTION_TYPES,
     RELATIONS,
@@ -115,26 +115,26 @@ def make_tasks(source: str = "mixed", split: str = "train", n: int = 100, seed: 
     lo, hi = _hop_range(hops)
     world = make_world(world_seed)
     types = [t for t in sorted(QUESTION_TYPES) if lo <= _hops(t) <= hi]
-    tasks: list[Task] = []
-    seen: set[str] = set()
-    for k in range(50 * n + 1000):
-        if len(tasks) == n:
-            break
+
+    def candidate(k: int) -> Candidate:
         rng = random.Random(f"search/{seed}/{k}/{lo}-{hi}/{world_seed}")
         want = rng.randint(lo, hi)  # hop count first, so 1-, 2- and 3-hop are equally common
         qtype = rng.choice([t for t in types if _hops(t) == want])
         path, template = QUESTION_TYPES[qtype]
         start = rng.choice(starts(world, qtype))
         question = template.format(x=start)
-        if question in seen or split_of(f"search/{world_seed}/{question}") != split:
-            continue
-        seen.add(question)
-        chain = walk(world, start, path)
-        if shortcut(world, chain):
-            continue
-        tasks.append(Task(id=f"search-{split}-{seed}-{k}", prompt=question, answer=chain[-1],
-                          data={"qtype": qtype, "hops": len(path), "chain": chain,
-                                "world_seed": world_seed}))
+
+        def make() -> Task | None:
+            chain = walk(world, start, path)
+            if shortcut(world, chain):
+                return None
+            return Task(id=f"search-{split}-{seed}-{k}", prompt=question, answer=chain[-1],
+                        data={"qtype": qtype, "hops": len(path), "chain": chain,
+                              "world_seed": world_seed})
+
+        return question, f"search/{world_seed}/{question}", make
+
+    tasks = draw_tasks(candidate, split, n, tries=50 * n + 1000)
     if len(tasks) < n:
         raise ValueError(f"search: only {len(tasks)} unique {split} questions with hops "
                          f"{lo}..{hi}")

@@ -47,7 +47,7 @@ from typing import Any
 from envs.base import StepResult, ToolEnv, register_env
 from envs.matching import calls_equal
 from envs.tasks.compose import mentions
-from envs.tasks.math import SPLITS, split_of
+from envs.tasks.draw import SPLITS, Candidate, draw_tasks
 from rl.types import Message, Task
 
 # ---------------------------------------------------------------------------------------------
@@ -179,11 +179,8 @@ def make_tasks(
         raise KeyError(f"unknown simuser task source {source!r}; valid names: "
                        f"{', '.join(repr(s) for s in ['mixed', *DOMAINS])}")
     names = sorted(DOMAINS) if source == "mixed" else [source]
-    tasks: list[Task] = []
-    seen: set[str] = set()
-    for k in range(50 * n + 1000):
-        if len(tasks) == n:
-            break
+
+    def candidate(k: int) -> Candidate:
         rng = random.Random(f"simuser/{source}/{seed}/{k}")
         d = DOMAINS[rng.choice(names)]
         values = {s.name: rng.choice(s.values) for s in d.slots}
@@ -194,14 +191,13 @@ def make_tasks(
         else:
             opening, revealed = rng.choice(d.openings), []
         key = json.dumps(ref, sort_keys=True)
-        if f"{key}|{opening}" in seen or split_of(f"simuser/{key}") != split:
-            continue
-        seen.add(f"{key}|{opening}")
-        tasks.append(Task(
+        return f"{key}|{opening}", f"simuser/{key}", lambda: Task(
             id=f"simuser-{source}-{split}-{seed}-{k}", prompt=opening, answer=None,
             data={"domain": d.name, "slots": values, "revealed": revealed,
                   "reference_calls": [ref], "max_turns": max_turns},
-        ))
+        )
+
+    tasks = draw_tasks(candidate, split, n, tries=50 * n + 1000)
     if len(tasks) < n:
         raise ValueError(f"simuser: only {len(tasks)} unique {split} tasks for source {source!r}")
     return tasks

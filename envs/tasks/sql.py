@@ -33,7 +33,7 @@ from typing import Any
 
 from envs.base import StepResult, ToolEnv, ToolError, register_env
 from envs.formats import ToolCallFormat, get_format
-from envs.tasks.math import SPLITS, split_of
+from envs.tasks.draw import SPLITS, Candidate, draw_tasks
 from envs.tasks.sql_data import DOMAINS, SCHEMAS, build_database, make_question
 from envs.tools.sql import SQLiteDB, results_match, sql_tools
 from rl.types import Message, Task
@@ -88,11 +88,8 @@ def make_tasks(source: str = "mixed", split: str = "train", n: int = 100, seed: 
     if n_databases < 1:
         raise ValueError(f"sql tasks.kwargs.n_databases must be >= 1, got {n_databases}")
     domains = DOMAINS if source == "mixed" else (source,)
-    tasks: list[Task] = []
-    seen: set[str] = set()
-    for k in range(50 * n + 1000):
-        if len(tasks) == n:
-            break
+
+    def candidate(k: int) -> Candidate | None:
         rng = random.Random(f"sql/{seed}/{k}/{source}/{n_databases}")
         domain, db_seed = rng.choice(domains), rng.randrange(n_databases)
         conn = sqlite3.connect(f"file:{database(domain, db_seed)}?mode=ro", uri=True)
@@ -101,16 +98,16 @@ def make_tasks(source: str = "mixed", split: str = "train", n: int = 100, seed: 
         finally:
             conn.close()
         if q is None:
-            continue
+            return None
         text, sql, ordered, _ = q
         key = f"{domain}/{db_seed}/{text}"
-        if key in seen or split_of(f"sql/{key}") != split:
-            continue
-        seen.add(key)
-        prompt = f"Database schema:\n{schema_text(domain)}\n\nQuestion: {text}"
-        tasks.append(Task(id=f"sql-{split}-{seed}-{k}", prompt=prompt, answer=sql,
-                          data={"domain": domain, "db_seed": db_seed, "sql": sql,
-                                "ordered": ordered, "question": text}))
+        return key, f"sql/{key}", lambda: Task(
+            id=f"sql-{split}-{seed}-{k}",
+            prompt=f"Database schema:\n{schema_text(domain)}\n\nQuestion: {text}", answer=sql,
+            data={"domain": domain, "db_seed": db_seed, "sql": sql, "ordered": ordered,
+                  "question": text})
+
+    tasks = draw_tasks(candidate, split, n, tries=50 * n + 1000)
     if len(tasks) < n:
         raise ValueError(f"sql: only {len(tasks)} unique {split} questions from {n_databases} "
                          "databases; raise tasks.kwargs.n_databases")

@@ -9,7 +9,8 @@ import re
 import pytest
 
 from envs.base import make_env, replay_actions
-from envs.tasks.math import MathEnv, make_tasks, math_sources, split_of
+from envs.tasks.draw import split_of
+from envs.tasks.math import MathEnv, make_tasks, math_sources
 from envs.tools.calculator import evaluate, format_number
 from rewards.compose import compose
 from rl.types import Task, ToolCall, Trajectory, Turn
