@@ -84,6 +84,25 @@ def format_answer(answer: Any) -> str:
     return f"<answer>{answer}</answer>"
 
 
+class NativeFormat:
+    """What the native formats share (``native_tools``: the chat template renders the tool
+    schemas and the call syntax from ``tools=``): no system-prompt text of their own, a tool
+    result is a ``tool`` message, a final answer is :func:`format_answer`'s. A format names
+    itself and writes ``parse`` and ``format_call``; it overrides what its family does otherwise
+    (Mistral's tool-call ids, harmony's final channel)."""
+
+    native_tools = True
+
+    def system_prompt(self, tools: list[dict[str, Any]]) -> str:
+        return ""  # the chat template renders the tools and the call syntax
+
+    def tool_result_message(self, name: str, content: str) -> Message:
+        return {"role": "tool", "name": name, "content": content}
+
+    def format_answer(self, answer: Any) -> str:
+        return format_answer(answer)
+
+
 def finish(calls: list[ToolCall], outside: str, reasoning: str = "") -> ParsedAction:
     """The :class:`ParsedAction` of a turn whose calls are parsed and ``outside`` is the rest."""
     answers = find_answers(outside)

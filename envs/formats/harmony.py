@@ -80,6 +80,7 @@ import re
 from typing import Any
 
 from envs.formats.base import (
+    NativeFormat,
     ParsedAction,
     bad_call,
     finish,
@@ -258,25 +259,19 @@ def tools_namespace(tools: list[dict[str, Any]]) -> str:
 
 
 @register_format("harmony")
-class HarmonyFormat:
-    """gpt-oss harmony calls; the chat template renders the tool definitions (``tools=``)."""
+class HarmonyFormat(NativeFormat):
+    """gpt-oss harmony calls; the chat template renders the tool definitions (``tools=``, in
+    the developer message)."""
 
     name = "harmony"
-    native_tools = True
     special_tokens = HARMONY_TOKENS  # the markers whose embedding rows a LoRA cold start trains
     # Where a gpt-oss turn ends besides EOS (harmony's stop tokens for assistant actions; <|end|>
     # closes a message, after which the turn goes on): the agent loop makes them stop tokens of
     # the engine, and SFT replay appends no EOS after a demonstration turn ending in one.
     stop_tokens = (CALL, RETURN)
 
-    def system_prompt(self, tools: list[dict[str, Any]]) -> str:
-        return ""  # the chat template renders the tools (developer message)
-
     def parse(self, text: str) -> ParsedAction:
         return parse_harmony(text)
-
-    def tool_result_message(self, name: str, content: str) -> Message:
-        return {"role": "tool", "name": name, "content": content}
 
     def assistant_message(self, text: str) -> Message:
         """The turn as structured fields, for templates that refuse raw harmony content."""

@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 from envs.formats.base import (
+    NativeFormat,
     ParsedAction,
     bad_call,
     call_from_object,
@@ -81,26 +82,16 @@ def format_hermes_call(name: str, arguments: dict[str, Any]) -> str:
 
 
 @register_format("hermes")
-class HermesFormat:
+class HermesFormat(NativeFormat):
     """Hermes tool calls with the chat template rendering the schemas (``tools=``)."""
 
     name = "hermes"
-    native_tools = True
-
-    def system_prompt(self, tools: list[dict[str, Any]]) -> str:
-        return ""  # the chat template renders the tools and the call syntax
 
     def parse(self, text: str) -> ParsedAction:
         return parse_hermes(text)
 
-    def tool_result_message(self, name: str, content: str) -> Message:
-        return {"role": "tool", "name": name, "content": content}
-
     def format_call(self, name: str, arguments: dict[str, Any]) -> str:
         return format_hermes_call(name, arguments)
-
-    def format_answer(self, answer: Any) -> str:
-        return format_answer(answer)
 
 
 @register_format("qwen3")

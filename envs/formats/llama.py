@@ -24,14 +24,14 @@ import json
 from typing import Any
 
 from envs.formats.base import (
+    NativeFormat,
     ParsedAction,
     bad_call,
     call_from_object,
     finish,
-    format_answer,
     register_format,
 )
-from rl.types import Message, ToolCall
+from rl.types import ToolCall
 
 PYTHON_TAG = "<|python_tag|>"
 PY_START, PY_END = "<|python_start|>", "<|python_end|>"
@@ -65,24 +65,14 @@ def parse_llama_json(text: str) -> ParsedAction:
 
 
 @register_format("llama3-json")
-class Llama3JsonFormat:
+class Llama3JsonFormat(NativeFormat):
     name = "llama3-json"
-    native_tools = True
-
-    def system_prompt(self, tools: list[dict[str, Any]]) -> str:
-        return ""  # the chat template renders the tools and the call syntax
 
     def parse(self, text: str) -> ParsedAction:
         return parse_llama_json(text)
 
-    def tool_result_message(self, name: str, content: str) -> Message:
-        return {"role": "tool", "name": name, "content": content}
-
     def format_call(self, name: str, arguments: dict[str, Any]) -> str:
         return json.dumps({"name": name, "parameters": arguments})
-
-    def format_answer(self, answer: Any) -> str:
-        return format_answer(answer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,21 +171,11 @@ def format_pythonic_call(name: str, arguments: dict[str, Any]) -> str:
 
 
 @register_format("pythonic")
-class PythonicFormat:
+class PythonicFormat(NativeFormat):
     name = "pythonic"
-    native_tools = True
-
-    def system_prompt(self, tools: list[dict[str, Any]]) -> str:
-        return ""  # the chat template renders the tools and the call syntax
 
     def parse(self, text: str) -> ParsedAction:
         return parse_pythonic(text)
 
-    def tool_result_message(self, name: str, content: str) -> Message:
-        return {"role": "tool", "name": name, "content": content}
-
     def format_call(self, name: str, arguments: dict[str, Any]) -> str:
         return format_pythonic_call(name, arguments)
-
-    def format_answer(self, answer: Any) -> str:
-        return format_answer(answer)

@@ -20,11 +20,11 @@ import json
 from typing import Any
 
 from envs.formats.base import (
+    NativeFormat,
     ParsedAction,
     bad_call,
     call_from_object,
     finish,
-    format_answer,
     register_format,
 )
 from rl.types import Message, ToolCall
@@ -77,15 +77,11 @@ def parse_mistral(text: str) -> ParsedAction:
 
 
 @register_format("mistral")
-class MistralFormat:
+class MistralFormat(NativeFormat):
     name = "mistral"
-    native_tools = True
 
     def __init__(self) -> None:
         self._calls = 0  # tool results answered so far: their ids
-
-    def system_prompt(self, tools: list[dict[str, Any]]) -> str:
-        return ""  # the chat template renders the tools ([AVAILABLE_TOOLS])
 
     def parse(self, text: str) -> ParsedAction:
         return parse_mistral(text)
@@ -97,6 +93,3 @@ class MistralFormat:
 
     def format_call(self, name: str, arguments: dict[str, Any]) -> str:
         return f"{TOOL_CALLS}{json.dumps([{'name': name, 'arguments': arguments}])}"
-
-    def format_answer(self, answer: Any) -> str:
-        return format_answer(answer)

@@ -27,15 +27,15 @@ import re
 from typing import Any
 
 from envs.formats.base import (
+    NativeFormat,
     ParsedAction,
     bad_call,
     finish,
-    format_answer,
     register_format,
     split_reasoning,
 )
 from envs.formats.hermes import CALL_CLOSE, CALL_OPEN, split_tagged
-from rl.types import Message, ToolCall
+from rl.types import ToolCall
 
 _FUNC_RE = re.compile(r"<function=([^>\n]*)>(.*?)(</function>|$)", re.DOTALL)
 _PARAM_RE = re.compile(r"<parameter=([^>\n]*)>(.*?)(</parameter>|$)", re.DOTALL)
@@ -122,9 +122,8 @@ def _function_calls(
 
 
 @register_format("qwen3-coder")
-class Qwen3CoderFormat:
+class Qwen3CoderFormat(NativeFormat):
     name = "qwen3-coder"
-    native_tools = True
 
     def __init__(self, schemas: dict[str, dict[str, Any]] | None = None) -> None:
         self.schemas = schemas or {}  # tool name -> {parameter: JSON schema}
@@ -136,9 +135,6 @@ class Qwen3CoderFormat:
             fn = t.get("function", t)
             schemas[fn["name"]] = dict(fn.get("parameters", {}).get("properties", {}))
         return Qwen3CoderFormat(schemas)
-
-    def system_prompt(self, tools: list[dict[str, Any]]) -> str:
-        return ""  # the chat template renders the tools and the call syntax
 
     def parse(self, text: str) -> ParsedAction:
         reasoning, text = split_reasoning(text)
@@ -158,15 +154,9 @@ class Qwen3CoderFormat:
             outside = outside.replace(CALL_CLOSE, "")
         return finish(calls, outside, reasoning)
 
-    def tool_result_message(self, name: str, content: str) -> Message:
-        return {"role": "tool", "name": name, "content": content}
-
     def format_call(self, name: str, arguments: dict[str, Any]) -> str:
         params = "".join(
             f"<parameter={k}>\n{v if isinstance(v, str) else json.dumps(v)}\n</parameter>\n"
             for k, v in arguments.items()
         )
         return f"{CALL_OPEN}\n<function={name}>\n{params}</function>\n{CALL_CLOSE}"
-
-    def format_answer(self, answer: Any) -> str:
-        return format_answer(answer)
