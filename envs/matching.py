@@ -24,7 +24,7 @@ takes 1.0 + 0.5, the matching 0.9 + 0.9.
 Why this rule (issue 23): earlier a pair earned ``0.5 + 0.5 * arg_overlap`` for the right name,
 so a right-name call with garbage arguments earned half of a right call, and a malformed call
 that still carried a name earned credit too (for a tool without arguments, full credit). The
-rewards built on it (``rewards.outcome.call_match_outcome``, ``rewards.turn.call_match``, the
+rewards built on it (``call_match_outcome`` in rewards/outcome.py, ``rewards.turn.call_match``, the
 compose env's per-turn ``call_score``) divide the matched credit by ``max(#attempted calls,
 #reference calls)`` with every written call counted; with the one-to-one matching this makes
 "spray right-name calls" lose to "make the one right call" (see ``rewards/outcome.py``).

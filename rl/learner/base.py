@@ -2,7 +2,7 @@
 
 :class:`Learner` is what the drivers (rl/trainer.py, rl/distributed/workers.py) and
 rl/checkpoint.py call; ``TorchLearner`` (one process) and ``DeepSpeedLearner`` (ZeRO ranks)
-implement it. The RL loss itself lives with the algorithms (rl.algos.losses.rl_loss), so both
+implement it. The RL loss itself lives with the algorithms (rl.algos.objective.rl_loss), so both
 backends optimise the same objective.
 
 KL reference. The KL penalty (``algorithm.loss.kl_coef > 0``) regularises towards **the policy
