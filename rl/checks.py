@@ -30,6 +30,7 @@ def registry_problems(cfg: Config) -> list[str]:
     from rl.algos.credit import CREDITS
     from rl.algos.kl import KL_ESTIMATORS
     from rl.algos.losses import AGGREGATIONS as LOSS_AGGS
+    from rl.algos.preference import PREFERENCE
     from rl.learner import LEARNERS
 
     a = cfg.algorithm
@@ -40,6 +41,7 @@ def registry_problems(cfg: Config) -> list[str]:
         ("algorithm.loss.kl_estimator", a.loss.kl_estimator, KL_ESTIMATORS.names()),
         ("algorithm.loss.agg", a.loss.agg, LOSS_AGGS.names()),
         ("learner.backend", cfg.learner.backend, LEARNERS.names()),
+        ("algorithm.objective", a.objective, ("policy", *PREFERENCE.names())),
     ]
     fmt_name = cfg.env.format.partition("+")[0]  # "+lenient": an option (envs.formats)
     if fmt_name != "auto":

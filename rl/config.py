@@ -415,6 +415,31 @@ class TasksConfig:
     simuser: max_turns)."""
 
 
+PREFERENCE_PAIRINGS = ("best_worst", "all", "deepest")
+
+
+@dataclass
+class PreferenceConfig:
+    """Settings of the preference objectives (``algorithm.objective`` dpo | kto | refuel,
+    rl/algos/preference.py; presets mdpo, mkto, refuel)."""
+
+    beta: float = 0.1
+    """dpo / kto: scale of the sequence log-ratio to the reference (the implicit KL strength);
+    refuel: the paper's ``1 / eta``, the scale of the log-ratio difference regressed on the
+    reward difference."""
+    pairing: str = "best_worst"
+    """How a group's episodes become pairs (dpo, refuel), by their score (outcome reward plus
+    turn rewards): "best_worst" (one pair per group) | "all" (every pair whose scores differ:
+    all correct x incorrect for binary rewards) | "deepest" (one pair per group: of the pairs
+    whose scores differ, the one sharing the longest token prefix, e.g. a tree rollout's branch
+    and the episode it forked from; for refuel). A group of equal scores gives none; kto labels
+    episodes above their group's mean desirable, below it undesirable."""
+    desirable_weight: float = 1.0
+    """kto: lambda_D, the weight of desirable episodes."""
+    undesirable_weight: float = 1.0
+    """kto: lambda_U, the weight of undesirable episodes."""
+
+
 @dataclass
 class AlgorithmConfig:
     name: str = "grpo"
@@ -467,6 +492,13 @@ class AlgorithmConfig:
     ``(1 - w) * trajectory-relative + w * fork-relative``, in [0, 1]."""
     archer: ArcherConfig = field(default_factory=ArcherConfig)
     """ArCHer settings (rl/algos/archer.py), read when ``credit=archer``."""
+    objective: str = "policy"
+    """What the update optimises: "policy" (the clipped policy loss on ``credit``'s advantages:
+    GRPO and its variants) or a preference objective on pairs / labels formed from each
+    group (rl.algos.preference registry): "dpo" (M-DPO), "kto" (M-KTO), "refuel" (REFUEL);
+    settings under ``preference``."""
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    """Settings of the preference objectives (``objective`` dpo | kto | refuel)."""
 
 
 @dataclass
@@ -626,6 +658,8 @@ def config_problems(cfg: Config) -> list[str]:
          "(learner=deepspeed_zero2 or deepspeed_zero3)"),
     ]
     out = [msg for ok, msg in rules if not ok]
+    if a.objective != "policy":
+        out += preference_problems(cfg)
     out += r.tree.problems(r.max_turns)
     try:
         lc.validate()
@@ -634,6 +668,31 @@ def config_problems(cfg: Config) -> list[str]:
     if cfg.sft.data_path and not Path(cfg.sft.data_path).is_file():
         out.append(f"sft.data_path={cfg.sft.data_path!r}: no such file")
     return out
+
+
+def preference_problems(cfg: Config) -> list[str]:
+    """A preference objective's settings and what it needs of the rest (``config_problems``)."""
+    a, p, ln = cfg.algorithm, cfg.algorithm.preference, cfg.learner
+    o = f"algorithm.objective={a.objective}"
+    rules = [
+        (p.beta > 0, f"algorithm.preference.beta={p.beta} must be > 0"),
+        (p.pairing in PREFERENCE_PAIRINGS, f"algorithm.preference.pairing={p.pairing!r} is not "
+                                           f"one of: {', '.join(PREFERENCE_PAIRINGS)}"),
+        (p.desirable_weight > 0 and p.undesirable_weight > 0,
+         "algorithm.preference.desirable_weight and undesirable_weight must be > 0"),
+        (a.group_size >= 2, f"{o} forms pairs within a group: algorithm.group_size="
+                            f"{a.group_size} must be >= 2"),
+        (a.credit == "outcome", f"{o} does not use algorithm.credit={a.credit} (leave it outcome)"),
+        (a.loss.kl_coef == 0 and a.loss.tis_cap == 0,
+         f"{o} has no KL penalty or IS weights (its beta regularises): set "
+         "algorithm.loss.kl_coef=0 and algorithm.loss.tis_cap=0"),
+        (ln.backend == "torch", f"{o} needs learner.backend=torch (its pairs span rows the "
+                                "DeepSpeed learner shards)"),
+        (ln.mini_batches == 1, f"{o} needs learner.mini_batches=1 (a pair's rows in one "
+                               f"optimizer step), got {ln.mini_batches}"),
+        (cfg.launcher.kind == "local", f"{o} runs under launcher=local only (untested on Ray)"),
+    ]
+    return [msg for ok, msg in rules if not ok]
 
 
 def load_config(overrides: list[str] | None = None, config_dir: str | None = None):

@@ -222,9 +222,14 @@ def warn_no_tool_use_after_sft(driver: Any, res: dict[str, Any]) -> None:
 def needs_reference(cfg: Config) -> bool:
     """Whether RL keeps a snapshot of its start policy: the KL penalty's reference, or the KL
     telemetry's (``learner.track_kl_to_start``; the torch learner's health probe reads it, the
-    DeepSpeed learner has no probe and ZeRO-3 cannot snapshot)."""
+    DeepSpeed learner has no probe and ZeRO-3 cannot snapshot), or a preference objective's
+    (``algorithm.objective`` dpo / kto)."""
+    from rl.algos.preference import PREFERENCE
+
+    obj = cfg.algorithm.objective  # dpo / kto: their log-ratios' reference
     return cfg.algorithm.loss.kl_coef > 0 or (cfg.learner.track_kl_to_start
-                                              and cfg.learner.backend == "torch")
+                                              and cfg.learner.backend == "torch") or (
+        obj in PREFERENCE and PREFERENCE.get(obj).reference == "start")
 
 
 def should_save(cfg: Config, step: int) -> bool:
@@ -263,6 +268,25 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def preference_batch(trajs: list[Trajectory], a: Any, pad_id: int) -> Batch | None:
+    """``algorithm.objective`` = dpo | kto | refuel: the rows that take part in a pair (or carry
+    a KTO label) with their :class:`rl.types.PreferenceSpec`, formed group by group from the
+    scored trajectories (rl/algos/preference.py); None when no group has a preference.
+    ``a``: the ``AlgorithmConfig``."""
+    from rl.algos.preference import preference_spec
+
+    p = a.preference
+    got = preference_spec(trajs, a.objective, p.pairing, p.beta, p.desirable_weight,
+                          p.undesirable_weight)
+    if got is None:
+        return None
+    rows, spec = got
+    kept = [trajs[i] for i in rows]
+    batch = Batch.from_trajectories(kept, torch.zeros(len(kept)), pad_id)
+    batch.preference = spec
+    return batch
 
 
 class StepCore:
@@ -322,6 +346,9 @@ class StepCore:
         on (DAPO's dynamic-sampling filter, without re-sampling), and always for non-outcome
         credit. A REINFORCE group that all succeeded has non-zero advantages and stays.
         """
+        a = self.cfg.algorithm
+        if a.objective != "policy":  # dpo / kto / refuel: pairs or labels from the groups
+            return preference_batch(trajs, a, self.pad_id)
         if self.cfg.algorithm.truncated == "mask":  # cut episodes carry no gradient
             cut = [i for i, t in enumerate(trajs) if t.truncated]
             if cut:

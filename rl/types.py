@@ -100,6 +100,23 @@ class Trajectory:
 
 
 @dataclass
+class PreferenceSpec:
+    """What a preference objective (rl/algos/preference.py: dpo, kto, refuel) needs beside the
+    batch's token tensors; row indices refer to the batch's rows. Built per step
+    (rl.algos.preference.preference_spec); the learner turns it into per-token weights on the
+    whole batch before any micro-batch is split off."""
+
+    objective: str  # rl.algos.preference.PREFERENCE registry name
+    beta: float
+    pairs: torch.Tensor  # (P, 2) long: (chosen, rejected) for dpo, (a, b) for refuel
+    starts: torch.Tensor  # (P,) long: first position after the pair's shared token prefix
+    labels: torch.Tensor  # (B,) long: kto +1 desirable / -1 undesirable / 0 unlabelled
+    rewards: torch.Tensor  # (B,) float: each row's score (refuel's regression target)
+    desirable_weight: float = 1.0  # kto lambda_D
+    undesirable_weight: float = 1.0  # kto lambda_U
+
+
+@dataclass
 class Batch:
     """Right-padded tensors for the learner. Shapes: ``(B, L)`` unless noted.
 
@@ -117,6 +134,9 @@ class Batch:
     # (B, L) float: the sampler's logprobs, kept here when the learner replaces old_logprobs by
     # its own recomputation (PPO epochs / mini-batches); truncated IS weights compare the two
     sampler_logprobs: torch.Tensor | None = None
+    # a preference objective's pairs / labels (algorithm.objective != policy); whole batches only:
+    # split() leaves it out (the learner has turned it into ``advantages`` by then)
+    preference: PreferenceSpec | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])

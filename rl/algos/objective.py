@@ -2,6 +2,8 @@
 
 ``rl_loss`` combines the clipped policy loss (rl/algos/losses.py), optional truncated importance
 weights against the sampler's logprobs, and the KL penalty to the reference (rl/algos/kl.py).
+``preference_loss`` is the objective of ``algorithm.objective`` = dpo | kto | refuel
+(rl/algos/preference.py), on the per-token weights ``preference_weights`` puts in the batch.
 """
 
 from __future__ import annotations
@@ -51,3 +53,24 @@ def rl_loss(lp: torch.Tensor, mb: Batch, loss_cfg: LossConfig, norm: LossNorm,
         ((lp.detach() - mb.old_logprobs).abs() * mask).sum() / n_tok
     ) if on_policy else 0.0
     return loss, metrics
+
+
+def preference_weights(batch: Batch, now: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """A preference objective (``batch.preference``) on the whole batch: ``now`` ``(B, L)`` the
+    current policy's logprobs (no grad), ``ref`` those of its reference (the RL-start policy, or
+    the sampling policy for refuel). Stores ``-d loss / d logprob`` in ``batch.advantages``, so
+    :func:`preference_loss` over any split into micro-batches has the objective's exact gradient
+    at the current weights; returns the objective's metrics (``actor/pref/...``)."""
+    from rl.algos.preference import token_weights
+
+    assert batch.preference is not None
+    dev = batch.loss_mask.device
+    w, m = token_weights(now.to(dev), ref.to(dev), batch.loss_mask, batch.preference)
+    batch.advantages = -w
+    return {f"actor/{k}": v for k, v in m.items()}
+
+
+def preference_loss(lp: torch.Tensor, mb: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """``-sum(advantages * lp)`` over a micro-batch: summed (not averaged) over micro-batches,
+    its gradient is the preference objective's (:func:`preference_weights`)."""
+    return -(mb.advantages.to(lp.device) * mb.loss_mask.to(lp.device) * lp).sum(), {}

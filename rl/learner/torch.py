@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from rl.algos import LossNorm, sft_loss
-from rl.algos.objective import rl_loss
+from rl.algos.objective import preference_loss, preference_weights, rl_loss
+from rl.algos.preference import PREFERENCE
 from rl.config import DeepSpeedConfig, LearnerConfig, LoraConfig, LossConfig  # noqa: F401
 from rl.learner.base import (
     HealthProbe,
@@ -242,15 +243,22 @@ class TorchLearner:
         sampler score tokens under the same distribution.
         """
         temp = temperature if temperature > 0 else 1.0
-        on_policy = self.cfg.ppo_epochs == 1 and self.cfg.mini_batches == 1
+        pref = batch.preference  # dpo / kto / refuel: a whole-batch objective (rl/algos/preference.py)
+        on_policy = self.cfg.ppo_epochs == 1 and self.cfg.mini_batches == 1 and pref is None
         if not on_policy:
             batch.sampler_logprobs = batch.old_logprobs
             batch.old_logprobs = self.compute_logprobs(batch, temp)
-        if loss_cfg.kl_coef > 0 and batch.ref_logprobs is None:
+        if batch.ref_logprobs is None and (loss_cfg.kl_coef > 0 or (
+                pref is not None and PREFERENCE.get(pref.objective).reference == "start")):
             batch.ref_logprobs = self.compute_ref_logprobs(batch, temp)
         history: list[dict[str, float]] = []
         probe = HealthProbe(self.optimizer.param_groups)  # what the update did to the policy (telemetry)
-        for _ in range(self.cfg.ppo_epochs):
+        for epoch in range(self.cfg.ppo_epochs):
+            pref_m: dict[str, float] = {}
+            if pref is not None:  # its gradient at the current weights, as per-token weights
+                now = batch.old_logprobs if epoch == 0 else self.compute_logprobs(batch, temp)
+                ref = batch.old_logprobs if batch.ref_logprobs is None else batch.ref_logprobs
+                pref_m = preference_weights(batch, now, ref)
             for mini in self._minibatches(batch):
                 norm = LossNorm.from_mask(
                     mini.loss_mask, float(loss_cfg.max_tokens or mini.input_ids.shape[1])
@@ -260,9 +268,11 @@ class TorchLearner:
                     mb = batch_to(mb, self.device)
                     lp = self._logprobs(mb, temp)
                     probe.observe(mb, lp)
+                    if pref is not None:
+                        return preference_loss(lp, mb)
                     return rl_loss(lp, mb, loss_cfg, norm, on_policy)
 
-                history.append(self._step(self._split(mini), loss_fn))
+                history.append({**self._step(self._split(mini), loss_fn), **pref_m})
         out = {k: sum(h[k] for h in history) / len(history) for k in history[0]}
         return {**out, **self._health(probe, temp)}
 
