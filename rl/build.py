@@ -107,11 +107,11 @@ def build_env_factory(cfg: Config) -> tuple[Callable[[], Env], bool]:
 def build_user_model(cfg: Config, name: str) -> Any:
     """``env.kwargs.user_model=<model>``: an LLM-simulated user (envs.tasks.llm_user). Under
     ``launcher=ray`` (with Ray up) a proxy to the run's one user model actor
-    (rl.distributed.user_actor); otherwise loaded in this process."""
+    (rl.user_actor); otherwise loaded in this process."""
     if cfg.launcher.kind == "ray":
         import functools
 
-        from rl.distributed.user_actor import shared_user
+        from rl.user_actor import shared_user
 
         # the actor loads the model itself, with this (picklable) builder
         remote = shared_user(cfg, name, functools.partial(build_local_user_model, cfg, name,

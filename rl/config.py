@@ -331,7 +331,7 @@ class LauncherConfig:
     """Env workers mostly wait on tools; their sandbox processes are not Ray-scheduled."""
     cpus_per_user_model: float = 1.0
     """CPUs of the LLM-user actor (``env.kwargs.user_model`` under Ray: one frozen user model per
-    run, rl/distributed/user_actor.py), scheduled outside the run's placement group."""
+    run, rl/user_actor.py), scheduled outside the run's placement group."""
     gpus_per_user_model: float = 0.0
     """GPUs (or a fraction) of the LLM-user actor; set it on GPU clusters so the user model does
     not decode on CPU."""

@@ -35,8 +35,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                     "rl.checkpoint", "rl.export", "rl.tracking", "rl.report", "rl.tooluse",
                     "rl.health", "rl.tasks",
                     # the Ray actor of the LLM user: the wiring (rl.build.build_user_model)
-                    # creates it with a builder it passes in; it imports only the core
-                    "rl.distributed.user_actor")),
+                    # creates it with a builder it passes in; it imports only the core (not
+                    # under rl/distributed/, the drivers' folder, which the wiring may not import)
+                    "rl.user_actor")),
     ("wiring", ("rl.build", "rl.checks")),
     ("drivers", ("rl.trainer", "rl.distributed")),
     ("cli", ("rl.cli",)),

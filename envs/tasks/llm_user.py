@@ -22,8 +22,8 @@ engine as one ``generate`` call: greedy replies batch; above temperature 0 each 
 seed, so those still go one by one. The default (1) is the unbatched path.
 
 Under ``launcher=ray`` the engine is not loaded in every worker: one
-:class:`rl.distributed.user_actor.UserModelActor` holds this class and its engine, and the envs
-of every rollout and env worker get a :class:`rl.distributed.user_actor.RemoteUser` with the same
+:class:`rl.user_actor.UserModelActor` holds this class and its engine, and the envs
+of every rollout and env worker get a :class:`rl.user_actor.RemoteUser` with the same
 ``reply(goal, conversation)``.
 """
 

@@ -1,4 +1,4 @@
-"""The LLM-simulated user as one Ray actor under launcher=ray (rl/distributed/user_actor.py).
+"""The LLM-simulated user as one Ray actor under launcher=ray (rl/user_actor.py).
 
 One small local Ray instance (1 CPU) for the module. A scripted stand-in engine whose reply is a
 function of the prompt it saw (and of the sampling seed) shows that the actor path writes the
@@ -24,13 +24,13 @@ ray = pytest.importorskip("ray")
 from envs.base import replay_actions  # noqa: E402
 from envs.tasks.llm_user import LLMUser  # noqa: E402
 from envs.tasks.simuser import SimUserEnv  # noqa: E402
-from rl.distributed.user_actor import (  # noqa: E402
+from rl.types import Task  # noqa: E402
+from rl.user_actor import (  # noqa: E402
     RemoteUser,
     UserModelActor,
     actor_name,
     get_user_actor,
 )
-from rl.types import Task  # noqa: E402
 
 REF = {"name": "book_table", "arguments": {"restaurant": "Sakura", "day": "Friday", "people": 4}}
 TASK = Task(id="s", prompt="I'd like to book a table.", data={
@@ -175,7 +175,7 @@ def test_a_sync_worker_actor_reaches_the_user_actor(ray_up) -> None:
 def test_user_actor_asks_for_the_user_model_resources(monkeypatch) -> None:
     """launcher.cpus_per_user_model / gpus_per_user_model (not a rollout worker's share) size the
     actor; checked on the call, without Ray running."""
-    import rl.distributed.user_actor as ua
+    import rl.user_actor as ua
     from rl.config import load_config, to_dataclass
 
     asked: dict = {}
