@@ -64,6 +64,28 @@ def capture_grads(learner, store: list) -> None:
     zero.finalize_gradient_accumulation_boundary = finalize
 
 
+def assert_same_update(ref: dict, other: dict, label: str) -> None:
+    """Two ranks' results of one update (``run_train``-style dicts) agree: the full gradients
+    of both optimizer steps (non-zero), ``actor/loss`` and ``grad_norm``, and the weights after.
+    (Per-micro-batch metrics such as ``actor/kl`` are row-weighted means over micro-batches, so
+    they depend on the grouping; the loss is a sum and includes the KL term.)"""
+    import pytest
+
+    assert len(ref["grads"]) == len(other["grads"]) == 2
+    for g0, g1 in zip(ref["grads"], other["grads"]):
+        assert g0.keys() == g1.keys()
+        assert any(float(g.abs().sum()) > 0 for g in g0.values())
+        for n in g0:
+            torch.testing.assert_close(g1[n], g0[n], atol=1e-5, rtol=1e-4, msg=f"{label} {n}")
+    for k in ("actor/loss", "grad_norm"):
+        assert other["metrics"][k] == pytest.approx(ref["metrics"][k], rel=1e-4,
+                                                    abs=1e-6), (label, k)
+    w0, w1 = ref["weights"], other["weights"]
+    assert w0.keys() == w1.keys()
+    for n in w0:
+        torch.testing.assert_close(w1[n], w0[n], atol=1e-5, rtol=1e-5, msg=f"{label} {n}")
+
+
 def run_shard(learner, world: int, rank: int) -> dict:
     """Loss and full gradient of this rank's shard in every aggregation mode, and for SFT."""
     from rl.algos import AGGREGATIONS
