@@ -206,6 +206,7 @@ def run_eval(cfg: Config, checkpoint: str | None = None, out_dir: Path | None = 
     from rl.evaluate import evaluate_tasks, write_eval_folder
 
     t0 = time.perf_counter()
+    resolve_engine(cfg)  # engine=auto decided before the LoRA choice below reads it
     if cfg.engine == "vllm" and checkpoint:
         # merged weights are pushed to the engine: it needs no LoRA support of its own
         cfg = replace(cfg, learner=replace(cfg.learner, lora=replace(cfg.learner.lora,

@@ -199,7 +199,7 @@ def cmd_eval(args) -> None:
     """The eval harness (rl/evaluate.py): a table with 95% intervals and an eval folder."""
     import torch
 
-    from rl.build import resolve_engine, run_eval
+    from rl.build import run_eval
 
     overrides = list(args.overrides)
     if args.engine:
@@ -228,7 +228,6 @@ def cmd_eval(args) -> None:
 
         args.checkpoint = str(checked_model_path(args.checkpoint))
     out = Path(args.out) if args.out else Path("evals") / time.strftime("%Y%m%d-%H%M%S")
-    resolve_engine(cfg)  # engine=auto decided before run_eval reads it (vLLM takes merged weights)
     res = run_eval(cfg, args.checkpoint, out, n_samples=args.samples, seeds=seeds)
     s = res.settings
     print(f"# eval: env={s['env']} model={s['model']} checkpoint={s['checkpoint']} "

@@ -134,18 +134,19 @@ class _Reached(Exception):
 
 
 def test_eval_decides_engine_auto_before_the_harness_and_sft_takes_hf(monkeypatch, capsys):
-    """`turnrl eval` resolves engine=auto (the default) before run_eval reads it: vLLM is given
-    merged weights, so a LoRA checkpoint's adapter must be off when vLLM is the choice. `turnrl
-    sft` samples nothing: it builds the free HF engine unless the command names another."""
+    """`turnrl eval` resolves engine=auto (the default) before it loads the policy: vLLM is
+    given merged weights, so a LoRA checkpoint's adapter must be off when vLLM is the choice.
+    `turnrl sft` samples nothing: it builds the free HF engine unless the command names
+    another."""
     import rl.build
     import rl.cli
     from rl.config import load_config, to_dataclass
 
-    def harness(cfg, *a, **k):
+    def load_policy(cfg, *a, **k):
         raise _Reached(cfg.engine)
 
     monkeypatch.setattr(rl.build, "vllm_unusable", lambda cfg: "vllm is not installed")
-    monkeypatch.setattr(rl.build, "run_eval", harness)
+    monkeypatch.setattr(rl.build, "load_policy", load_policy)
     with pytest.raises(_Reached, match="^hf$"):
         main(["eval", "--tasks", "1"])
     assert "[turnrl] engine: hf (engine=auto: vllm is not installed;" in capsys.readouterr().out
